@@ -1,0 +1,75 @@
+"""Executor "inductor": our passes run on Inductor's post-grad graph; Inductor fuses the rest.
+
+The pipeline is installed as Inductor's ``post_grad_custom_post_pass`` (a ``CustomGraphPass``
+with a ``uuid`` for Inductor's caches), and Inductor itself is configured so that nothing it
+generates reorders a reduction by batch size: no split reductions, no autotuning or
+coordinate-descent tuning, no decomposition of memory-bound matmuls into reductions, and its own
+``deterministic``/``batch_invariant`` switches where the installed torch has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch._functorch.config as functorch_config
+import torch._inductor.config as inductor_config
+import torch.fx
+from torch._inductor.compile_fx import compile_fx
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+import ascend_compile.passes
+from ascend_compile.passes.graph_facts import GraphFacts
+from ascend_compile.passes.pipeline import run_pipeline
+from ascend_compile.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_PASSES_DIR = Path(ascend_compile.passes.__file__).resolve().parent
+
+
+def batch_invariant_inductor_config() -> dict[str, Any]:
+    """Inductor settings under which its generated code keeps reduction order fixed."""
+    patches: dict[str, Any] = {
+        "split_reductions": False,
+        "max_autotune": False,
+        "max_autotune_gemm": False,
+        "coordinate_descent_tuning": False,
+        "decompose_mem_bound_mm": False,
+        "triton.multi_kernel": 0,
+        "triton.cooperative_reductions": False,
+        # Every graph must pass through our pipeline (reports, strict mode); a cache hit would skip it.
+        "fx_graph_cache": False,
+    }
+    for optional in ("deterministic", "batch_invariant"):  # deterministic: torch >= 2.12; batch_invariant: 2.13
+        if hasattr(inductor_config, optional):
+            patches[optional] = True
+    return patches
+
+
+class AscendBIPostGradPass(CustomGraphPass):
+    """The ascend_bi pipeline as an Inductor post-grad pass."""
+
+    def __init__(self, settings: Settings, facts: GraphFacts) -> None:
+        self.settings = settings
+        self.facts = facts
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        run_pipeline(graph.owning_module, self.settings, self.facts)
+
+    def uuid(self) -> str:
+        digest = hashlib.sha256(repr(self.settings).encode())
+        for source in sorted(_PASSES_DIR.glob("*.py")):
+            digest.update(source.read_bytes())
+        return digest.hexdigest()
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], settings: Settings,
+                  facts: GraphFacts) -> Callable[..., Any]:
+    patches = batch_invariant_inductor_config() | {"post_grad_custom_post_pass": AscendBIPostGradPass(settings, facts)}
+    with functorch_config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, config_patches=patches)

@@ -1,0 +1,204 @@
+"""Batch-invariant matmul: fixed-chunk split-K Triton template for mm, addmm and bmm.
+
+One kernel serves every schedule of a plan (see ``plans.py``).  K is cut into the plan's chunks;
+each chunk is accumulated from zero with ``tl.dot`` over ``BLOCK_K`` blocks, and the chunk
+partials are added in chunk order in fp32.  Two schedules produce exactly those additions:
+
+* serial (large M): one program per output tile walks the chunks and adds each partial as it
+  finishes;
+* split (small M, too few tiles to fill the device): one program per (tile, chunk) writes its
+  partial to a workspace and bumps the tile's arrival counter; the program that arrives last adds
+  the partials in chunk order -- arrival order never reaches the arithmetic -- applies the bias,
+  writes the tile and resets the counter, so the split costs no second launch.
+
+Operands are read through their strides, so a transposed weight (``linear`` lowers to
+``mm(x, permute(w))``) is never copied.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import triton
+import triton.language as tl
+
+from ascend_compile import devices
+from ascend_compile.kernels.plans import MatmulPlan, MatmulSchedule, matmul_plan, matmul_schedule
+
+logger = logging.getLogger(__name__)
+
+# Arrival counters per output tile, reset to zero by the last program of each tile.  One buffer a
+# device: inference runs one compute stream per device, and a split launch never needs more
+# counters than tiles -- schedules only split when tiles are fewer than compute units.
+_COUNTERS_PER_DEVICE = 1 << 16
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrival_counters(device: torch.device) -> torch.Tensor:
+    counters = _counters.get(device)
+    if counters is None:
+        counters = torch.zeros(_COUNTERS_PER_DEVICE, dtype=torch.int32, device=device)
+        _counters[device] = counters
+    return counters
+
+
+@triton.jit
+def _chunk_partial(a_ptr, b_ptr, rm, rn, chunk, M, N, K,
+                   stride_am, stride_ak, stride_bk, stride_bn,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   CHUNK_BLOCKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """Sum of a[rm, k] * b[k, rn] over one chunk of K, accumulated from zero."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    rk = tl.arange(0, BLOCK_K)
+    for kb in range(CHUNK_BLOCKS):
+        k = (chunk * CHUNK_BLOCKS + kb) * BLOCK_K + rk
+        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
+                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
+                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit
+def _bi_matmul_kernel(
+    a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    M, N, K,
+    stride_az, stride_am, stride_ak,
+    stride_bz, stride_bk, stride_bn,
+    stride_cz, stride_cm, stride_cn,
+    stride_oz, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
+    pid = tl.program_id(0)
+    z = tl.program_id(2)
+    tiles_m = (M + BLOCK_M - 1) // BLOCK_M
+    tiles_n = (N + BLOCK_N - 1) // BLOCK_N
+    group = GROUP_M * tiles_n
+    first_m = (pid // group) * GROUP_M
+    rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+    tile_m = first_m + (pid % group) % rows_in_group
+    tile_n = (pid % group) // rows_in_group
+    rm = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    a_ptr += z * stride_az
+    b_ptr += z * stride_bz
+
+    if SPLIT:
+        chunk = tl.program_id(1)
+        partial = _chunk_partial(a_ptr, b_ptr, rm, rn, chunk, M, N, K,
+                                 stride_am, stride_ak, stride_bk, stride_bn,
+                                 BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
+        tile = z * tiles_m * tiles_n + pid
+        local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
+        tl.store(tile_ws + chunk * (BLOCK_M * BLOCK_N) + local, partial)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
+        if arrived == NUM_CHUNKS - 1:
+            total = tl.load(tile_ws + local, cache_modifier=".cg")
+            for c in range(1, NUM_CHUNKS):
+                total += tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + local, cache_modifier=".cg")
+            _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
+                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
+            tl.atomic_xchg(counter_ptr + tile, 0)
+    else:
+        total = _chunk_partial(a_ptr, b_ptr, rm, rn, 0, M, N, K,
+                               stride_am, stride_ak, stride_bk, stride_bn,
+                               BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
+        for c in range(1, NUM_CHUNKS):
+            total += _chunk_partial(a_ptr, b_ptr, rm, rn, c, M, N, K,
+                                    stride_am, stride_ak, stride_bk, stride_bn,
+                                    BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
+        _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
+                  stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
+              stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS: tl.constexpr):
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + z * stride_cz + rm[:, None] * stride_cm + rn[None, :] * stride_cn,
+                       mask=mask, other=0.0)
+        total = total + bias.to(tl.float32)
+    out = out_ptr + z * stride_oz + rm[:, None] * stride_om + rn[None, :] * stride_on
+    tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def bi_matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    schedule: MatmulSchedule | None = None,
+) -> torch.Tensor:
+    """``bias + a @ b`` for 2-D (mm/addmm) or 3-D (bmm) operands, batch-invariantly.
+
+    ``bias`` must broadcast to the output.  ``schedule`` overrides the launch layout (tests use
+    it to show that every schedule of a plan gives the same bits).
+    """
+    batched = a.dim() == 3
+    if a.dim() not in (2, 3) or b.dim() != a.dim():
+        raise ValueError(f"bi_matmul takes two 2-D or two 3-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype != b.dtype or (bias is not None and bias.dtype != a.dtype):
+        dtypes = [a.dtype, b.dtype] + ([bias.dtype] if bias is not None else [])
+        raise ValueError(f"bi_matmul operands must share one dtype, got {dtypes}")
+    a3 = a if batched else a.unsqueeze(0)
+    b3 = b if batched else b.unsqueeze(0)
+    z, m, k = a3.shape
+    if b3.shape[0] != z or b3.shape[1] != k:
+        raise ValueError(f"bi_matmul shape mismatch: {tuple(a.shape)} @ {tuple(b.shape)}")
+    n = b3.shape[2]
+    out = torch.empty((z, m, n), dtype=a.dtype, device=a.device)
+    if m == 0 or n == 0:
+        return out if batched else out[0]
+    if k == 0:
+        out.zero_()
+        if bias is not None:
+            out += bias
+        return out if batched else out[0]
+
+    device = devices.of_tensor(a)
+    plan = matmul_plan(k, n, a.dtype, device)
+    sched = schedule or matmul_schedule(plan, m, n, z, device)
+    if plan.fp32_io:
+        out32 = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+        _launch(a3, b3, bias, out32, plan, sched)
+        out.copy_(out32)
+    else:
+        _launch(a3, b3, bias, out, plan, sched)
+    return out if batched else out[0]
+
+
+def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+            plan: MatmulPlan, sched: MatmulSchedule) -> None:
+    z, m, k = a.shape
+    n = b.shape[2]
+    tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
+    split = sched.split and plan.num_chunks > 1 and z * tiles <= _COUNTERS_PER_DEVICE
+    if split:
+        workspace = torch.empty(z * tiles * plan.num_chunks * sched.block_m * sched.block_n,
+                                dtype=torch.float32, device=a.device)
+        counters = _arrival_counters(a.device)
+    else:
+        workspace = counters = out  # never read when SPLIT is off
+    bias3 = bias.expand(out.shape) if bias is not None else out
+    grid = (tiles, plan.num_chunks if split else 1, z)
+    _bi_matmul_kernel[grid](
+        a, b, bias3, out, workspace, counters,
+        m, n, k,
+        *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
+        HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
+        BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
+        CHUNK_BLOCKS=plan.chunk_blocks, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        num_warps=sched.num_warps, num_stages=sched.num_stages,
+    )

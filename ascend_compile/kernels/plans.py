@@ -1,0 +1,133 @@
+"""Reduction plans (numerics) and schedules (speed) for every kernel family.
+
+The law of this project lives here:
+
+    A plan fixes the order of floating-point additions.  It is a function of the reduced extent,
+    the other non-batch extents, the dtype and the device kind -- never of the batch extent and
+    never of a runtime benchmark.  A schedule decides grid, tile rows, warps and whether the chunks
+    of a plan run in parallel programs or serially in one; it may look at the batch extent but can
+    never change the order of additions.
+
+The law is enforced by signatures: ``matmul_plan`` has no parameter through which the number of
+rows could reach it, and ``matmul_schedule`` returns nothing that the kernel uses to order sums.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ascend_compile.devices import Device
+
+logger = logging.getLogger(__name__)
+
+MATMUL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class UnsupportedPlan(ValueError):
+    """No batch-invariant plan exists for this op, dtype or device."""
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    """How the K extent of ``out[m, n] = sum_k a[m, k] * b[k, n]`` is summed.
+
+    K is cut into chunks of ``chunk_blocks * block_k`` elements.  Each chunk is accumulated from
+    zero, block by block, by the matrix unit; the chunk partials are then added in chunk order,
+    ``((p0 + p1) + p2) + ...``, in fp32.  Bias is added last, then the result is rounded once.
+    """
+
+    block_k: int
+    chunk_blocks: int
+    num_chunks: int
+    #: Triton ``input_precision`` for fp32 dots: "ieee" keeps true fp32 (no TF32).
+    input_precision: str
+    #: Only for Triton's interpreter, which mishandles 16-bit floats (triton 3.9: its bf16 dot is
+    #: wrong and its fp32 -> bf16 cast truncates): upcast tiles to fp32 before ``tl.dot`` (products
+    #: of 16-bit values are exact in fp32 either way) and let torch round the fp32 result once.
+    fp32_io: bool
+
+    @property
+    def chunk_k(self) -> int:
+        return self.block_k * self.chunk_blocks
+
+
+def _check_matmul_dtype(dtype: torch.dtype) -> None:
+    if dtype not in MATMUL_DTYPES:
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in MATMUL_DTYPES)
+        raise UnsupportedPlan(f"no batch-invariant matmul plan for dtype {dtype}; accepted dtypes: {accepted}")
+
+
+def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPlan:
+    """The summation order for a matmul reducing over ``k`` into ``n`` columns.
+
+    ``n`` is part of the key so that plans may later differ by output width; today the chunk size
+    depends only on K, the dtype and the device kind.
+    """
+    _check_matmul_dtype(dtype)
+    if k <= 0 or n <= 0:
+        raise UnsupportedPlan(f"matmul extents must be positive, got K={k}, N={n}")
+    if device.kind == "cpu":
+        # The interpreter pays per program and per block, not per flop: large blocks.
+        block_k, chunk_elems = 128, 256
+    elif device.kind == "npu":
+        # Unified-buffer aware tiles come with the Ascend work; keep CUDA's order until then.
+        block_k, chunk_elems = 64, 256
+    else:
+        # BLOCK_K = 64 and 256-element chunks: verified schedule-independent on H100 (ARCHITECTURE.md);
+        # small chunks give decode-size matmuls enough programs to fill the GPU.
+        block_k, chunk_elems = 64, 256
+    blocks = -(-k // block_k)
+    chunk_blocks = min(chunk_elems // block_k, blocks)
+    return MatmulPlan(
+        block_k=block_k,
+        chunk_blocks=chunk_blocks,
+        num_chunks=-(-blocks // chunk_blocks),
+        input_precision="ieee",
+        fp32_io=device.triton_interpreted and dtype != torch.float32,
+    )
+
+
+@dataclass(frozen=True)
+class MatmulSchedule:
+    """How the programs of one matmul launch are laid out; never touches the numerics."""
+
+    block_m: int
+    block_n: int
+    #: Chunks of K run in parallel programs (combined by the last to arrive) instead of serially.
+    split: bool
+    num_warps: int
+    num_stages: int
+    group_m: int
+
+
+def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, device: Device) -> MatmulSchedule:
+    """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``."""
+    if device.triton_interpreted:
+        # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
+        return MatmulSchedule(block_m=32, block_n=128, split=False, num_warps=4, num_stages=1, group_m=1)
+    if m <= 16:
+        block_m, block_n, warps = 16, 64, 4
+    elif m <= 32:
+        block_m, block_n, warps = 32, 64, 4
+    elif m <= 64:
+        block_m, block_n, warps = 64, 128, 4
+    else:
+        block_m, block_n, warps = 128, 128, 8
+    tiles = batch * -(-m // block_m) * -(-n // block_n)
+    split = plan.num_chunks > 1 and tiles < device.compute_units
+    return MatmulSchedule(
+        block_m=block_m, block_n=block_n, split=split, num_warps=warps, num_stages=4, group_m=8
+    )
+
+
+def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], device: Device) -> bool:
+    """Whether the matmul template reads this operand efficiently by its strides.
+
+    Tiles are loaded as vectors along a unit-stride dimension; one of the two matrix dimensions
+    must have stride 1 (or extent 1).  Transposed weights qualify; a gathered view such as
+    ``x[:, ::2]`` does not.  The rule is the same on every device today.
+    """
+    return any(extent == 1 or stride == 1 for extent, stride in zip(shape[-2:], strides[-2:]))

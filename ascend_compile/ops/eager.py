@@ -1,0 +1,75 @@
+"""Eager batch-invariant mode: the ascend_bi templates installed over aten's own kernels.
+
+Inside ``with ascend_compile.eager_mode():`` every ``aten.mm``/``addmm``/``bmm`` on the chosen
+device runs the batch-invariant template (``nn.Linear`` and ``torch.matmul`` reach these ops
+too).  Nothing is compiled: this is the "eager batch-invariant" baseline compiled mode is
+measured against.  Overrides register on the device's dispatch key through
+``torch.library.Library("aten", "IMPL")`` and are removed on exit.
+
+The original kernel is replaced, not wrapped, so a call the template cannot take (integer or
+float64 dtypes) raises a clear error instead of silently running a non-invariant kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ascend_compile import devices
+from ascend_compile.kernels.matmul import bi_matmul
+from ascend_compile.kernels.plans import MATMUL_DTYPES
+
+logger = logging.getLogger(__name__)
+
+
+def _check(op: str, *tensors: torch.Tensor) -> None:
+    dtype = tensors[0].dtype
+    if dtype not in MATMUL_DTYPES or any(t.dtype != dtype for t in tensors):
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in MATMUL_DTYPES)
+        raise TypeError(
+            f"ascend_bi eager mode: aten.{op} on dtypes {[str(t.dtype) for t in tensors]} has no batch-invariant "
+            f"kernel; accepted: one of {accepted} for all operands. Leave eager_mode() for this call."
+        )
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    _check("mm", a, b)
+    return bi_matmul(a, b)
+
+
+def _addmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: float = 1, alpha: float = 1) -> torch.Tensor:
+    _check("addmm", bias, a, b)
+    if beta == 1 and alpha == 1:
+        return bi_matmul(a, b, bias)
+    # Scaling is elementwise: it cannot make a row depend on its batch.
+    product = bi_matmul(a, b) * alpha
+    return product if beta == 0 else product + bias * beta
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    _check("bmm", a, b)
+    return bi_matmul(a, b)
+
+
+@contextmanager
+def eager_mode(device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run aten matmuls on ``device``'s type batch-invariantly until the block exits."""
+    key = devices.dispatch_key(torch.device(device).type)
+    library = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():
+        # torch warns that a registered kernel is being overridden: that is the point of this mode.
+        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+        warnings.filterwarnings("ignore", message=".*Warning only once for all operators.*")
+        library.impl("mm", _mm, key)
+        library.impl("addmm", _addmm, key)
+        library.impl("bmm", _bmm, key)
+    logger.info("ascend_bi eager mode on for %s (aten mm, addmm, bmm overridden)", key)
+    try:
+        yield
+    finally:
+        library._destroy()
+        logger.info("ascend_bi eager mode off for %s", key)

@@ -1,0 +1,38 @@
+"""``ascend_bi::mm`` (mm and addmm) and ``ascend_bi::bmm``: batch-invariant matrix products.
+
+They are ``torch.library.custom_op`` ops whose real impl launches the Triton template and whose
+fake impl only states the output's shape: a ``triton_op`` fails under torch.compile when the
+kernels run in Triton's interpreter (fake tensors have no data pointer), a custom op does not.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ascend_compile.kernels.matmul import bi_matmul
+
+
+@torch.library.custom_op("ascend_bi::mm", mutates_args=())
+def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``bias + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``bias`` broadcasts to (M, N)."""
+    return bi_matmul(a, b, bias)
+
+
+@mm.register_fake
+def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    torch._check(a.dim() == 2 and b.dim() == 2, lambda: "ascend_bi::mm takes 2-D operands")
+    torch._check(a.shape[1] == b.shape[0], lambda: f"ascend_bi::mm shape mismatch {a.shape} @ {b.shape}")
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+@torch.library.custom_op("ascend_bi::bmm", mutates_args=())
+def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 3-D ``a`` (B, M, K) and ``b`` (B, K, N)."""
+    return bi_matmul(a, b)
+
+
+@bmm.register_fake
+def _bmm_fake(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    torch._check(a.dim() == 3 and b.dim() == 3, lambda: "ascend_bi::bmm takes 3-D operands")
+    torch._check(a.shape[2] == b.shape[1], lambda: f"ascend_bi::bmm shape mismatch {a.shape} @ {b.shape}")
+    return a.new_empty((a.shape[0], a.shape[1], b.shape[2]))

@@ -1,0 +1,67 @@
+"""What compiling one graph did: rewrites per pass, copies added, reductions left uncovered.
+
+Passes write into the report attached to the graph they rewrite; the backend keeps every report
+of the process so that users, the demo and the CLI can ask what happened (``ascend_compile.reports()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UncoveredNode:
+    """An order-sensitive reduction the pipeline left as it was."""
+
+    node: str
+    target: str
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class AddedCopy:
+    """A ``clone`` the pipeline inserted because a template cannot read an operand's layout."""
+
+    node: str
+    operand: str
+    bytes_per_call: str
+
+
+@dataclass
+class CompileReport:
+    graph: str
+    device: str
+    executor: str
+    rewrites: dict[str, int] = field(default_factory=dict)
+    uncovered: list[UncoveredNode] = field(default_factory=list)
+    copies: list[AddedCopy] = field(default_factory=list)
+
+    @property
+    def batch_invariant(self) -> bool:
+        """True when no order-sensitive reduction was left uncovered."""
+        return not self.uncovered
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"batch_invariant": self.batch_invariant}
+
+
+_reports: list[CompileReport] = []
+
+
+def record(report: CompileReport) -> None:
+    _reports.append(report)
+
+
+def reports() -> list[CompileReport]:
+    """Reports of every graph ``ascend_bi`` compiled in this process, oldest first."""
+    return list(_reports)
+
+
+def clear_reports() -> None:
+    _reports.clear()

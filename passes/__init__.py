@@ -1,0 +1,25 @@
+"""FX passes of the ``ascend_bi`` backend, one per file, run in the order of ``PIPELINE``.
+
+A pass is ``pass(gm, settings) -> int`` (the number of rewrites it made).  The pipeline runner
+(``pipeline.run_pipeline``) adds dumps, the per-graph report and the facts passes read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.fx
+
+from ascend_compile.passes.fix_contiguity import fix_contiguity
+from ascend_compile.passes.rewrite_matmul import rewrite_matmul
+from ascend_compile.passes.verify_batch_invariance import verify_batch_invariance
+
+Pass = Callable[[torch.fx.GraphModule, "Settings"], int]  # noqa: F821
+
+#: The passes, in the order they run.  ``verify_batch_invariance`` is always last.
+PIPELINE: tuple[Pass, ...] = (
+    rewrite_matmul,
+    fix_contiguity,
+    verify_batch_invariance,
+)
+PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)

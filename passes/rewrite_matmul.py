@@ -1,0 +1,88 @@
+"""Rewrite aten matrix products into the batch-invariant ``ascend_bi`` templates.
+
+Stock matmuls (cuBLAS, oneDNN, aclnn) pick their algorithm -- and with it the order in which K is
+summed -- from the number of rows, so one request's bits depend on its batch.  After lowering,
+``nn.Linear`` and ``torch.matmul`` reach the graph as ``mm``/``addmm``/``bmm`` (weights as a
+``permute``/``t`` view, which the template reads by strides).
+
+Matches::
+
+    mm = torch.ops.aten.mm.default(x, permute)
+    addmm = torch.ops.aten.addmm.default(bias, x, permute)
+    bmm = torch.ops.aten.bmm.default(q, k)
+
+Rewrites to::
+
+    mm = torch.ops.ascend_bi.mm.default(x, permute)
+    addmm = torch.ops.ascend_bi.mm.default(x, permute, bias)
+    bmm = torch.ops.ascend_bi.bmm.default(q, k)
+
+Only float16/bfloat16/float32 operands of one dtype match, and ``addmm`` only with the default
+``beta = alpha = 1``; anything else stays stock and ``verify_batch_invariance`` reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx
+from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
+
+import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.kernels.plans import MATMUL_DTYPES
+from ascend_compile.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+aten = torch.ops.aten
+_PATTERNS = PatternMatcherPass(pass_name="ascend_bi_rewrite_matmul")
+
+
+def _supported(match: Match) -> bool:
+    """All operands are one floating dtype that has a plan."""
+    vals = [node.meta.get("val") for node in match.kwargs.values()]
+    if not all(isinstance(v, torch.Tensor) for v in vals):
+        return False
+    return vals[0].dtype in MATMUL_DTYPES and all(v.dtype == vals[0].dtype for v in vals)
+
+
+def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.Node, ...]) -> None:
+    old = match.output_node()
+    graph = old.graph
+    with graph.inserting_before(old):
+        new = graph.call_function(target, args)
+    new.meta.update(old.meta)
+    old.replace_all_uses_with(new)
+    match.erase_nodes()
+
+
+@register_graph_pattern(
+    CallFunction(aten.mm.default, KeywordArg("a"), KeywordArg("b")),
+    pass_dict=_PATTERNS, extra_check=_supported,
+)
+def _mm(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
+    _replace(match, torch.ops.ascend_bi.mm.default, (a, b))
+
+
+@register_graph_pattern(
+    CallFunction(aten.addmm.default, KeywordArg("bias"), KeywordArg("a"), KeywordArg("b")),
+    pass_dict=_PATTERNS, extra_check=_supported,
+)
+def _addmm(match: Match, bias: torch.fx.Node, a: torch.fx.Node, b: torch.fx.Node) -> None:
+    _replace(match, torch.ops.ascend_bi.mm.default, (a, b, bias))
+
+
+@register_graph_pattern(
+    CallFunction(aten.bmm.default, KeywordArg("a"), KeywordArg("b")),
+    pass_dict=_PATTERNS, extra_check=_supported,
+)
+def _bmm(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
+    _replace(match, torch.ops.ascend_bi.bmm.default, (a, b))
+
+
+def rewrite_matmul(gm: torch.fx.GraphModule, settings: Settings) -> int:
+    """Replace every supported mm/addmm/bmm; returns how many were replaced."""
+    count = _PATTERNS.apply(gm.graph)
+    logger.debug("rewrite_matmul: %d matrix products now batch-invariant", count)
+    return count

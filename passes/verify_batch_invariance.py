@@ -1,0 +1,94 @@
+"""List every order-sensitive reduction still in the graph; the last pass of the pipeline.
+
+A floating-point reduction whose summation order a stock kernel may choose from the batch size
+(matrix products, sums, norms, softmax, attention, ...) breaks batch invariance unless a template
+replaced it.  Exact reductions (max, min, argmax, any, all) and integer arithmetic give the same
+bits in any order and are fine as they are.  An empty list means the graph is batch-invariant by
+construction.
+
+Matches::
+
+    sum_1 = torch.ops.aten.sum.dim_IntList(mul, [-1])
+
+Rewrites to: nothing.  Strict mode raises ``NotBatchInvariantError`` naming each node and its
+source line; lenient mode logs a warning and the compile report lists the nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.fx
+
+from ascend_compile.report import UncoveredNode
+from ascend_compile.settings import Settings
+from ascend_compile.passes.graph_facts import facts_of, source_line
+
+logger = logging.getLogger(__name__)
+
+#: aten ops (by packet name) whose floating-point result depends on the order of a reduction.
+ORDER_SENSITIVE: frozenset[str] = frozenset({
+    # matrix products
+    "mm", "addmm", "bmm", "baddbmm", "addbmm", "matmul", "linear", "dot", "vdot", "mv", "addmv",
+    "_addmm_activation", "convolution", "_convolution", "einsum", "tensordot",
+    # sums and statistics
+    "sum", "nansum", "mean", "nanmean", "var", "std", "var_mean", "std_mean", "prod", "cumsum",
+    "cumprod", "logcumsumexp", "logsumexp", "norm", "linalg_vector_norm", "frobenius_norm",
+    "_safe_softmax", "_softmax", "_log_softmax", "softmax", "log_softmax", "trace",
+    # normalisation layers
+    "native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm", "native_group_norm",
+    "group_norm", "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+    # attention
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_fused_attention_overrideable", "scaled_dot_product_attention",
+    "_flash_attention_forward", "_efficient_attention_forward",
+})
+
+
+class NotBatchInvariantError(RuntimeError):
+    """Strict mode found order-sensitive reductions that no template covers."""
+
+
+def _is_float_tensor(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.dtype.is_floating_point or value.dtype.is_complex
+    if isinstance(value, (tuple, list)):
+        return any(_is_float_tensor(v) for v in value)
+    return False
+
+
+def _order_sensitive(node: torch.fx.Node) -> bool:
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    if node.target.namespace != "aten" or node.target.__name__.split(".")[0] not in ORDER_SENSITIVE:
+        return False
+    # Integer and boolean arithmetic is exact in any order (wrap-around included).
+    operands = [a.meta.get("val") for a in node.all_input_nodes]
+    return _is_float_tensor(node.meta.get("val")) or any(_is_float_tensor(v) for v in operands)
+
+
+def _reason(node: torch.fx.Node) -> str:
+    dtypes = sorted({str(a.meta["val"].dtype).removeprefix("torch.") for a in node.all_input_nodes
+                     if isinstance(a.meta.get("val"), torch.Tensor)})
+    return f"no batch-invariant template for {node.target} with dtypes {', '.join(dtypes) or 'unknown'}"
+
+
+def verify_batch_invariance(gm: torch.fx.GraphModule, settings: Settings) -> int:
+    """Record every uncovered order-sensitive reduction; returns how many there are."""
+    report = facts_of(gm).report
+    found = [
+        UncoveredNode(node=n.name, target=str(n.target), reason=_reason(n), source=source_line(n))
+        for n in gm.graph.nodes if _order_sensitive(n)
+    ]
+    report.uncovered.extend(found)
+    if not found:
+        logger.info("verify_batch_invariance: graph %s is batch-invariant by construction", report.graph)
+        return 0
+    listing = "\n".join(f"  {u.node}: {u.reason}" + (f" at {u.source}" if u.source else "") for u in found)
+    message = f"ascend_bi: {len(found)} order-sensitive reduction(s) in graph {report.graph} are not batch-invariant:\n{listing}"
+    if settings.strict:
+        raise NotBatchInvariantError(message + "\n(strict mode; pass options={'strict': False} to warn instead)")
+    logger.warning("%s", message)
+    return len(found)
