@@ -169,7 +169,7 @@ def bi_matmul(
 
     device = devices.of_tensor(a)
     plan = matmul_plan(k, n, a.dtype, device)
-    sched = schedule or matmul_schedule(plan, m, n, z, device)
+    sched = schedule or matmul_schedule(plan, m, n, z, a.element_size(), device)
     if plan.fp32_io:
         out32 = torch.empty(out.shape, dtype=torch.float32, device=out.device)
         _launch(a3, b3, bias, out32, plan, sched)

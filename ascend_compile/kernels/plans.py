@@ -103,7 +103,14 @@ class MatmulSchedule:
     group_m: int
 
 
-def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, device: Device) -> MatmulSchedule:
+#: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
+_SMEM_FOR_STAGES = 160 * 1024
+#: Above this many rows, partials written and re-read by a split cost more than the weight reads
+#: the split spreads out.
+_SPLIT_MAX_ROWS = 64
+
+
+def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device) -> MatmulSchedule:
     """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``."""
     if device.triton_interpreted:
         # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
@@ -117,9 +124,11 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, device: Device
     else:
         block_m, block_n, warps = 128, 128, 8
     tiles = batch * -(-m // block_m) * -(-n // block_n)
-    split = plan.num_chunks > 1 and tiles < device.compute_units
+    split = plan.num_chunks > 1 and tiles < device.compute_units and m <= _SPLIT_MAX_ROWS
+    stage_bytes = (block_m + block_n) * plan.block_k * itemsize
     return MatmulSchedule(
-        block_m=block_m, block_n=block_n, split=split, num_warps=warps, num_stages=4, group_m=8
+        block_m=block_m, block_n=block_n, split=split, num_warps=warps,
+        num_stages=max(2, min(4, _SMEM_FOR_STAGES // stage_bytes)), group_m=8,
     )
 
 

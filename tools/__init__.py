@@ -1,0 +1,1 @@
+"""Command-line tools: ``ascend-bi`` and the benchmarks."""

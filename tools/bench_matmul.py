@@ -1,0 +1,167 @@
+"""Check and time the batch-invariant matmul against ``torch.mm`` on one GPU, in one run.
+
+For every Qwen3-0.6B linear shape (K, N) and row count M it checks, in bf16:
+
+* invariance: every row of ``X[:M] @ W.T`` equals, bitwise, the same row computed at the largest
+  M (and the split and serial schedules of the plan agree bitwise);
+* accuracy: relative error against a float64 reference;
+* speed: time per call of ``ascend_bi::mm``'s kernel and of ``torch.mm`` (cuBLAS), both replayed
+  from CUDA graphs of back-to-back calls over enough weight copies that L2 cannot hold them.
+
+Usage: ``python -m ascend_compile.tools.bench_matmul [--json PATH] [--markdown PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import platform
+import sys
+from collections.abc import Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SHAPES: tuple[tuple[int, int], ...] = (
+    (1024, 2048), (1024, 1024), (1024, 4096), (2048, 1024), (1024, 6144), (3072, 1024), (1024, 151936),
+)
+ROWS: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 16, 31, 32, 64, 128, 512)
+_L2_FLUSH_BYTES = 256 << 20
+
+
+@dataclasses.dataclass
+class Point:
+    k: int
+    n: int
+    m: int
+    invariant: bool
+    schedules_agree: bool
+    rel_error: float
+    bi_us: float
+    cublas_us: float
+
+    @property
+    def speedup(self) -> float:
+        return self.cublas_us / self.bi_us
+
+
+def _graph_time_us(calls: list[Callable[[], object]], repeats: int = 20) -> float:
+    """Median time of one call, from CUDA-graph replays of all ``calls`` back to back."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:  # warm up: compile kernels, allocate workspaces
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / len(calls))
+    return sorted(times)[len(times) // 2]
+
+
+def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[Point]:
+    from ascend_compile import devices
+    from ascend_compile.kernels.matmul import bi_matmul
+    from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
+
+    gen = torch.Generator(device="cuda").manual_seed(k * 7 + n)
+    copies = max(1, min(16, math.ceil(_L2_FLUSH_BYTES / (k * n * 2))))
+    weights = [torch.randn(n, k, device="cuda", dtype=dtype, generator=gen) / math.sqrt(k) for _ in range(copies)]
+    x_all = torch.randn(max(rows), k, device="cuda", dtype=dtype, generator=gen)
+    w = weights[0]
+    reference_rows = bi_matmul(x_all, w.t())
+    device = devices.of_tensor(x_all)
+    plan = matmul_plan(k, n, dtype, device)
+    points = []
+    for m in rows:
+        x = x_all[:m].clone()
+        out = bi_matmul(x, w.t())
+        invariant = torch.equal(out, reference_rows[:m])
+        base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
+        split = bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True))
+        serial = bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=False))
+        agree = torch.equal(split, serial) and torch.equal(split, out)
+        ref = x.double() @ w.double().t()
+        rel = ((out.double() - ref).norm() / ref.norm()).item()
+        bi_us = _graph_time_us([lambda wi=wi: bi_matmul(x, wi.t()) for wi in weights])
+        cublas_us = _graph_time_us([lambda wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us))
+        logger.info("K=%d N=%d M=%d: invariant=%s agree=%s err=%.2e bi=%.1fus cublas=%.1fus",
+                    k, n, m, invariant, agree, rel, bi_us, cublas_us)
+    return points
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def versions() -> dict[str, str]:
+    import triton
+
+    return {
+        "card": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": str(torch.version.cuda),
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def markdown(points: list[Point], info: dict[str, str]) -> str:
+    lines = [
+        f"Card: {info['card']}; torch {info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; {info['date']}.",
+        "",
+        "| K | N | M | bitwise invariant | split == serial | rel. error vs fp64 | ascend_bi µs | cuBLAS µs | speed vs cuBLAS |",
+        "|---:|---:|---:|:---:|:---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lines.append(f"| {p.k} | {p.n} | {p.m} | {'yes' if p.invariant else 'NO'} | {'yes' if p.schedules_agree else 'NO'} "
+                     f"| {p.rel_error:.1e} | {p.bi_us:.1f} | {p.cublas_us:.1f} | {p.speedup:.2f}× |")
+    small = [p.speedup for p in points if p.m <= 16]
+    lines += ["", f"Geo-mean speed vs cuBLAS: all points {geomean([p.speedup for p in points]):.2f}×, "
+                  f"M ≤ 16 {geomean(small):.2f}×, M > 16 {geomean([p.speedup for p in points if p.m > 16]):.2f}×."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="write every point as JSON here")
+    parser.add_argument("--markdown", help="write the results table as Markdown here")
+    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS), help="row counts M")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_matmul needs a CUDA GPU", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    points = [p for k, n in SHAPES for p in measure(k, n, tuple(args.rows), torch.bfloat16)]
+    info = versions()
+    table = markdown(points, info)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    print(table)
+    return 0 if all(p.invariant and p.schedules_agree for p in points) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
