@@ -8,7 +8,9 @@ For every Qwen3-0.6B linear shape (K, N) and row count M it checks, in bf16:
 * speed: time per call of ``ascend_bi::mm``'s kernel and of ``torch.mm`` (cuBLAS), both replayed
   from CUDA graphs of back-to-back calls over enough weight copies that L2 cannot hold them.
 
-Usage: ``python -m ascend_compile.tools.bench_matmul [--json PATH] [--markdown PATH]``.
+Usage: ``python -m ascend_compile.tools.bench_matmul [--json PATH] [--markdown PATH] [--sweep PATH]``.
+``--sweep`` also times a grid of schedules per point (schedules never change the bits, so the
+fastest can be chosen offline and written into ``plans.matmul_schedule``).
 """
 
 from __future__ import annotations
@@ -107,6 +109,45 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
     return points
 
 
+def sweep_candidates(m: int) -> list[tuple[int, int, bool, int]]:
+    """(block_m, block_n, split, num_stages) to try at ``m`` rows."""
+    if m <= 16:
+        return [(16, bn, split, stages) for bn in (32, 64, 128) for split in (True, False) for stages in (3, 5)]
+    block_ms = (16, 32) if m <= 32 else (32, 64) if m <= 64 else (64, 128)
+    return [(bm, bn, split, 3) for bm in block_ms for bn in (64, 128, 256) for split in (True, False)]
+
+
+def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
+    from ascend_compile import devices
+    from ascend_compile.kernels.matmul import bi_matmul
+    from ascend_compile.kernels.plans import MatmulSchedule
+
+    gen = torch.Generator(device="cuda").manual_seed(k + n)
+    copies = max(1, min(16, math.ceil(_L2_FLUSH_BYTES / (k * n * 2))))
+    weights = [torch.randn(n, k, device="cuda", dtype=dtype, generator=gen) for _ in range(copies)]
+    device = devices.of_tensor(weights[0])
+    results = []
+    for m in rows:
+        x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
+        cublas = _graph_time_us([lambda wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        for bm, bn, split, stages in sweep_candidates(m):
+            tiles = -(-m // bm) * -(-n // bn)
+            if split and tiles >= 4 * device.compute_units:
+                continue
+            sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
+                                   num_stages=stages, group_m=8)
+            try:
+                us = _graph_time_us([lambda wi=wi: bi_matmul(x, wi.t(), schedule=sched) for wi in weights])
+            except Exception as error:  # out of shared memory for this tile: not a candidate
+                logger.info("skip %s: %s", sched, str(error).splitlines()[0])
+                continue
+            results.append({"k": k, "n": n, "m": m, "tiles": tiles, "cublas_us": cublas, "us": us,
+                            **dataclasses.asdict(sched)})
+        best = min((r for r in results if r["m"] == m and r["k"] == k and r["n"] == n), key=lambda r: r["us"])
+        logger.info("sweep K=%d N=%d M=%d: cublas %.1fus best %.1fus %s", k, n, m, cublas, best["us"], best)
+    return results
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -145,11 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every point as JSON here")
     parser.add_argument("--markdown", help="write the results table as Markdown here")
     parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS), help="row counts M")
+    parser.add_argument("--sweep", help="also time a grid of schedules per point; write them as JSON here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_matmul needs a CUDA GPU", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.sweep:
+        grid = [r for k, n in SHAPES for r in sweep(k, n, tuple(args.rows), torch.bfloat16)]
+        with open(args.sweep, "w") as f:
+            json.dump(grid, f, indent=1)
     points = [p for k, n in SHAPES for p in measure(k, n, tuple(args.rows), torch.bfloat16)]
     info = versions()
     table = markdown(points, info)

@@ -44,24 +44,38 @@ def _arrival_counters(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _chunk_partial(a_ptr, b_ptr, rm, rn, chunk, M, N, K,
-                   stride_am, stride_ak, stride_bk, stride_bn,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   CHUNK_BLOCKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """Sum of a[rm, k] * b[k, rn] over one chunk of K, accumulated from zero."""
+def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
+                stride_am, stride_ak, stride_bk, stride_bn,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr):
+    """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero.
+
+    One flat loop over K blocks (so Triton pipelines loads across chunk boundaries); at the end of
+    each chunk the chunk's accumulator is added to the running total and restarted from zero.
+    """
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     rk = tl.arange(0, BLOCK_K)
-    for kb in range(CHUNK_BLOCKS):
-        k = (chunk * CHUNK_BLOCKS + kb) * BLOCK_K + rk
-        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
-                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
-                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
+    k0 = first_chunk * CHUNK_BLOCKS * BLOCK_K
+    for i in range(num_chunks * CHUNK_BLOCKS):
+        k = k0 + i * BLOCK_K + rk
+        if EVEN_K:  # every chunk is full: only rows and columns need masks
+            a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak, mask=rm[:, None] < M, other=0.0)
+            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn, mask=rn[None, :] < N, other=0.0)
+        else:
+            a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
+                        mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
+                        mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    return acc
+        if i % CHUNK_BLOCKS == CHUNK_BLOCKS - 1:
+            total += acc
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    return total
 
 
 @triton.jit
@@ -74,7 +88,7 @@ def _bi_matmul_kernel(
     stride_oz, stride_om, stride_on,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     pid = tl.program_id(0)
@@ -94,9 +108,9 @@ def _bi_matmul_kernel(
 
     if SPLIT:
         chunk = tl.program_id(1)
-        partial = _chunk_partial(a_ptr, b_ptr, rm, rn, chunk, M, N, K,
-                                 stride_am, stride_ak, stride_bk, stride_bn,
-                                 BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
+        partial = _sum_chunks(a_ptr, b_ptr, rm, rn, chunk, 1, M, N, K,
+                              stride_am, stride_ak, stride_bk, stride_bn,
+                              BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION)
         tile = z * tiles_m * tiles_n + pid
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
@@ -104,20 +118,16 @@ def _bi_matmul_kernel(
         tl.debug_barrier()
         arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
         if arrived == NUM_CHUNKS - 1:
-            total = tl.load(tile_ws + local, cache_modifier=".cg")
-            for c in range(1, NUM_CHUNKS):
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for c in range(NUM_CHUNKS):
                 total += tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + local, cache_modifier=".cg")
             _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                       stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
             tl.atomic_xchg(counter_ptr + tile, 0)
     else:
-        total = _chunk_partial(a_ptr, b_ptr, rm, rn, 0, M, N, K,
-                               stride_am, stride_ak, stride_bk, stride_bn,
-                               BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
-        for c in range(1, NUM_CHUNKS):
-            total += _chunk_partial(a_ptr, b_ptr, rm, rn, c, M, N, K,
-                                    stride_am, stride_ak, stride_bk, stride_bn,
-                                    BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, UPCAST, INPUT_PRECISION)
+        total = _sum_chunks(a_ptr, b_ptr, rm, rn, 0, NUM_CHUNKS, M, N, K,
+                            stride_am, stride_ak, stride_bk, stride_bn,
+                            BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
 
@@ -199,6 +209,6 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
-        CHUNK_BLOCKS=plan.chunk_blocks, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
         num_warps=sched.num_warps, num_stages=sched.num_stages,
     )

@@ -105,31 +105,36 @@ class MatmulSchedule:
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
 _SMEM_FOR_STAGES = 160 * 1024
-#: Above this many rows, partials written and re-read by a split cost more than the weight reads
-#: the split spreads out.
-_SPLIT_MAX_ROWS = 64
+#: Above this many rows a split's partials cost more than the weight reads it spreads out.
+_SPLIT_MAX_ROWS = 128
 
 
 def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device) -> MatmulSchedule:
-    """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``."""
+    """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``.
+
+    Chosen from a sweep of tiles x split x stages on an H200 (tools/bench_matmul.py --sweep,
+    docs/BENCHMARKS.md): narrow tiles and deep pipelines for decode rows, which are bound by
+    weight reads; the split whenever the output has fewer tiles than the device has SMs.
+    """
     if device.triton_interpreted:
         # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
         return MatmulSchedule(block_m=32, block_n=128, split=False, num_warps=4, num_stages=1, group_m=1)
-    if m <= 16:
-        block_m, block_n, warps = 16, 64, 4
-    elif m <= 32:
-        block_m, block_n, warps = 32, 64, 4
-    elif m <= 64:
-        block_m, block_n, warps = 64, 128, 4
-    else:
-        block_m, block_n, warps = 128, 128, 8
-    tiles = batch * -(-m // block_m) * -(-n // block_n)
-    split = plan.num_chunks > 1 and tiles < device.compute_units and m <= _SPLIT_MAX_ROWS
+    units = device.compute_units
+    block_m = 16 if m <= 32 else 32 if m <= 64 else 64
+    block_n = 32 if m <= 16 else 64
+
+    def tiles() -> int:
+        return batch * -(-m // block_m) * -(-n // block_n)
+
+    if m > 16 and tiles() >= 4 * units:  # wide outputs (the LM head): bigger tiles, fewer re-reads
+        block_m, block_n = min(64, 2 * block_m), 128 if m > 64 else block_n
+    # Decode rows split only long K (short K gains nothing from 4 chunks); wider rows whenever the
+    # output alone leaves SMs idle.
+    split = (plan.num_chunks > 1 and tiles() < units and m <= _SPLIT_MAX_ROWS
+             and (m > 16 or plan.num_chunks >= 8))
     stage_bytes = (block_m + block_n) * plan.block_k * itemsize
-    return MatmulSchedule(
-        block_m=block_m, block_n=block_n, split=split, num_warps=warps,
-        num_stages=max(2, min(4, _SMEM_FOR_STAGES // stage_bytes)), group_m=8,
-    )
+    stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
+    return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8)
 
 
 def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], device: Device) -> bool:

@@ -43,8 +43,9 @@ def test_split_and_serial_schedules_agree(dtype: torch.dtype) -> None:
     for m in (1, 8, 64, 300):
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
-        outs = [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(base, split=s, block_m=bm, block_n=bn))
-                for s in (True, False) for bm, bn in ((16, 64), (64, 128), (128, 128))]
+        outs = [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(
+                    base, split=s, block_m=bm, block_n=bn, num_warps=warps, num_stages=2))
+                for s in (True, False) for bm, bn, warps in ((16, 64, 4), (64, 128, 4), (128, 64, 8))]
         assert all(torch.equal(o, outs[0]) for o in outs)
 
 
