@@ -1,0 +1,97 @@
+"""Small built-in models for the demo and the CLI: real decoder structure, random weights.
+
+``TinyDecoder`` is a Llama/Qwen-style decoder-only LM written with plain torch ops (RMSNorm,
+rotary embeddings, causal SDPA attention, SwiGLU MLP, tied LM head) so that it needs no
+downloads and compiles on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    vocab: int = 1024
+    hidden: int = 256
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 704
+    rope_theta: float = 10000.0
+    eps: float = 1e-6
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.attn_norm = RMSNorm(cfg.hidden, cfg.eps)
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=True)
+        self.o = nn.Linear(cfg.hidden, cfg.hidden, bias=False)
+        self.mlp_norm = RMSNorm(cfg.hidden, cfg.eps)
+        self.gate_up = nn.Linear(cfg.hidden, 2 * cfg.intermediate, bias=False)
+        self.down = nn.Linear(cfg.intermediate, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (y.transpose(1, 2) for y in (q, k, v))
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(attn.transpose(1, 2).reshape(b, t, d))
+        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+class TinyDecoder(nn.Module):
+    """Decoder-only LM: tokens (batch, seq) -> logits (batch, seq, vocab)."""
+
+    def __init__(self, cfg: DecoderConfig = DecoderConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.eps)
+        head_dim = cfg.hidden // cfg.heads
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        for p in self.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=1.0 / math.sqrt(p.shape[-1]))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq)
+        cos = torch.cat((angles, angles), dim=-1).cos().to(self.embed.weight.dtype)
+        sin = torch.cat((angles, angles), dim=-1).sin().to(self.embed.weight.dtype)
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return F.linear(self.norm(x), self.embed.weight)
+
+
+def tiny_decoder(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> TinyDecoder:
+    torch.manual_seed(seed)
+    return TinyDecoder().to(device=device, dtype=dtype).eval()
