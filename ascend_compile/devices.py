@@ -46,7 +46,9 @@ _DISPATCH_KEYS = {"cuda": "CUDA", "npu": "PrivateUse1", "cpu": "CPU"}
 def dispatch_key(kind: str) -> str:
     """The dispatcher key eager-mode overrides register under for a device type."""
     if kind not in _DISPATCH_KEYS:
-        raise ValueError(f"ascend_bi: device type {kind!r} is not supported; accepted device types: {', '.join(DEVICE_KINDS)}")
+        raise ValueError(
+            f"ascend_bi: device type {kind!r} is not supported; accepted device types: {', '.join(DEVICE_KINDS)}"
+        )
     return _DISPATCH_KEYS[kind]
 
 
@@ -96,7 +98,7 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _describe(kind: str, index: int) -> Device:
     if kind == "cuda":
         units = torch.cuda.get_device_properties(index).multi_processor_count

@@ -25,9 +25,9 @@ import torch
 import torch.fx
 
 from ascend_compile.kernels.plans import matmul_operand_readable
+from ascend_compile.passes.graph_facts import facts_of
 from ascend_compile.report import AddedCopy
 from ascend_compile.settings import Settings
-from ascend_compile.passes.graph_facts import facts_of
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,11 @@ def facts_of(gm: torch.fx.GraphModule) -> GraphFacts:
 
 
 def source_line(node: torch.fx.Node) -> str:
-    """``file:line (code)`` of the user code that produced ``node``, or '' when unknown."""
+    """``file:line (code)`` of the user code that produced ``node``.
+
+    Dynamo records no stack for code inside torch's own modules (a bare ``nn.Linear``); then the
+    innermost module on ``nn_module_stack`` names where the node came from.  '' when neither is known.
+    """
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines()]
     for i in range(len(lines) - 1, -1, -1):
@@ -51,4 +55,9 @@ def source_line(node: torch.fx.Node) -> str:
             where = f"{parts[0][5:].strip(chr(34))}:{parts[1].strip().removeprefix('line ')}"
             code = lines[i + 1] if i + 1 < len(lines) else ""
             return f"{where} ({code})" if code else where
+    modules = list((node.meta.get("nn_module_stack") or {}).values())
+    if modules:
+        path, kind = modules[-1]
+        kind_name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+        return f"module {path or '<root>'} ({kind_name})"
     return ""

@@ -47,6 +47,12 @@ def _supported(match: Match) -> bool:
     return vals[0].dtype in MATMUL_DTYPES and all(v.dtype == vals[0].dtype for v in vals)
 
 
+def _supported_addmm(match: Match) -> bool:
+    """As ``_supported``, and ``beta = alpha = 1`` (the pattern matcher does not compare them)."""
+    node = match.output_node()
+    return node.kwargs.get("beta", 1) == 1 and node.kwargs.get("alpha", 1) == 1 and _supported(match)
+
+
 def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.Node, ...]) -> None:
     old = match.output_node()
     graph = old.graph
@@ -67,7 +73,7 @@ def _mm(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
 
 @register_graph_pattern(
     CallFunction(aten.addmm.default, KeywordArg("bias"), KeywordArg("a"), KeywordArg("b")),
-    pass_dict=_PATTERNS, extra_check=_supported,
+    pass_dict=_PATTERNS, extra_check=_supported_addmm,
 )
 def _addmm(match: Match, bias: torch.fx.Node, a: torch.fx.Node, b: torch.fx.Node) -> None:
     _replace(match, torch.ops.ascend_bi.mm.default, (a, b, bias))

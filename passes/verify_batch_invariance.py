@@ -21,9 +21,9 @@ import logging
 import torch
 import torch.fx
 
+from ascend_compile.passes.graph_facts import facts_of, source_line
 from ascend_compile.report import UncoveredNode
 from ascend_compile.settings import Settings
-from ascend_compile.passes.graph_facts import facts_of, source_line
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def verify_batch_invariance(gm: torch.fx.GraphModule, settings: Settings) -> int
         logger.info("verify_batch_invariance: graph %s is batch-invariant by construction", report.graph)
         return 0
     listing = "\n".join(f"  {u.node}: {u.reason}" + (f" at {u.source}" if u.source else "") for u in found)
-    message = f"ascend_bi: {len(found)} order-sensitive reduction(s) in graph {report.graph} are not batch-invariant:\n{listing}"
+    message = (f"ascend_bi: {len(found)} order-sensitive reduction(s) in graph {report.graph} "
+               f"are not batch-invariant:\n{listing}")
     if settings.strict:
         raise NotBatchInvariantError(message + "\n(strict mode; pass options={'strict': False} to warn instead)")
     logger.warning("%s", message)

@@ -101,8 +101,8 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
         agree = torch.equal(split, serial) and torch.equal(split, out)
         ref = x.double() @ w.double().t()
         rel = ((out.double() - ref).norm() / ref.norm()).item()
-        bi_us = _graph_time_us([lambda wi=wi: bi_matmul(x, wi.t()) for wi in weights])
-        cublas_us = _graph_time_us([lambda wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        bi_us = _graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t()) for wi in weights])
+        cublas_us = _graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us))
         logger.info("K=%d N=%d M=%d: invariant=%s agree=%s err=%.2e bi=%.1fus cublas=%.1fus",
                     k, n, m, invariant, agree, rel, bi_us, cublas_us)
@@ -129,7 +129,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
     results = []
     for m in rows:
         x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
-        cublas = _graph_time_us([lambda wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        cublas = _graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         for bm, bn, split, stages in sweep_candidates(m):
             tiles = -(-m // bm) * -(-n // bn)
             if split and tiles >= 4 * device.compute_units:
@@ -137,7 +137,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
             sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
                                    num_stages=stages, group_m=8)
             try:
-                us = _graph_time_us([lambda wi=wi: bi_matmul(x, wi.t(), schedule=sched) for wi in weights])
+                us = _graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s) for wi in weights])
             except Exception as error:  # out of shared memory for this tile: not a candidate
                 logger.info("skip %s: %s", sched, str(error).splitlines()[0])
                 continue
@@ -169,12 +169,14 @@ def markdown(points: list[Point], info: dict[str, str]) -> str:
     lines = [
         f"Card: {info['card']}; torch {info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; {info['date']}.",
         "",
-        "| K | N | M | bitwise invariant | split == serial | rel. error vs fp64 | ascend_bi µs | cuBLAS µs | speed vs cuBLAS |",
+        "| K | N | M | bitwise invariant | split == serial | rel. error vs fp64 "
+        "| ascend_bi µs | cuBLAS µs | speed vs cuBLAS |",
         "|---:|---:|---:|:---:|:---:|---:|---:|---:|---:|",
     ]
     for p in points:
-        lines.append(f"| {p.k} | {p.n} | {p.m} | {'yes' if p.invariant else 'NO'} | {'yes' if p.schedules_agree else 'NO'} "
-                     f"| {p.rel_error:.1e} | {p.bi_us:.1f} | {p.cublas_us:.1f} | {p.speedup:.2f}× |")
+        invariant, agree = ("yes" if ok else "NO" for ok in (p.invariant, p.schedules_agree))
+        lines.append(f"| {p.k} | {p.n} | {p.m} | {invariant} | {agree} | {p.rel_error:.1e} "
+                     f"| {p.bi_us:.1f} | {p.cublas_us:.1f} | {p.speedup:.2f}× |")
     small = [p.speedup for p in points if p.m <= 16]
     lines += ["", f"Geo-mean speed vs cuBLAS: all points {geomean([p.speedup for p in points]):.2f}×, "
                   f"M ≤ 16 {geomean(small):.2f}×, M > 16 {geomean([p.speedup for p in points if p.m > 16]):.2f}×."]

@@ -158,7 +158,9 @@ def bi_matmul(
     """
     batched = a.dim() == 3
     if a.dim() not in (2, 3) or b.dim() != a.dim():
-        raise ValueError(f"bi_matmul takes two 2-D or two 3-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"bi_matmul takes two 2-D or two 3-D tensors, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.dtype != b.dtype or (bias is not None and bias.dtype != a.dtype):
         dtypes = [a.dtype, b.dtype] + ([bias.dtype] if bias is not None else [])
         raise ValueError(f"bi_matmul operands must share one dtype, got {dtypes}")
@@ -209,6 +211,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
-        CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,
+        INPUT_PRECISION=plan.input_precision,
         num_warps=sched.num_warps, num_stages=sched.num_stages,
     )

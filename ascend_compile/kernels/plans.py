@@ -144,4 +144,4 @@ def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], de
     must have stride 1 (or extent 1).  Transposed weights qualify; a gathered view such as
     ``x[:, ::2]`` does not.  The rule is the same on every device today.
     """
-    return any(extent == 1 or stride == 1 for extent, stride in zip(shape[-2:], strides[-2:]))
+    return any(extent == 1 or stride == 1 for extent, stride in zip(shape[-2:], strides[-2:], strict=True))

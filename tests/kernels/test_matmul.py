@@ -1,0 +1,98 @@
+"""The matmul template (under Triton's interpreter on CPU): invariance, schedules, accuracy."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ascend_compile import devices
+from ascend_compile.kernels.matmul import bi_matmul
+from ascend_compile.kernels.plans import MatmulSchedule, UnsupportedPlan, matmul_plan
+from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,n", [(64, 96), (1000, 130)])
+def test_row_is_bitwise_equal_alone_and_in_batches(k: int, n: int, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(n, k).to(dtype)
+    bias = torch.randn(n).to(dtype)
+    probe = torch.randn(1, k).to(dtype)
+    alone, placed = rows_in_batches(lambda x: bi_matmul(x, w.t(), bias), probe)
+    assert all_bitwise_equal(alone, placed)
+    ref = probe.double() @ w.double().t() + bias.double()
+    assert rel_error(alone, ref[0]) < TOLERANCE[dtype]
+
+
+def test_stock_mm_differs_between_one_row_and_many() -> None:
+    """Negative control: the same check finds a difference for torch.mm (CPU, fp32)."""
+    torch.manual_seed(0)
+    w = torch.randn(96, 1000)
+    alone, placed = rows_in_batches(lambda x: torch.mm(x, w.t()), torch.randn(1, 1000))
+    assert not all_bitwise_equal(alone, placed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_split_and_serial_schedules_give_identical_bits(dtype: torch.dtype) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(40, 1000).to(dtype)
+    w = torch.randn(70, 1000).to(dtype)
+    bias = torch.randn(70).to(dtype)
+    plan = matmul_plan(1000, 70, dtype, devices.of_tensor(x))
+    assert plan.num_chunks > 1, "the test needs a plan with several chunks"
+    base = MatmulSchedule(block_m=16, block_n=64, split=True, num_warps=4, num_stages=1, group_m=1)
+    schedules = [base, dataclasses.replace(base, split=False),
+                 dataclasses.replace(base, block_m=64, block_n=32, group_m=4),
+                 dataclasses.replace(base, block_m=64, block_n=32, split=False)]
+    outs = [bi_matmul(x, w.t(), bias, schedule=s) for s in schedules]
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_bmm_rows_are_invariant_and_accurate() -> None:
+    torch.manual_seed(2)
+    b = torch.randn(3, 300, 50)
+    probe = torch.randn(1, 3, 300)
+
+    def batched(x: torch.Tensor) -> torch.Tensor:  # rows of each of the 3 matrices move together
+        return bi_matmul(x.transpose(0, 1).contiguous(), b).transpose(0, 1)
+
+    alone, placed = rows_in_batches(batched, probe)
+    assert all_bitwise_equal(alone, placed)
+    assert rel_error(alone, (probe.double().transpose(0, 1) @ b.double())[:, 0]) < 1e-5
+
+
+def test_reads_transposed_and_strided_operands_without_copies() -> None:
+    torch.manual_seed(3)
+    a = torch.randn(200, 30).t()  # (30, 200), column-major
+    w = torch.randn(200, 40)[:, ::2]  # (200, 20), row stride 40
+    out = bi_matmul(a, w)
+    assert rel_error(out, a.double() @ w.double()) < 1e-5
+
+
+def test_bias_broadcasts_from_a_row_and_a_full_matrix() -> None:
+    torch.manual_seed(4)
+    a, b = torch.randn(5, 64), torch.randn(64, 7)
+    for bias in (torch.randn(7), torch.randn(1, 7), torch.randn(5, 7)):
+        assert rel_error(bi_matmul(a, b, bias), a.double() @ b.double() + bias.double()) < 1e-5
+
+
+def test_empty_extents() -> None:
+    assert bi_matmul(torch.randn(0, 8), torch.randn(8, 3)).shape == (0, 3)
+    assert torch.equal(bi_matmul(torch.randn(2, 0), torch.randn(0, 3), torch.ones(3)), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_unsupported_dtype_is_a_clear_error(dtype: torch.dtype) -> None:
+    with pytest.raises(UnsupportedPlan, match="accepted dtypes: float32, bfloat16, float16"):
+        bi_matmul(torch.ones(2, 3, dtype=dtype), torch.ones(3, 4, dtype=dtype))
+
+
+def test_mismatched_operands_are_rejected() -> None:
+    with pytest.raises(ValueError, match="share one dtype"):
+        bi_matmul(torch.ones(2, 3), torch.ones(3, 4, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        bi_matmul(torch.ones(2, 3), torch.ones(4, 4))

@@ -1,0 +1,44 @@
+"""The law, checked on the plan functions themselves."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from ascend_compile.devices import Device
+from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
+
+GPU = Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False)
+CPU = Device(kind="cpu", index=0, compute_units=2, triton_interpreted=True)
+
+
+def test_plan_cannot_see_the_batch_extent() -> None:
+    assert list(inspect.signature(matmul_plan).parameters) == ["k", "n", "dtype", "device"]
+
+
+@pytest.mark.parametrize("device", [GPU, CPU])
+@pytest.mark.parametrize("k", [1, 64, 1000, 1024, 3072])
+def test_chunks_cover_k_exactly_once(device: Device, k: int) -> None:
+    plan = matmul_plan(k, 1024, torch.bfloat16, device)
+    assert plan.num_chunks * plan.chunk_k >= k > (plan.num_chunks - 1) * plan.chunk_k
+
+
+def test_gpu_schedules_vary_with_rows_but_never_touch_the_plan() -> None:
+    plan = matmul_plan(3072, 1024, torch.bfloat16, GPU)
+    schedules = {matmul_schedule(plan, m, 1024, 1, 2, GPU) for m in (1, 8, 32, 64, 128, 512)}
+    assert len(schedules) > 1
+    assert any(s.split for s in schedules) and any(not s.split for s in schedules)
+
+
+def test_fp32_keeps_ieee_precision() -> None:
+    assert matmul_plan(256, 256, torch.float32, GPU).input_precision == "ieee"
+
+
+def test_schedules_fit_shared_memory() -> None:
+    for dtype_size in (2, 4):
+        plan = matmul_plan(4096, 151936, torch.float32 if dtype_size == 4 else torch.bfloat16, GPU)
+        for m in (1, 16, 33, 64, 100, 4096):
+            s = matmul_schedule(plan, m, 151936, 1, dtype_size, GPU)
+            assert (s.block_m + s.block_n) * plan.block_k * dtype_size * s.num_stages <= 227 * 1024

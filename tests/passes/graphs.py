@@ -1,0 +1,24 @@
+"""Build aten graphs the way the executors see them (fake-tensor metadata on every node)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ascend_compile import devices
+from ascend_compile.passes.graph_facts import GraphFacts, attach
+from ascend_compile.report import CompileReport
+
+
+def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
+               static_positions: frozenset[int] = frozenset()) -> torch.fx.GraphModule:
+    gm = make_fx(fn, tracing_mode="fake")(*inputs)
+    report = CompileReport(graph="test_graph", device="cpu", executor="fx")
+    attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions, report=report))
+    return gm
+
+
+def targets(gm: torch.fx.GraphModule) -> list[object]:
+    return [n.target for n in gm.graph.nodes if n.op == "call_function"]
