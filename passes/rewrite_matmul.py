@@ -30,7 +30,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.kernels.plans import MATMUL_DTYPES
+from ascend_compile.passes.replace import call, planned_floats, swap
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,7 @@ _PATTERNS = PatternMatcherPass(pass_name="ascend_bi_rewrite_matmul")
 
 
 def _supported(match: Match) -> bool:
-    """All operands are one floating dtype that has a plan."""
-    vals = [node.meta.get("val") for node in match.kwargs.values()]
-    if not all(isinstance(v, torch.Tensor) for v in vals):
-        return False
-    return vals[0].dtype in MATMUL_DTYPES and all(v.dtype == vals[0].dtype for v in vals)
+    return planned_floats(*match.kwargs.values())
 
 
 def _supported_addmm(match: Match) -> bool:
@@ -55,12 +51,7 @@ def _supported_addmm(match: Match) -> bool:
 
 def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.Node, ...]) -> None:
     old = match.output_node()
-    graph = old.graph
-    with graph.inserting_before(old):
-        new = graph.call_function(target, args)
-    new.meta.update(old.meta)
-    old.replace_all_uses_with(new)
-    match.erase_nodes()
+    swap(old, call(old.graph, old, target, args))
 
 
 @register_graph_pattern(

@@ -23,7 +23,8 @@ from ascend_compile.devices import Device
 
 logger = logging.getLogger(__name__)
 
-MATMUL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+#: Floating dtypes every kernel family takes (accumulation is always fp32).
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class UnsupportedPlan(ValueError):
@@ -54,10 +55,10 @@ class MatmulPlan:
         return self.block_k * self.chunk_blocks
 
 
-def _check_matmul_dtype(dtype: torch.dtype) -> None:
-    if dtype not in MATMUL_DTYPES:
-        accepted = ", ".join(str(d).removeprefix("torch.") for d in MATMUL_DTYPES)
-        raise UnsupportedPlan(f"no batch-invariant matmul plan for dtype {dtype}; accepted dtypes: {accepted}")
+def _check_dtype(family: str, dtype: torch.dtype) -> None:
+    if dtype not in FLOAT_DTYPES:
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
+        raise UnsupportedPlan(f"no batch-invariant {family} plan for dtype {dtype}; accepted dtypes: {accepted}")
 
 
 def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPlan:
@@ -66,7 +67,7 @@ def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPla
     ``n`` is part of the key so that plans may later differ by output width; today the chunk size
     depends only on K, the dtype and the device kind.
     """
-    _check_matmul_dtype(dtype)
+    _check_dtype("matmul", dtype)
     if k <= 0 or n <= 0:
         raise UnsupportedPlan(f"matmul extents must be positive, got K={k}, N={n}")
     if device.kind == "cpu":
@@ -88,6 +89,34 @@ def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPla
         input_precision="ieee",
         fp32_io=device.triton_interpreted and dtype != torch.float32,
     )
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How a row of ``n`` elements is reduced (sums, norms, softmax).
+
+    ``block`` lanes each add the row's elements that fall on them, block after block, in order;
+    the lanes are then added by ``tree_sum``'s fixed pairwise tree.  The order depends on
+    ``block`` alone, which depends on ``n``, the dtype and the device kind.
+    """
+
+    block: int
+    #: As ``MatmulPlan.fp32_io``: the interpreter's fp32 -> 16-bit cast truncates, so results are
+    #: stored as fp32 and torch rounds them.
+    fp32_io: bool
+
+
+def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
+    """The summation order for rows of ``n`` elements (n is the reduced extent)."""
+    _check_dtype("reduction", dtype)
+    cap = 4096 if device.triton_interpreted else 1024
+    block = min(cap, max(16, 1 << max(0, n - 1).bit_length()))
+    return RowPlan(block=block, fp32_io=device.triton_interpreted and dtype != torch.float32)
+
+
+def row_warps(plan: RowPlan) -> int:
+    """Warps per row program: schedule only (``tree_sum`` makes the order layout-independent)."""
+    return 4 if plan.block <= 1024 else 8
 
 
 @dataclass(frozen=True)

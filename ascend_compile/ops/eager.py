@@ -21,15 +21,15 @@ import torch
 
 from ascend_compile import devices
 from ascend_compile.kernels.matmul import bi_matmul
-from ascend_compile.kernels.plans import MATMUL_DTYPES
+from ascend_compile.kernels.plans import FLOAT_DTYPES
 
 logger = logging.getLogger(__name__)
 
 
 def _check(op: str, *tensors: torch.Tensor) -> None:
     dtype = tensors[0].dtype
-    if dtype not in MATMUL_DTYPES or any(t.dtype != dtype for t in tensors):
-        accepted = ", ".join(str(d).removeprefix("torch.") for d in MATMUL_DTYPES)
+    if dtype not in FLOAT_DTYPES or any(t.dtype != dtype for t in tensors):
+        accepted = ", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES)
         raise TypeError(
             f"ascend_bi eager mode: aten.{op} on dtypes {[str(t.dtype) for t in tensors]} has no batch-invariant "
             f"kernel; accepted: one of {accepted} for all operands. Leave eager_mode() for this call."

@@ -1,0 +1,92 @@
+"""Batch-invariant sums over rows: ``sum``, ``mean``, ``var``/``std``/``var_mean``.
+
+One program reduces one row (one kept index) of the ``(rows, n)`` view.  ``BLOCK`` lanes walk the
+row block by block, each lane adding its elements in order, and ``tree_sum`` adds the lanes in a
+fixed pairwise order; ``BLOCK`` comes from the row plan (n, dtype, device kind), so a row's bits do
+not depend on how many rows there are.  Variance is two-pass (mean first, then squared
+deviations): as exact as the data allows and free of the cancellation of one-pass formulas.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ascend_compile import devices
+from ascend_compile.kernels.plans import RowPlan, row_plan, row_warps
+from ascend_compile.kernels.rows import as_rows, normalize_dims, shape_result
+from ascend_compile.kernels.tree import tree_sum
+
+
+@triton.jit
+def _row_total(x_ptr, n, stride, center, CENTERED: tl.constexpr, BLOCK: tl.constexpr):
+    """Sum of ``x`` (or of ``(x - center)**2``) over one row, in the plan's fixed order."""
+    lanes = tl.zeros((BLOCK,), dtype=tl.float32)
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, n, BLOCK):
+        mask = start + cols < n
+        x = tl.load(x_ptr + (start + cols) * stride, mask=mask, other=0.0).to(tl.float32)
+        if CENTERED:
+            d = tl.where(mask, x - center, 0.0)
+            x = d * d
+        lanes += x
+    return tree_sum(lanes, BLOCK)
+
+
+@triton.jit
+def _sum_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, divisor, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    total = _row_total(x_ptr + row * stride_row, n, stride_col, 0.0, False, BLOCK) / divisor
+    tl.store(out_ptr + row + tl.arange(0, 1), total.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _var_mean_rows_kernel(x_ptr, var_ptr, mean_ptr, n, stride_row, stride_col, dof, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_row
+    mean = _row_total(x_row, n, stride_col, 0.0, False, BLOCK) / n
+    m2 = _row_total(x_row, n, stride_col, mean, True, BLOCK)
+    tl.store(var_ptr + row + tl.arange(0, 1), (m2 / dof).to(var_ptr.dtype.element_ty))
+    tl.store(mean_ptr + row + tl.arange(0, 1), mean.to(mean_ptr.dtype.element_ty))
+
+
+def _plan(x: torch.Tensor, n: int) -> RowPlan:
+    return row_plan(n, x.dtype, devices.of_tensor(x))
+
+
+def _empty_rows(rows: int, dtype: torch.dtype, plan: RowPlan, device: torch.device) -> torch.Tensor:
+    return torch.empty(rows, dtype=torch.float32 if plan.fp32_io else dtype, device=device)
+
+
+def bi_sum(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, dtype: torch.dtype | None = None,
+           *, mean: bool = False) -> torch.Tensor:
+    """``x.sum(dims)`` (or ``x.mean(dims)``) with a batch-invariant summation order."""
+    out_dtype = dtype or x.dtype
+    dims = normalize_dims(x, dims)
+    rows_view, kept = as_rows(x, dims)
+    rows, n = rows_view.shape
+    if n == 0 or rows == 0:  # nothing to order: aten's own empty-reduction semantics
+        reduce = torch.mean if mean else torch.sum
+        return reduce(x, dim=dims, keepdim=keepdim, dtype=out_dtype)
+    plan = _plan(rows_view, n)
+    flat = _empty_rows(rows, out_dtype, plan, x.device)
+    _sum_rows_kernel[(rows,)](rows_view, flat, n, rows_view.stride(0), rows_view.stride(1),
+                              float(n) if mean else 1.0, BLOCK=plan.block, num_warps=row_warps(plan))
+    return shape_result(flat.to(out_dtype), x, dims, kept, keepdim)
+
+
+def bi_var_mean(x: torch.Tensor, dims: list[int] | None, correction: float = 1.0,
+                keepdim: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.var_mean(x, dims, correction=...)`` with a batch-invariant summation order."""
+    dims = normalize_dims(x, dims)
+    rows_view, kept = as_rows(x, dims)
+    rows, n = rows_view.shape
+    if n == 0 or rows == 0:
+        return torch.var_mean(x, dim=dims, correction=correction, keepdim=keepdim)
+    plan = _plan(rows_view, n)
+    var, mean = _empty_rows(rows, x.dtype, plan, x.device), _empty_rows(rows, x.dtype, plan, x.device)
+    _var_mean_rows_kernel[(rows,)](rows_view, var, mean, n, rows_view.stride(0), rows_view.stride(1),
+                                   max(n - correction, 0.0), BLOCK=plan.block, num_warps=row_warps(plan))
+    return (shape_result(var.to(x.dtype), x, dims, kept, keepdim),
+            shape_result(mean.to(x.dtype), x, dims, kept, keepdim))

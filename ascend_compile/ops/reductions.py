@@ -1,0 +1,89 @@
+"""``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm.
+
+Each op computes what its aten counterpart computes, with the summation order fixed by a row
+plan.  Every output is contiguous, in the real and the fake impl alike, so Inductor's layout for
+the op's result is the layout it gets.  Fake impls take shapes and dtypes from aten's own meta
+functions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
+from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
+
+aten = torch.ops.aten
+
+
+def _like(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(ref.shape, dtype=ref.dtype)
+
+
+@torch.library.custom_op("ascend_bi::sum", mutates_args=())
+def sum_(x: torch.Tensor, dims: list[int], keepdim: bool, dtype: torch.dtype | None, mean: bool) -> torch.Tensor:
+    """``aten.sum.dim_IntList`` (``mean=False``) or ``aten.mean.dim`` (``mean=True``)."""
+    return bi_sum(x, dims, keepdim, dtype, mean=mean).contiguous()
+
+
+@sum_.register_fake
+def _(x: torch.Tensor, dims: list[int], keepdim: bool, dtype: torch.dtype | None, mean: bool) -> torch.Tensor:
+    reduce = aten.mean.dim if mean else aten.sum.dim_IntList
+    return _like(reduce(x, dims, keepdim, dtype=dtype), x)
+
+
+@torch.library.custom_op("ascend_bi::var_mean", mutates_args=())
+def var_mean(x: torch.Tensor, dims: list[int], correction: float, keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``aten.var_mean.correction``; ``var``/``std`` are this op's first output (square-rooted)."""
+    var, mean = bi_var_mean(x, dims, correction, keepdim)
+    return var.contiguous(), mean.contiguous()
+
+
+@var_mean.register_fake
+def _(x: torch.Tensor, dims: list[int], correction: float, keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    var, mean = aten.var_mean.correction(x, dims, correction=correction, keepdim=keepdim)
+    return _like(var, x), _like(mean, x)
+
+
+@torch.library.custom_op("ascend_bi::logsumexp", mutates_args=())
+def logsumexp(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+    return bi_logsumexp(x, dims, keepdim).contiguous()
+
+
+@logsumexp.register_fake
+def _(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
+    return _like(aten.logsumexp.default(x, dims, keepdim), x)
+
+
+@torch.library.custom_op("ascend_bi::softmax", mutates_args=())
+def softmax(x: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
+    """``aten._softmax`` (``log=False``) or ``aten._log_softmax`` (``log=True``)."""
+    return bi_softmax(x, dim, log=log).contiguous()
+
+
+@softmax.register_fake
+def _(x: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("ascend_bi::layer_norm", mutates_args=())
+def layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
+               bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``aten.native_layer_norm``: (output, mean, rstd), statistics in fp32 (as aten's meta says)."""
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    x32 = x.float()
+    var, mean = bi_var_mean(x32, dims, correction=0.0, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    out = (x32 - mean) * rstd
+    if weight is not None:
+        out = out * weight.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype).contiguous(), mean.contiguous(), rstd.contiguous()
+
+
+@layer_norm.register_fake
+def _(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
+      bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, mean, rstd = aten.native_layer_norm.default(x, normalized_shape, weight, bias, eps)
+    return _like(out, x), _like(mean, x), _like(rstd, x)

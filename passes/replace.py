@@ -1,0 +1,60 @@
+"""What every rewrite pass does to a matched node: read its arguments, insert the template, swap.
+
+``arguments`` gives an aten call's arguments by schema name, defaults filled in; ``call``
+inserts a node and computes its ``meta["val"]`` by running the target on the inputs' fake
+values, so later passes and Inductor see true shapes, dtypes and strides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+from torch._guards import detect_fake_mode
+
+from ascend_compile.kernels.plans import FLOAT_DTYPES
+
+#: Metadata that says where a node came from; templates inherit it from the node they replace.
+_PROVENANCE = ("stack_trace", "nn_module_stack", "source_fn_stack")
+
+
+def arguments(node: torch.fx.Node) -> dict[str, Any]:
+    """The aten node's arguments by schema name (``self``, ``dim``, ...), defaults filled in."""
+    schema = node.target._schema  # type: ignore[union-attr]
+    values = {arg.name: given for arg, given in zip(schema.arguments, node.args, strict=False)}
+    values.update(node.kwargs)
+    for arg in schema.arguments:
+        if arg.name not in values and arg.has_default_value():
+            values[arg.name] = arg.default_value
+    return values
+
+
+def value(arg: object) -> Any:
+    """The fake tensor (or constant) an argument stands for."""
+    return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
+
+
+def planned_floats(*args: object) -> bool:
+    """All tensor arguments are one floating dtype that has a plan."""
+    tensors = [v for v in map(value, args) if isinstance(v, torch.Tensor)]
+    return bool(tensors) and all(t.dtype == tensors[0].dtype and t.dtype in FLOAT_DTYPES for t in tensors)
+
+
+def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[Any, ...]) -> torch.fx.Node:
+    """Insert ``target(*args)`` before ``before``, with fake metadata."""
+    with graph.inserting_before(before):
+        node = graph.call_function(target, args)
+    fake_args = tuple(value(a) for a in args)
+    mode = detect_fake_mode([a for a in fake_args if isinstance(a, torch.Tensor)])
+    if mode is not None:
+        with mode:
+            node.meta["val"] = target(*fake_args)
+    node.meta.update({k: v for k, v in before.meta.items() if k in _PROVENANCE})
+    return node
+
+
+def swap(old: torch.fx.Node, new: torch.fx.Node) -> None:
+    """Route every user of ``old`` to ``new`` and drop ``old``."""
+    old.replace_all_uses_with(new)
+    old.graph.erase_node(old)
