@@ -56,7 +56,7 @@ def _dims(args: dict) -> list[int]:
     return list(args.get("dim") or [])
 
 
-def _rewrite_sum(match: Match, *_: object) -> None:
+def _rewrite_sum(match: Match, *_: object, **__: object) -> None:
     node = match.output_node()
     args = arguments(node)
     keepdim = bool(args.get("keepdim", False))
@@ -65,7 +65,7 @@ def _rewrite_sum(match: Match, *_: object) -> None:
     swap(node, new)
 
 
-def _rewrite_variance(match: Match, *_: object) -> None:
+def _rewrite_variance(match: Match, *_: object, **__: object) -> None:
     node = match.output_node()
     args = arguments(node)
     correction = args.get("correction")
@@ -79,7 +79,7 @@ def _rewrite_variance(match: Match, *_: object) -> None:
     swap(node, call(node.graph, node, aten.sqrt.default, (var,)) if node.target == aten.std.correction else var)
 
 
-def _rewrite_logsumexp(match: Match, *_: object) -> None:
+def _rewrite_logsumexp(match: Match, *_: object, **__: object) -> None:
     node = match.output_node()
     args = arguments(node)
     swap(node, call(node.graph, node, bi.logsumexp.default, (args["self"], _dims(args), bool(args["keepdim"]))))

@@ -1,0 +1,30 @@
+"""Tiny transformers models built from configs with random weights (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+#: model name -> (config class name, model class name, extra config fields)
+MODELS: dict[str, tuple[str, str, dict[str, object]]] = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
+}
+VOCAB = 512
+
+
+def tiny_model(name: str, attn_implementation: str = "eager", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    import transformers
+
+    config_name, model_name, extra = MODELS[name]
+    fields: dict[str, object] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    fields.update(extra)
+    config = getattr(transformers, config_name)(**fields)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    model = getattr(transformers, model_name)(config)
+    return model.to(dtype).eval()

@@ -1,0 +1,102 @@
+"""Row templates (sum, mean, var, std, logsumexp, softmax, log_softmax, layer_norm) under the
+interpreter: a row's bits do not depend on its batch; results match float64; stock differs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import ascend_compile.ops  # noqa: F401
+from ascend_compile.kernels.plans import UnsupportedPlan
+from ascend_compile.kernels.reduce import bi_sum
+from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
+
+bi = torch.ops.ascend_bi
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+# name -> (ascend_bi version, reference written with torch ops)
+OPS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "sum": (lambda x: bi.sum(x, [-1], False, None, False), lambda x: x.sum(-1)),
+    "mean": (lambda x: bi.sum(x, [-1], True, None, True), lambda x: x.mean(-1, keepdim=True)),
+    "var": (lambda x: bi.var_mean(x, [-1], 1.0, False)[0], lambda x: x.var(-1)),
+    "var_mean.mean": (lambda x: bi.var_mean(x, [-1], 0.0, True)[1], lambda x: x.mean(-1, keepdim=True)),
+    "logsumexp": (lambda x: bi.logsumexp(x, [-1], False), lambda x: torch.logsumexp(x, -1)),
+    "softmax": (lambda x: bi.softmax(x, -1, False), lambda x: torch.softmax(x, -1)),
+    "log_softmax": (lambda x: bi.softmax(x, -1, True), lambda x: torch.log_softmax(x, -1)),
+    "layer_norm": (lambda x: bi.layer_norm(x, [x.shape[-1]], None, None, 1e-5)[0],
+                   lambda x: torch.nn.functional.layer_norm(x, [x.shape[-1]])),
+}
+# Where stock torch.compile (Inductor's split reductions) changes a row's bits with the batch on CPU.
+STOCK_DIFFERS_AT = {"sum": 4097, "mean": 4097, "softmax": 65536, "var": 65536, "logsumexp": 151936,
+                    "log_softmax": 151936, "layer_norm": 65536}
+
+
+@pytest.mark.parametrize("n", [1000, 4097])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", list(OPS))
+def test_row_is_bitwise_equal_alone_and_in_batches(name: str, dtype: torch.dtype, n: int) -> None:
+    ours, reference = OPS[name]
+    probe = torch.randn(1, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    alone, placed = rows_in_batches(ours, probe)
+    assert all_bitwise_equal(alone, placed)
+    assert alone.dtype == reference(probe).dtype
+    assert rel_error(alone, reference(probe.double())[0]) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("name", list(STOCK_DIFFERS_AT))
+def test_stock_compiled_op_differs(name: str) -> None:
+    """Negative control: the same check catches stock torch.compile at these row lengths (on one
+    of three random probes: whether a split changes the rounding depends on the data)."""
+    stock = torch.compile(OPS[name][1], dynamic=True)
+    probes = [torch.randn(1, STOCK_DIFFERS_AT[name], generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    assert any(not all_bitwise_equal(*rows_in_batches(stock, probe)) for probe in probes)
+
+
+@pytest.mark.parametrize("name", ["var", "log_softmax"])
+def test_long_rows_stay_invariant(name: str) -> None:
+    """The row lengths where stock differs most (vocabulary-sized rows) are invariant here."""
+    ours, reference = OPS[name]
+    probe = torch.randn(1, STOCK_DIFFERS_AT[name], generator=torch.Generator().manual_seed(0))
+    alone, placed = rows_in_batches(ours, probe, batch_sizes=(2, 5))
+    assert all_bitwise_equal(alone, placed)
+    assert rel_error(alone, reference(probe.double())[0]) < 1e-5
+
+
+def test_reductions_over_any_dims_and_keepdim() -> None:
+    x = torch.randn(4, 5, 6, 7)
+    for dims in ([0], [1, 3], [-1, 0], []):
+        for keepdim in (False, True):
+            want = x.double().sum(dims or [0, 1, 2, 3], keepdim=keepdim)
+            got = bi.sum(x, dims, keepdim, None, False)
+            assert got.shape == want.shape and rel_error(got, want) < 1e-6
+            var, mean = bi.var_mean(x, dims, 0.0, keepdim)
+            want_var, want_mean = torch.var_mean(x.double(), dims or None, correction=0, keepdim=keepdim)
+            assert rel_error(var, want_var) < 1e-5 and rel_error(mean, want_mean) < 1e-5
+    torch.testing.assert_close(bi.softmax(x, 1, False), torch.softmax(x, 1))
+    torch.testing.assert_close(bi.logsumexp(x, [0, 2], True), torch.logsumexp(x, [0, 2], True))
+
+
+def test_dtype_argument_and_empty_rows() -> None:
+    x = torch.randn(3, 10, dtype=torch.bfloat16)
+    assert bi.sum(x, [-1], False, torch.float32, False).dtype == torch.float32
+    assert bi.sum(torch.randn(3, 0), [-1], False, None, False).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_softmax_of_fully_masked_rows_matches_torch() -> None:
+    x = torch.tensor([[float("-inf")] * 4, [0.0, float("-inf"), 1.0, 2.0]])
+    torch.testing.assert_close(bi.softmax(x, -1, False), torch.softmax(x, -1), equal_nan=True)
+
+
+def test_layer_norm_with_weight_bias_and_fp32_statistics() -> None:
+    x = torch.randn(6, 40, dtype=torch.bfloat16)
+    w, b = torch.randn(40, dtype=torch.bfloat16), torch.randn(40, dtype=torch.bfloat16)
+    out, mean, rstd = bi.layer_norm(x, [40], w, b, 1e-5)
+    want = torch.nn.functional.layer_norm(x.double(), [40], w.double(), b.double())
+    assert rel_error(out, want) < 1e-2 and mean.dtype == rstd.dtype == torch.float32
+
+
+def test_float64_has_no_plan() -> None:
+    with pytest.raises(UnsupportedPlan, match="reduction plan for dtype torch.float64"):
+        bi_sum(torch.randn(2, 3, dtype=torch.float64), [-1])
