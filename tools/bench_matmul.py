@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import math
-import platform
 import sys
-from collections.abc import Callable
 
 import torch
+
+from ascend_compile.tools.benchmarking import geomean, graph_time_us, versions
 
 logger = logging.getLogger(__name__)
 
@@ -52,31 +51,6 @@ class Point:
         return self.cublas_us / self.bi_us
 
 
-def _graph_time_us(calls: list[Callable[[], object]], repeats: int = 20) -> float:
-    """Median time of one call, from CUDA-graph replays of all ``calls`` back to back."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:  # warm up: compile kernels, allocate workspaces
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / len(calls))
-    return sorted(times)[len(times) // 2]
-
-
 def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[Point]:
     from ascend_compile import devices
     from ascend_compile.kernels.matmul import bi_matmul
@@ -101,8 +75,8 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
         agree = torch.equal(split, serial) and torch.equal(split, out)
         ref = x.double() @ w.double().t()
         rel = ((out.double() - ref).norm() / ref.norm()).item()
-        bi_us = _graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t()) for wi in weights])
-        cublas_us = _graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        bi_us = graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t()) for wi in weights])
+        cublas_us = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us))
         logger.info("K=%d N=%d M=%d: invariant=%s agree=%s err=%.2e bi=%.1fus cublas=%.1fus",
                     k, n, m, invariant, agree, rel, bi_us, cublas_us)
@@ -129,7 +103,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
     results = []
     for m in rows:
         x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
-        cublas = _graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
+        cublas = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         for bm, bn, split, stages in sweep_candidates(m):
             tiles = -(-m // bm) * -(-n // bn)
             if split and tiles >= 4 * device.compute_units:
@@ -137,7 +111,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
             sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
                                    num_stages=stages, group_m=8)
             try:
-                us = _graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s) for wi in weights])
+                us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s) for wi in weights])
             except Exception as error:  # out of shared memory for this tile: not a candidate
                 logger.info("skip %s: %s", sched, str(error).splitlines()[0])
                 continue
@@ -146,23 +120,6 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
         best = min((r for r in results if r["m"] == m and r["k"] == k and r["n"] == n), key=lambda r: r["us"])
         logger.info("sweep K=%d N=%d M=%d: cublas %.1fus best %.1fus %s", k, n, m, cublas, best["us"], best)
     return results
-
-
-def geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def versions() -> dict[str, str]:
-    import triton
-
-    return {
-        "card": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": str(torch.version.cuda),
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-    }
 
 
 def markdown(points: list[Point], info: dict[str, str]) -> str:
