@@ -101,9 +101,16 @@ class RowPlan:
     """
 
     block: int
+    #: Rows longer than this (vocabulary-sized) are cut into chunks of ``chunk`` elements, each
+    #: reduced as above, and the chunk results are combined in chunk order: the chunks can then
+    #: run in parallel programs whatever the number of rows.
+    chunk: int
     #: As ``MatmulPlan.fp32_io``: the interpreter's fp32 -> 16-bit cast truncates, so results are
     #: stored as fp32 and torch rounds them.
     fp32_io: bool
+
+    def num_chunks(self, n: int) -> int:
+        return max(1, -(-n // self.chunk))
 
 
 def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
@@ -111,7 +118,7 @@ def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
     _check_dtype("reduction", dtype)
     cap = 4096 if device.triton_interpreted else 1024
     block = min(cap, max(16, 1 << max(0, n - 1).bit_length()))
-    return RowPlan(block=block, fp32_io=device.triton_interpreted and dtype != torch.float32)
+    return RowPlan(block=block, chunk=8 * block, fp32_io=device.triton_interpreted and dtype != torch.float32)
 
 
 def row_warps(plan: RowPlan) -> int:

@@ -20,7 +20,7 @@ from ascend_compile.kernels.tree import tree_sum
 
 
 @triton.jit
-def _row_total(x_ptr, n, stride, center, CENTERED: tl.constexpr, BLOCK: tl.constexpr):
+def row_total(x_ptr, n, stride, center, CENTERED: tl.constexpr, BLOCK: tl.constexpr):
     """Sum of ``x`` (or of ``(x - center)**2``) over one row, in the plan's fixed order."""
     lanes = tl.zeros((BLOCK,), dtype=tl.float32)
     cols = tl.arange(0, BLOCK)
@@ -37,7 +37,7 @@ def _row_total(x_ptr, n, stride, center, CENTERED: tl.constexpr, BLOCK: tl.const
 @triton.jit
 def _sum_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, divisor, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    total = _row_total(x_ptr + row * stride_row, n, stride_col, 0.0, False, BLOCK) / divisor
+    total = row_total(x_ptr + row * stride_row, n, stride_col, 0.0, False, BLOCK) / divisor
     tl.store(out_ptr + row + tl.arange(0, 1), total.to(out_ptr.dtype.element_ty))
 
 
@@ -45,8 +45,8 @@ def _sum_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, divisor, BLOCK: 
 def _var_mean_rows_kernel(x_ptr, var_ptr, mean_ptr, n, stride_row, stride_col, dof, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_row
-    mean = _row_total(x_row, n, stride_col, 0.0, False, BLOCK) / n
-    m2 = _row_total(x_row, n, stride_col, mean, True, BLOCK)
+    mean = row_total(x_row, n, stride_col, 0.0, False, BLOCK) / n
+    m2 = row_total(x_row, n, stride_col, mean, True, BLOCK)
     tl.store(var_ptr + row + tl.arange(0, 1), (m2 / dof).to(var_ptr.dtype.element_ty))
     tl.store(mean_ptr + row + tl.arange(0, 1), mean.to(mean_ptr.dtype.element_ty))
 

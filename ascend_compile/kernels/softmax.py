@@ -1,8 +1,12 @@
 """Batch-invariant softmax, log_softmax and logsumexp over rows.
 
-Per row: the maximum (exact in any order), then ``sum(exp(x - max))`` with the row plan's fixed
-order (lanes in order, then ``tree_sum``), then one pass that writes the result.  Exponentials are
-taken in fp32 whatever the input dtype (NPUs have no bf16 ``exp``; it is also more accurate).
+Per row: the maximum (exact in any order), then ``sum(exp(x - max))`` in the row plan's fixed
+order (lanes in order, then ``tree_sum``), then one pass that writes the result.  Rows longer than
+the plan's chunk (vocabulary-sized logits) are cut into chunks: one launch computes each chunk's
+maximum and shifted sum in parallel programs, a second combines the chunks in chunk order --
+``S = sum_c s_c * exp(m_c - M)``, a sequential loop -- and writes its chunk.  Which path a row
+takes depends on its length alone.  Exponentials are taken in fp32 whatever the input dtype
+(NPUs have no bf16 ``exp``; it is also more accurate).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.plans import row_plan, row_warps
+from ascend_compile.kernels.plans import RowPlan, row_plan, row_warps
 from ascend_compile.kernels.rows import as_rows, normalize_dims, shape_result
 from ascend_compile.kernels.tree import tree_sum
 
@@ -20,49 +24,111 @@ SOFTMAX, LOG_SOFTMAX, LOGSUMEXP = 0, 1, 2
 
 
 @triton.jit
-def _softmax_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, stride_out_row, stride_out_col,
-                         MODE: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_row
+def _finite_shift(m):
+    """The shift for ``exp(x - shift)``: a row of -inf has no finite maximum, and shifting by 0
+    keeps ``exp(-inf) = 0`` (torch's result: nan for softmax, -inf for logsumexp)."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _max_and_sum_exp(x_row, start, end, stride, BLOCK: tl.constexpr):
+    """(max, sum of exp(x - shift)) over ``x_row[start:end]``, in the plan's fixed order."""
     cols = tl.arange(0, BLOCK)
     running = tl.full((BLOCK,), float("-inf"), tl.float32)
-    for start in range(0, n, BLOCK):
-        x = tl.load(x_row + (start + cols) * stride_col, mask=start + cols < n, other=float("-inf"))
+    for base in range(start, end, BLOCK):
+        x = tl.load(x_row + (base + cols) * stride, mask=base + cols < end, other=float("-inf"))
         running = tl.maximum(running, x.to(tl.float32))
-    row_max = tl.max(running, axis=0)
-    # A row of -inf has no finite maximum; shifting by 0 keeps exp(-inf - 0) = 0 (torch's result).
-    shift = tl.where(row_max == float("-inf"), 0.0, row_max)
+    m = tl.max(running, axis=0)
+    shift = _finite_shift(m)
     lanes = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start in range(0, n, BLOCK):
-        x = tl.load(x_row + (start + cols) * stride_col, mask=start + cols < n, other=float("-inf"))
+    for base in range(start, end, BLOCK):
+        x = tl.load(x_row + (base + cols) * stride, mask=base + cols < end, other=float("-inf"))
         lanes += tl.exp(x.to(tl.float32) - shift)
-    total = tree_sum(lanes, BLOCK)
+    return m, tree_sum(lanes, BLOCK)
+
+
+@triton.jit
+def _write(x_row, out_row, start, end, stride, stride_out, shift, total, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """Row outputs ``x_row[start:end]`` -> ``out_row`` given the row's shift and shifted sum."""
+    cols = tl.arange(0, BLOCK)
     if MODE == 2:
-        tl.store(out_ptr + row * stride_out_row + tl.arange(0, 1),
-                 (shift + tl.log(total)).to(out_ptr.dtype.element_ty))
+        tl.store(out_row + tl.arange(0, 1), (shift + tl.log(total)).to(out_row.dtype.element_ty))
     else:
         log_total = tl.log(total)
-        out_row = out_ptr + row * stride_out_row
-        for start in range(0, n, BLOCK):
-            mask = start + cols < n
-            x = tl.load(x_row + (start + cols) * stride_col, mask=mask, other=0.0).to(tl.float32)
+        for base in range(start, end, BLOCK):
+            mask = base + cols < end
+            x = tl.load(x_row + (base + cols) * stride, mask=mask, other=0.0).to(tl.float32)
             if MODE == 0:
                 y = tl.exp(x - shift) / total
             else:
                 y = x - shift - log_total
-            tl.store(out_row + (start + cols) * stride_out_col, y.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_row + (base + cols) * stride_out, y.to(out_row.dtype.element_ty), mask=mask)
 
 
-def _launch(x2: torch.Tensor, out2: torch.Tensor, mode: int) -> None:
+@triton.jit
+def _softmax_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, stride_out_row, stride_out_col,
+                         MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows of one chunk: one program does a whole row."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_row
+    m, total = _max_and_sum_exp(x_row, 0, n, stride_col, BLOCK)
+    _write(x_row, out_ptr + row * stride_out_row, 0, n, stride_col, stride_out_col, _finite_shift(m), total,
+           MODE, BLOCK)
+
+
+@triton.jit
+def _chunk_partials_kernel(x_ptr, max_ptr, sum_ptr, n, stride_row, stride_col, num_chunks,
+                           CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    start = chunk * CHUNK
+    m, total = _max_and_sum_exp(x_ptr + row * stride_row, start, tl.minimum(start + CHUNK, n), stride_col, BLOCK)
+    tl.store(max_ptr + row * num_chunks + chunk + tl.arange(0, 1), m)
+    tl.store(sum_ptr + row * num_chunks + chunk + tl.arange(0, 1), total)
+
+
+@triton.jit
+def _chunk_finish_kernel(x_ptr, out_ptr, max_ptr, sum_ptr, n, stride_row, stride_col, stride_out_row,
+                         stride_out_col, num_chunks, MODE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """Combine the row's chunks in chunk order, then write this program's chunk."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    maxima = max_ptr + row * num_chunks
+    sums = sum_ptr + row * num_chunks
+    row_max = tl.load(maxima)
+    for c in range(1, num_chunks):
+        row_max = tl.maximum(row_max, tl.load(maxima + c))
+    shift = _finite_shift(row_max)
+    total = tl.zeros((1,), dtype=tl.float32)
+    for c in range(0, num_chunks):
+        s = tl.load(sums + c + tl.arange(0, 1))
+        m = _finite_shift(tl.load(maxima + c + tl.arange(0, 1)))
+        total += tl.where(s == 0.0, 0.0, s * tl.exp(m - shift))
+    start = chunk * CHUNK
+    _write(x_ptr + row * stride_row, out_ptr + row * stride_out_row, start, tl.minimum(start + CHUNK, n),
+           stride_col, stride_out_col, shift, total, MODE, BLOCK)
+
+
+def _launch(x2: torch.Tensor, out2: torch.Tensor, mode: int, plan: RowPlan) -> None:
     rows, n = x2.shape
-    plan = row_plan(n, x2.dtype, devices.of_tensor(x2))
-    _softmax_rows_kernel[(rows,)](x2, out2, n, x2.stride(0), x2.stride(1), out2.stride(0),
-                                  out2.stride(1) if out2.dim() == 2 else 1,
-                                  MODE=mode, BLOCK=plan.block, num_warps=row_warps(plan))
+    stride_out_col = out2.stride(1) if out2.dim() == 2 else 1
+    chunks = plan.num_chunks(n)
+    warps = row_warps(plan)
+    if chunks == 1:
+        _softmax_rows_kernel[(rows,)](x2, out2, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col,
+                                      MODE=mode, BLOCK=plan.block, num_warps=warps)
+        return
+    maxima = torch.empty((rows, chunks), dtype=torch.float32, device=x2.device)
+    sums = torch.empty((rows, chunks), dtype=torch.float32, device=x2.device)
+    _chunk_partials_kernel[(rows, chunks)](x2, maxima, sums, n, x2.stride(0), x2.stride(1), chunks,
+                                           CHUNK=plan.chunk, BLOCK=plan.block, num_warps=warps)
+    _chunk_finish_kernel[(rows, 1 if mode == LOGSUMEXP else chunks)](
+        x2, out2, maxima, sums, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col, chunks,
+        MODE=mode, CHUNK=plan.chunk, BLOCK=plan.block, num_warps=warps)
 
 
-def _io_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if row_plan(1, x.dtype, devices.of_tensor(x)).fp32_io else dtype
+def _plan(x: torch.Tensor, n: int) -> RowPlan:
+    return row_plan(n, x.dtype, devices.of_tensor(x))
 
 
 def bi_softmax(x: torch.Tensor, dim: int, *, log: bool = False) -> torch.Tensor:
@@ -72,8 +138,9 @@ def bi_softmax(x: torch.Tensor, dim: int, *, log: bool = False) -> torch.Tensor:
     dim = dim % max(x.dim(), 1)
     moved = x.movedim(dim, -1) if x.dim() else x.reshape(1)
     x2 = moved.reshape(-1, moved.shape[-1])
-    out2 = torch.empty(x2.shape, dtype=_io_dtype(x, x.dtype), device=x.device)
-    _launch(x2, out2, LOG_SOFTMAX if log else SOFTMAX)
+    plan = _plan(x, x2.shape[1])
+    out2 = torch.empty(x2.shape, dtype=torch.float32 if plan.fp32_io else x.dtype, device=x.device)
+    _launch(x2, out2, LOG_SOFTMAX if log else SOFTMAX, plan)
     out = out2.to(x.dtype).reshape(moved.shape)
     return out.movedim(-1, dim) if x.dim() else out.reshape(())
 
@@ -84,6 +151,7 @@ def bi_logsumexp(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False)
     x2, kept = as_rows(x, dims)
     if x2.numel() == 0:
         return torch.logsumexp(x, dims, keepdim)
-    flat = torch.empty(x2.shape[0], dtype=_io_dtype(x, x.dtype), device=x.device)
-    _launch(x2, flat, LOGSUMEXP)
+    plan = _plan(x, x2.shape[1])
+    flat = torch.empty(x2.shape[0], dtype=torch.float32 if plan.fp32_io else x.dtype, device=x.device)
+    _launch(x2, flat, LOGSUMEXP, plan)
     return shape_result(flat.to(x.dtype), x, dims, kept, keepdim)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 
@@ -70,16 +71,8 @@ def _(x: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
 def layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``aten.native_layer_norm``: (output, mean, rstd), statistics in fp32 (as aten's meta says)."""
-    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
-    x32 = x.float()
-    var, mean = bi_var_mean(x32, dims, correction=0.0, keepdim=True)
-    rstd = torch.rsqrt(var + eps)
-    out = (x32 - mean) * rstd
-    if weight is not None:
-        out = out * weight.float()
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(x.dtype).contiguous(), mean.contiguous(), rstd.contiguous()
+    out, mean, rstd = bi_layer_norm(x, normalized_shape, weight, bias, eps)
+    return out.contiguous(), mean, rstd
 
 
 @layer_norm.register_fake

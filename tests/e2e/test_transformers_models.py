@@ -30,19 +30,20 @@ def _compiled_steps(model: torch.nn.Module, **compile_kwargs: object) -> tuple[C
     return torch.compile(prefill, dynamic=True, **compile_kwargs), torch.compile(decode, dynamic=True, **compile_kwargs)
 
 
-def _same_bits_in_every_batch(model: torch.nn.Module, **compile_kwargs: object) -> dict[str, bool]:
+def _same_bits_in_every_batch(model: torch.nn.Module, batch_sizes: tuple[int, ...] = BATCH_SIZES, seq: int = SEQ,
+                              **compile_kwargs: object) -> dict[str, bool]:
     """For each checked output, whether the probe's row is bitwise equal in every batch."""
     prefill, decode = _compiled_steps(model, **compile_kwargs)
     gen = torch.Generator().manual_seed(0)
     vocab = min(VOCAB, model.config.vocab_size)
     device = next(model.parameters()).device
-    probe, probe_targets = (torch.randint(0, vocab, (1, SEQ), generator=gen).to(device) for _ in range(2))
+    probe, probe_targets = (torch.randint(0, vocab, (1, seq), generator=gen).to(device) for _ in range(2))
     equal = {"last logits": True, "log-probs": True, "decode logits": True}
     with torch.no_grad():
         last, logprobs, cache = prefill(probe, probe_targets)
         alone = (last[0], logprobs[0], decode(probe_targets[:, -1:], cache)[0])
-        for bs in BATCH_SIZES:
-            ids, targets = (torch.randint(0, vocab, (bs, SEQ), generator=gen).to(device) for _ in range(2))
+        for bs in batch_sizes:
+            ids, targets = (torch.randint(0, vocab, (bs, seq), generator=gen).to(device) for _ in range(2))
             row = int(torch.randint(bs, (1,), generator=gen))
             ids[row], targets[row] = probe[0], probe_targets[0]
             last, logprobs, cache = prefill(ids, targets)
