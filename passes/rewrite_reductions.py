@@ -19,8 +19,8 @@ Rewrites to::
     var_mean_1 = torch.ops.ascend_bi.var_mean.default(x, [1], 1.0, False)
     var = operator.getitem(var_mean_1, 0)
 
-Also ``sum`` (with or without dims), ``mean`` (without dims), ``std`` (square root of the variance)
-and ``logsumexp``.  Integer sums are exact and stay; float64 has no plan and is reported.
+Also ``sum`` (with or without dims), ``mean`` (without dims), ``std`` (square root of the variance),
+``logsumexp`` and ``cumsum`` (samplers' top-p).  Integer sums are exact and stay; float64 has no plan and is reported.
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def _rewrite_logsumexp(match: Match, *_: object, **__: object) -> None:
     swap(node, call(node.graph, node, bi.logsumexp.default, (args["self"], _dims(args), bool(args["keepdim"]))))
 
 
+def _rewrite_cumsum(match: Match, *_: object, **__: object) -> None:
+    node = match.output_node()
+    args = arguments(node)
+    swap(node, call(node.graph, node, bi.cumsum.default, (args["self"], args["dim"], args.get("dtype"))))
+
+
 for _target in _SUMS:
     register_graph_pattern(CallFunctionVarArgs(_target), pass_dict=_PATTERNS, extra_check=_float_reduction)(
         _rewrite_sum)
@@ -93,10 +99,12 @@ for _target in _VARIANCES:
         _rewrite_variance)
 register_graph_pattern(CallFunctionVarArgs(aten.logsumexp.default), pass_dict=_PATTERNS,
                        extra_check=_float_reduction)(_rewrite_logsumexp)
+register_graph_pattern(CallFunctionVarArgs(aten.cumsum.default), pass_dict=_PATTERNS,
+                       extra_check=_float_reduction)(_rewrite_cumsum)
 
 
 def rewrite_reductions(gm: torch.fx.GraphModule, settings: Settings) -> int:
-    """Replace every float sum/mean/var/std/var_mean/logsumexp; returns how many were replaced."""
+    """Replace every float sum/mean/var/std/var_mean/logsumexp/cumsum; returns how many were replaced."""
     count = _PATTERNS.apply(gm.graph)
     logger.debug("rewrite_reductions: %d reductions now batch-invariant", count)
     return count

@@ -1,4 +1,4 @@
-"""``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm.
+"""``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm, cumsum.
 
 Each op computes what its aten counterpart computes, with the summation order fixed by a row
 plan.  Every output is contiguous, in the real and the fake impl alike, so Inductor's layout for
@@ -12,6 +12,7 @@ import torch
 
 from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
+from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 
 aten = torch.ops.aten
@@ -80,3 +81,13 @@ def _(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, mean, rstd = aten.native_layer_norm.default(x, normalized_shape, weight, bias, eps)
     return _like(out, x), _like(mean, x), _like(rstd, x)
+
+
+@torch.library.custom_op("ascend_bi::cumsum", mutates_args=())
+def cumsum(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
+    return bi_cumsum(x, dim, dtype).contiguous()
+
+
+@cumsum.register_fake
+def _(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
+    return _like(aten.cumsum.default(x, dim, dtype=dtype), x)

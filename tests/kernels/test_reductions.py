@@ -27,10 +27,13 @@ OPS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Ten
     "log_softmax": (lambda x: bi.softmax(x, -1, True), lambda x: torch.log_softmax(x, -1)),
     "layer_norm": (lambda x: bi.layer_norm(x, [x.shape[-1]], None, None, 1e-5)[0],
                    lambda x: torch.nn.functional.layer_norm(x, [x.shape[-1]])),
+    "cumsum": (lambda x: bi.cumsum(x, -1, None), lambda x: torch.cumsum(x, -1)),
 }
 # Where stock torch.compile (Inductor's split reductions) changes a row's bits with the batch on CPU.
 STOCK_DIFFERS_AT = {"sum": 4097, "mean": 4097, "softmax": 65536, "var": 65536, "logsumexp": 151936,
                     "log_softmax": 151936, "layer_norm": 65536}
+# cumsum has none on CPU: eager and Inductor scan each row sequentially.  Its negative control runs
+# on the GPU (tests/kernels/test_reductions_gpu.py).
 
 
 @pytest.mark.parametrize("n", [1000, 4097])

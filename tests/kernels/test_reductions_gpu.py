@@ -31,3 +31,11 @@ def test_stock_compiled_sum_differs_on_gpu() -> None:
     x = torch.randn(64, 151936, device="cuda")
     full = stock(x)
     assert any(not torch.equal(stock(x[:m]), full[:m]) for m in (1, 2, 3))
+
+
+def test_stock_cumsum_differs_on_gpu() -> None:
+    """Negative control for cumsum, which CPU scans sequentially: CUDA's scan of one long row is
+    organised differently from a batch of rows."""
+    x = torch.randn(64, 151936, device="cuda")
+    full = torch.cumsum(x, -1)
+    assert any(not torch.equal(torch.cumsum(x[:m], -1), full[:m]) for m in (1, 2, 3))

@@ -18,17 +18,18 @@ SETTINGS = Settings()
 def _all_forms(x):
     rms = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
     return (rms, x.sum(), x.sum(0, dtype=torch.float32), x.mean(), torch.var_mean(x, -1, correction=0),
-            x.var(1), x.std(-1, keepdim=True), torch.logsumexp(x, -1))
+            x.var(1), x.std(-1, keepdim=True), torch.logsumexp(x, -1), x.cumsum(0))
 
 
 def test_every_float_reduction_becomes_a_template_and_computes_the_same() -> None:
     x = torch.randn(4, 33)
     gm = aten_graph(_all_forms, x)
-    assert rewrite_reductions(gm, SETTINGS) == 8
+    assert rewrite_reductions(gm, SETTINGS) == 9
     gm.recompile()
     names = targets(gm)
     assert names.count(bi.sum.default) == 4 and names.count(bi.var_mean.default) == 3
     assert bi.logsumexp.default in names and operator.getitem in names and aten.sqrt.default in names
+    assert bi.cumsum.default in names
     assert not {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.var.correction} & set(names)
     for got, want in zip(torch.utils._pytree.tree_leaves(gm(x)), torch.utils._pytree.tree_leaves(_all_forms(x)),
                          strict=True):
