@@ -15,7 +15,6 @@ fastest can be chosen offline and written into ``plans.matmul_schedule``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -24,7 +23,7 @@ import sys
 
 import torch
 
-from ascend_compile.tools.benchmarking import geomean, graph_time_us, versions
+from ascend_compile.tools.benchmarking import bench_parser, card_line, finish, geomean, graph_time_us, start, versions
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
 
 def markdown(points: list[Point], info: dict[str, str]) -> str:
     lines = [
-        f"Card: {info['card']}; torch {info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; {info['date']}.",
+        card_line(info),
         "",
         "| K | N | M | bitwise invariant | split == serial | rel. error vs fp64 "
         "| ascend_bi µs | cuBLAS µs | speed vs cuBLAS |",
@@ -134,37 +133,27 @@ def markdown(points: list[Point], info: dict[str, str]) -> str:
         invariant, agree = ("yes" if ok else "NO" for ok in (p.invariant, p.schedules_agree))
         lines.append(f"| {p.k} | {p.n} | {p.m} | {invariant} | {agree} | {p.rel_error:.1e} "
                      f"| {p.bi_us:.1f} | {p.cublas_us:.1f} | {p.speedup:.2f}× |")
-    small = [p.speedup for p in points if p.m <= 16]
-    lines += ["", f"Geo-mean speed vs cuBLAS: all points {geomean([p.speedup for p in points]):.2f}×, "
-                  f"M ≤ 16 {geomean(small):.2f}×, M > 16 {geomean([p.speedup for p in points if p.m > 16]):.2f}×."]
+    groups = {"all points": points, "M ≤ 16": [p for p in points if p.m <= 16],
+              "M > 16": [p for p in points if p.m > 16]}
+    summary = ", ".join(f"{label} {geomean([p.speedup for p in group]):.2f}×"
+                        for label, group in groups.items() if group)
+    lines += ["", f"Geo-mean speed vs cuBLAS: {summary}."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write every point as JSON here")
-    parser.add_argument("--markdown", help="write the results table as Markdown here")
-    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS), help="row counts M")
+    parser = bench_parser(__doc__.splitlines()[0], ROWS)
     parser.add_argument("--sweep", help="also time a grid of schedules per point; write them as JSON here")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_matmul needs a CUDA GPU", file=sys.stderr)
+    if not start("bench_matmul"):
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.sweep:
         grid = [r for k, n in SHAPES for r in sweep(k, n, tuple(args.rows), torch.bfloat16)]
         with open(args.sweep, "w") as f:
             json.dump(grid, f, indent=1)
     points = [p for k, n in SHAPES for p in measure(k, n, tuple(args.rows), torch.bfloat16)]
     info = versions()
-    table = markdown(points, info)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
-    print(table)
+    finish(args, info, points, markdown(points, info))
     return 0 if all(p.invariant and p.schedules_agree for p in points) else 1
 
 

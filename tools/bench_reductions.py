@@ -12,9 +12,7 @@ Usage: ``python -m ascend_compile.tools.bench_reductions [--json PATH] [--markdo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import math
 import sys
@@ -22,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from ascend_compile.tools.benchmarking import geomean, graph_time_us, versions
+from ascend_compile.tools.benchmarking import bench_parser, card_line, finish, geomean, graph_time_us, start, versions
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ def measure(name: str, n: int, ours: Op, stock: Op, rows: tuple[int, ...]) -> li
 
 def markdown(points: list[Point], info: dict[str, str]) -> str:
     lines = [
-        f"Card: {info['card']}; torch {info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; {info['date']}.",
+        card_line(info),
         "",
         "| op | n | rows | bitwise invariant | ascend_bi µs | eager µs | torch.compile µs | vs eager | vs compile |",
         "|---|---:|---:|:---:|---:|---:|---:|---:|---:|",
@@ -95,25 +93,12 @@ def markdown(points: list[Point], info: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write every point as JSON here")
-    parser.add_argument("--markdown", help="write the results table as Markdown here")
-    parser.add_argument("--rows", type=int, nargs="*", default=list(ROWS), help="row counts")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_reductions needs a CUDA GPU", file=sys.stderr)
+    args = bench_parser(__doc__.splitlines()[0], ROWS).parse_args(argv)
+    if not start("bench_reductions"):
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     points = [p for name, (n, ours, stock) in _ops().items() for p in measure(name, n, ours, stock, tuple(args.rows))]
     info = versions()
-    table = markdown(points, info)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
-    print(table)
+    finish(args, info, points, markdown(points, info))
     return 0 if all(p.invariant for p in points) else 1
 
 

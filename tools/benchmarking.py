@@ -1,11 +1,17 @@
-"""Timing helpers shared by the benchmarks: CUDA-graph replay timing, geo-means, versions."""
+"""What the GPU benchmarks share: CUDA-graph replay timing, geo-means, versions, options, output."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
+import json
+import logging
 import math
 import platform
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -50,3 +56,36 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def card_line(info: dict[str, str]) -> str:
+    return f"Card: {info['card']}; torch {info['torch']}, triton {info['triton']}, CUDA {info['cuda']}; {info['date']}."
+
+
+def bench_parser(description: str, rows: tuple[int, ...]) -> argparse.ArgumentParser:
+    """The options every benchmark takes: where to write results, which row counts to run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", help="write every point as JSON here")
+    parser.add_argument("--markdown", help="write the results table as Markdown here")
+    parser.add_argument("--rows", type=int, nargs="*", default=list(rows), help="row counts")
+    return parser
+
+
+def start(name: str) -> bool:
+    """Whether a GPU benchmark can run here; sets up its progress log."""
+    if not torch.cuda.is_available():
+        print(f"{name} needs a CUDA GPU", file=sys.stderr)
+        return False
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return True
+
+
+def finish(args: argparse.Namespace, info: dict[str, str], points: list[Any], table: str) -> None:
+    """Write the points (JSON) and the table (Markdown) where asked, and print the table."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    print(table)
