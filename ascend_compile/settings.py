@@ -8,7 +8,6 @@ accepted values, so a typo never silently leaves a model non-invariant.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -58,9 +57,6 @@ class Settings:
         settings = cls(**values)
         logger.debug("ascend_bi settings: %s", settings)
         return settings
-
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **{k: _parse(k, v, source=f"option {k!r}") for k, v in changes.items()})
 
 
 _FIELD_NAMES = frozenset(f.name for f in fields(Settings))

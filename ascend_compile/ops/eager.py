@@ -2,8 +2,11 @@
 
 Inside ``with ascend_compile.eager_mode():`` every ``aten.mm``/``addmm``/``bmm`` on the chosen
 device runs the batch-invariant template (``nn.Linear`` and ``torch.matmul`` reach these ops
-too).  Nothing is compiled: this is the "eager batch-invariant" baseline compiled mode is
-measured against.  Overrides register on the device's dispatch key through
+too), and so do ``aten.mean.dim`` (RMSNorm), ``aten._softmax`` and ``aten._log_softmax`` -- the
+ops vLLM's batch-invariant mode overrides.  (``sum`` stays: integer sums must keep working, and
+an override cannot fall back to the kernel it replaced.)  Nothing is compiled: this is the
+"eager batch-invariant" baseline compiled mode is measured against.  Overrides register on the
+device's dispatch key through
 ``torch.library.Library("aten", "IMPL")`` and are removed on exit.
 
 The original kernel is replaced, not wrapped, so a call the template cannot take (integer or
@@ -22,6 +25,8 @@ import torch
 from ascend_compile import devices
 from ascend_compile.kernels.matmul import bi_matmul
 from ascend_compile.kernels.plans import FLOAT_DTYPES
+from ascend_compile.kernels.reduce import bi_sum
+from ascend_compile.kernels.softmax import bi_softmax
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,23 @@ def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return bi_matmul(a, b)
 
 
+def _mean(x: torch.Tensor, dim: list[int] | None, keepdim: bool = False, *,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    _check("mean.dim", x)
+    return bi_sum(x, dim, keepdim, dtype, mean=True)
+
+
+def _softmax_override(log: bool):
+    def softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
+        _check("_log_softmax" if log else "_softmax", x)
+        if half_to_float:
+            raise TypeError("ascend_bi eager mode: softmax with half_to_float=True is not supported; "
+                            "upcast the input to float32 first")
+        return bi_softmax(x, dim, log=log)
+
+    return softmax
+
+
 @contextmanager
 def eager_mode(device: str | torch.device = "cpu") -> Iterator[None]:
     """Run aten matmuls on ``device``'s type batch-invariantly until the block exits."""
@@ -67,7 +89,10 @@ def eager_mode(device: str | torch.device = "cpu") -> Iterator[None]:
         library.impl("mm", _mm, key)
         library.impl("addmm", _addmm, key)
         library.impl("bmm", _bmm, key)
-    logger.info("ascend_bi eager mode on for %s (aten mm, addmm, bmm overridden)", key)
+        library.impl("mean.dim", _mean, key)
+        library.impl("_softmax", _softmax_override(log=False), key)
+        library.impl("_log_softmax", _softmax_override(log=True), key)
+    logger.info("ascend_bi eager mode on for %s (aten mm, addmm, bmm, mean.dim, _softmax, _log_softmax)", key)
     try:
         yield
     finally:
