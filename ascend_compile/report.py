@@ -26,11 +26,13 @@ class UncoveredNode:
 
 @dataclass(frozen=True)
 class AddedCopy:
-    """A ``clone`` the pipeline inserted because a template cannot read an operand's layout."""
+    """A copy made on every call because a template cannot read an operand's layout: a ``clone``
+    the pipeline inserted, or (``inside_template``) one the template makes itself."""
 
     node: str
     operand: str
     bytes_per_call: str
+    inside_template: bool = False
 
 
 @dataclass

@@ -52,3 +52,16 @@ def test_idempotent() -> None:
     gm = _rewritten(lambda x, w: torch.mm(x[:, ::2], w), torch.randn(4, 16), torch.randn(8, 6))
     assert fix_contiguity(gm, SETTINGS) == 1
     assert fix_contiguity(gm, SETTINGS) == 0
+
+
+def test_row_template_copies_are_reported_not_inserted() -> None:
+    from ascend_compile.passes.rewrite_reductions import rewrite_reductions
+
+    def fn(x):
+        return x.sum(1), x.sum(-1)  # a middle dim cannot be flattened in place; the last can
+
+    gm = aten_graph(fn, torch.randn(2, 3, 5))
+    rewrite_reductions(gm, SETTINGS)
+    assert fix_contiguity(gm, SETTINGS) == 0
+    (copy,) = facts_of(gm).report.copies
+    assert copy.inside_template and copy.bytes_per_call == str(2 * 3 * 5 * 4)
