@@ -8,12 +8,14 @@ The law of this project lives here:
     of a plan run in parallel programs or serially in one; it may look at the batch extent but can
     never change the order of additions.
 
-The law is enforced by signatures: ``matmul_plan`` has no parameter through which the number of
+Plans and schedules are pure functions of hashable arguments, memoised so that a launch costs
+one dictionary lookup.  The law is enforced by signatures: ``matmul_plan`` has no parameter through which the number of
 rows could reach it, and ``matmul_schedule`` returns nothing that the kernel uses to order sums.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -61,6 +63,7 @@ def _check_dtype(family: str, dtype: torch.dtype) -> None:
         raise UnsupportedPlan(f"no batch-invariant {family} plan for dtype {dtype}; accepted dtypes: {accepted}")
 
 
+@functools.lru_cache(maxsize=4096)
 def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPlan:
     """The summation order for a matmul reducing over ``k`` into ``n`` columns.
 
@@ -113,6 +116,7 @@ class RowPlan:
         return max(1, -(-n // self.chunk))
 
 
+@functools.lru_cache(maxsize=4096)
 def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
     """The summation order for rows of ``n`` elements (n is the reduced extent)."""
     _check_dtype("reduction", dtype)
@@ -145,6 +149,7 @@ _SMEM_FOR_STAGES = 160 * 1024
 _SPLIT_MAX_ROWS = 128
 
 
+@functools.lru_cache(maxsize=4096)
 def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device) -> MatmulSchedule:
     """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``.
 
