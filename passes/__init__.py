@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch.fx
 
 from ascend_compile.passes.fix_contiguity import fix_contiguity
+from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.passes.rewrite_norms import rewrite_norms
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
@@ -24,6 +25,7 @@ PIPELINE: tuple[Pass, ...] = (
     rewrite_matmul,
     rewrite_norms,
     rewrite_softmax,
+    rewrite_attention,
     rewrite_reductions,
     fix_contiguity,
     verify_batch_invariance,

@@ -186,3 +186,58 @@ def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], de
     ``x[:, ::2]`` does not.  The rule is the same on every device today.
     """
     return any(extent == 1 or stride == 1 for extent, stride in zip(shape[-2:], strides[-2:], strict=True))
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """How one query's softmax-weighted sum over keys is ordered.
+
+    Keys are cut into splits of ``split_keys`` (a fixed split *size*, never a count), each split
+    into tiles of ``block_n`` keys.  A split runs the online softmax over its tiles in order from
+    a fresh state; split results are folded in split order.  A query's bits therefore depend on
+    its keys alone: the same at any batch size, and the same in a prefill and in a decode step.
+    """
+
+    block_n: int
+    split_keys: int
+    block_d: int
+    block_dv: int
+    input_precision: str
+    fp32_io: bool
+
+    def num_splits(self, keys: int) -> int:
+        return max(1, -(-keys // self.split_keys))
+
+
+@functools.lru_cache(maxsize=4096)
+def attention_plan(head_dim: int, value_dim: int, dtype: torch.dtype, device: Device) -> AttentionPlan:
+    _check_dtype("attention", dtype)
+    block_n = 64
+    return AttentionPlan(
+        block_n=block_n,
+        split_keys=8 * block_n if device.triton_interpreted else 4 * block_n,
+        block_d=max(16, 1 << (head_dim - 1).bit_length()),
+        block_dv=max(16, 1 << (value_dim - 1).bit_length()),
+        input_precision="ieee",
+        fp32_io=device.triton_interpreted and dtype != torch.float32,
+    )
+
+
+@dataclass(frozen=True)
+class AttentionSchedule:
+    block_m: int
+    #: Splits run in parallel programs and a second launch folds them (decode, few programs),
+    #: instead of one program folding them as it goes.
+    split: bool
+    num_warps: int
+
+
+@functools.lru_cache(maxsize=4096)
+def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device) -> AttentionSchedule:
+    """Query rows per program and the split choice; free to depend on the batch (``heads`` = B*H)."""
+    if device.triton_interpreted:
+        return AttentionSchedule(block_m=16, split=False, num_warps=4)
+    block_m = 16 if queries <= 16 else 64
+    programs = heads * -(-queries // block_m)
+    split = plan.num_splits(keys) > 1 and programs < device.compute_units
+    return AttentionSchedule(block_m=block_m, split=split, num_warps=4 if block_m <= 16 else 8)

@@ -22,3 +22,14 @@ def tree_sum(x, BLOCK: tl.constexpr):
             left, right = tl.split(tl.reshape(x, (BLOCK >> level, 2)))
             x = left + right
     return x
+
+
+@triton.jit
+def tree_sum_rows(x, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-row sums of a ``(ROWS, BLOCK)`` tile, each row in ``tree_sum``'s fixed pairwise order;
+    returns a block of ``ROWS`` elements."""
+    for level in tl.static_range(1, 17):
+        if (BLOCK >> level) >= 1:
+            left, right = tl.split(tl.reshape(x, (ROWS, BLOCK >> level, 2)))
+            x = left + right
+    return tl.reshape(x, (ROWS,))

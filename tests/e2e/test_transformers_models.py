@@ -75,11 +75,30 @@ def test_stock_torch_compile_differs() -> None:
     assert not all(result.values()), result
 
 
-def test_only_attention_is_left_with_sdpa() -> None:
-    ascend_compile.clear_reports()
-    model = tiny_model("qwen3", attn_implementation="sdpa")
-    prefill, _ = _compiled_steps(model, backend="ascend_bi", options={"executor": "fx"})
+def _decode_matches_prefill(model: torch.nn.Module, **compile_kwargs: object) -> bool:
+    """Logits at positions t0-1 .. T-1: one prefill of T tokens versus a prefill of t0 tokens
+    followed by decode steps with the model's KV cache."""
+    compiled = torch.compile(model, dynamic=True, **compile_kwargs)
+    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(3))
+    t0 = 6
     with torch.no_grad():
-        prefill(torch.randint(0, VOCAB, (2, SEQ)), torch.randint(0, VOCAB, (2, SEQ)))
-    uncovered = {u.target for r in ascend_compile.reports() for u in r.uncovered}
-    assert uncovered and all("scaled_dot_product" in t for t in uncovered), uncovered
+        full = compiled(input_ids=ids).logits[0]
+        out = compiled(input_ids=ids[:, :t0], use_cache=True)
+        steps = [out.logits[0, -1]]
+        for t in range(t0, ids.shape[1] - 1):
+            out = compiled(input_ids=ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[0, -1])
+    return all(torch.equal(step, full[t]) for step, t in zip(steps, range(t0 - 1, ids.shape[1]), strict=False))
+
+
+@pytest.mark.parametrize("name", ["qwen3", "llama"])
+def test_decode_steps_equal_prefill_with_sdpa(name: str) -> None:
+    ascend_compile.clear_reports()
+    model = tiny_model(name, attn_implementation="sdpa")
+    assert _decode_matches_prefill(model, backend="ascend_bi", options={"executor": "fx"})
+    assert all(r.batch_invariant for r in ascend_compile.reports())  # SDPA rewritten too: nothing left
+
+
+def test_stock_decode_differs_from_prefill() -> None:
+    """Negative control: stock torch.compile's decode logits differ from its prefill logits."""
+    assert not _decode_matches_prefill(tiny_model("qwen3", attn_implementation="sdpa"))

@@ -1,0 +1,204 @@
+"""Batch-invariant attention: fixed split *size* over keys, splits folded in order.
+
+For each query row: keys are cut into the plan's splits (aligned to key 0); a split runs the
+online softmax over its ``BLOCK_N``-key tiles in order from a fresh state (running max,
+denominator via ``tree_sum_rows``, weighted values ``acc`` via ``tl.dot``); splits are then folded
+in split order by ``_fold``.  Masked keys (causal, boolean or additive masks,
+keys past the end) contribute exact zeros, and folding a fully masked tile or split changes
+nothing bit for bit, so a query's result depends only on the keys it sees: the same in any batch,
+and the same in a prefill and in a decode step.
+
+Two schedules fold the same splits in the same order: *serial* (one program per query block walks
+its splits) and *split* (one program per (query block, split) writes the split's state, a second
+launch folds them): decode at small batch has few query blocks, so its splits run in parallel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ascend_compile import devices
+from ascend_compile.kernels.plans import AttentionPlan, AttentionSchedule, attention_plan, attention_schedule
+from ascend_compile.kernels.tree import tree_sum_rows
+
+
+@triton.jit
+def _fold(big_m, big_l, big_a, m, denom, a):
+    """Fold one split's state into the running state (the only way splits are ever combined)."""
+    new_m = tl.maximum(big_m, m)
+    shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+    old_scale = tl.exp(big_m - shift)
+    scale = tl.exp(m - shift)
+    return new_m, big_l * old_scale + denom * scale, big_a * old_scale[:, None] + a * scale[:, None]
+
+
+@triton.jit
+def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
+                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mq, stride_mk, D, DV,
+                 HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                 SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr):
+    """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
+    values) per query row."""
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    denom = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    dk = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    for t in range(SPLIT_TILES):
+        keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        k = tl.load(k_base + keys[None, :] * stride_kl + dk[:, None] * stride_kd,
+                    mask=(keys[None, :] < Lk) & (dk[:, None] < D), other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vl + dv[None, :] * stride_vd,
+                    mask=(keys[:, None] < Lk) & (dv[None, :] < DV), other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * sm_scale
+        visible = (keys[None, :] < Lk) & (rows[:, None] < Lq)
+        if IS_CAUSAL:
+            visible = visible & (keys[None, :] <= rows[:, None])
+        if HAS_MASK:
+            bias = tl.load(mask_base + rows[:, None] * stride_mq + keys[None, :] * stride_mk,
+                           mask=visible, other=0)
+            if MASK_IS_BOOL:
+                visible = visible & (bias != 0)
+            else:
+                s = s + bias.to(tl.float32)
+        s = tl.where(visible, s, float("-inf"))
+        new_m = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+        alpha = tl.exp(m - shift)
+        p = tl.exp(s - shift[:, None])
+        denom = denom * alpha + tree_sum_rows(p, BLOCK_M, BLOCK_N)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m = new_m
+    return m, denom, acc
+
+
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+                      Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
+                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                      SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // Hq
+    h = bh % Hq
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    dk = tl.arange(0, BLOCK_D)
+    dv = tl.arange(0, BLOCK_DV)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + rows[:, None] * sq_l + dk[None, :] * sq_d,
+                mask=(rows[:, None] < Lq) & (dk[None, :] < D), other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b * sk_b + (h // group) * sk_h
+    v_base = v_ptr + b * sv_b + (h // group) * sv_h
+    mask_base = mask_ptr + b * sm_b + h * sm_h
+    if SPLIT:
+        split = tl.program_id(2)
+        m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
+                                 sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                                 SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION)
+        state = (split * tl.num_programs(1) + bh) * Lq + rows
+        tl.store(ws_m + state, m, mask=rows < Lq)
+        tl.store(ws_l + state, denom, mask=rows < Lq)
+        tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=rows[:, None] < Lq)
+    else:
+        big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        big_l = tl.zeros((BLOCK_M,), tl.float32)
+        big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+        last = num_splits
+        if IS_CAUSAL:  # splits past the block's last query hold only masked keys: folding them is a no-op
+            last = tl.minimum(num_splits, (block * BLOCK_M + BLOCK_M - 1) // (SPLIT_TILES * BLOCK_N) + 1)
+        for split in range(0, last):
+            m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
+                                     sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION)
+            big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
+        out = big_a / tl.where(rows < Lq, big_l, 1.0)[:, None]  # padding rows: no 0/0
+        tl.store(out_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dv[None, :] * so_d,
+                 out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < Lq) & (dv[None, :] < DV))
+
+
+@triton.jit
+def _fold_splits_kernel(out_ptr, ws_m, ws_l, ws_acc, Lq, Hq, num_splits, DV, so_b, so_h, so_l, so_d,
+                        BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    block = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    dv = tl.arange(0, BLOCK_DV)
+    big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    big_l = tl.zeros((BLOCK_M,), tl.float32)
+    big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    for split in range(0, num_splits):
+        state = (split * tl.num_programs(1) + bh) * Lq + rows
+        m = tl.load(ws_m + state, mask=rows < Lq, other=float("-inf"))
+        denom = tl.load(ws_l + state, mask=rows < Lq, other=0.0)
+        acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=rows[:, None] < Lq, other=0.0)
+        big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
+    out = big_a / tl.where(rows < Lq, big_l, 1.0)[:, None]  # padding rows: no 0/0
+    b = bh // Hq
+    h = bh % Hq
+    tl.store(out_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dv[None, :] * so_d,
+             out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < Lq) & (dv[None, :] < DV))
+
+
+def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+                 is_causal: bool = False, scale: float | None = None, *, heads_inner: bool = False,
+                 schedule: AttentionSchedule | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, mask, is_causal=..., scale=...)`` for 4-D
+    (batch, heads, length, dim) inputs, GQA when k/v have fewer heads, batch-invariantly.
+
+    ``heads_inner`` lays the output out in memory as (batch, length, heads, dim), as the CPU and
+    flash SDPA kernels do (graphs traced on them view it that way).
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"bi_attention takes 4-D q, k, v; got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D")
+    batch, heads, lq, d = q.shape
+    kv_heads, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    if heads % kv_heads:
+        raise ValueError(f"bi_attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
+    plan: AttentionPlan = attention_plan(d, dv, q.dtype, devices.of_tensor(q))
+    out_dtype = torch.float32 if plan.fp32_io else q.dtype
+    if heads_inner:
+        out = torch.empty((batch, lq, heads, dv), dtype=out_dtype, device=q.device).transpose(1, 2)
+    else:
+        out = torch.empty((batch, heads, lq, dv), dtype=out_dtype, device=q.device)
+    if out.numel() == 0:
+        return out.to(q.dtype)
+    sched = schedule or attention_schedule(plan, lq, lk, batch * heads, devices.of_tensor(q))
+    if mask is not None:
+        mask = mask.expand(batch, heads, lq, lk)
+    mask_arg = mask if mask is not None else q
+    mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
+    splits = plan.num_splits(lk)
+    blocks = triton.cdiv(lq, sched.block_m)
+    split = sched.split and splits > 1
+    if split:
+        ws_m = torch.empty(splits * batch * heads * lq, dtype=torch.float32, device=q.device)
+        ws_l = torch.empty_like(ws_m)
+        ws_acc = torch.empty(splits * batch * heads * lq * plan.block_dv, dtype=torch.float32, device=q.device)
+    else:
+        ws_m = ws_l = ws_acc = out  # never touched by the serial schedule
+    _attention_kernel[(blocks, batch * heads, splits if split else 1)](
+        q, k, v, mask_arg, out, ws_m, ws_l, ws_acc,
+        lq, lk, heads, heads // kv_heads, splits, scale if scale is not None else d ** -0.5, d, dv,
+        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
+        HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
+        SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
+        BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        num_warps=sched.num_warps,
+    )
+    if split:
+        _fold_splits_kernel[(blocks, batch * heads)](out, ws_m, ws_l, ws_acc, lq, heads, splits, dv, *out.stride(),
+                                                     BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
+                                                     num_warps=sched.num_warps)
+    return out.to(q.dtype)

@@ -1,0 +1,25 @@
+"""``ascend_bi::attention``: scaled dot-product attention with a fixed key split size."""
+
+from __future__ import annotations
+
+import torch
+
+from ascend_compile.kernels.attention import bi_attention
+
+
+@torch.library.custom_op("ascend_bi::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+              scale: float | None, heads_inner: bool) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on (batch, heads, length, dim) inputs; GQA when k/v have
+    fewer heads; boolean or additive ``mask``; output stored as (batch, length, heads, dim) when
+    ``heads_inner`` (the layout of the SDPA kernel it replaces), else contiguous."""
+    return bi_attention(q, k, v, mask, is_causal, scale, heads_inner=heads_inner)
+
+
+@attention.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+      scale: float | None, heads_inner: bool) -> torch.Tensor:
+    batch, heads, length, _ = q.shape
+    if heads_inner:
+        return q.new_empty((batch, length, heads, v.shape[-1])).transpose(1, 2)
+    return q.new_empty((batch, heads, length, v.shape[-1]))

@@ -1,0 +1,88 @@
+"""Rewrite fused scaled-dot-product attention into the batch-invariant attention template.
+
+Flash-decoding kernels pick how many pieces to split the keys into from batch x heads versus the
+number of SMs, so a query's bits change with its batch; they also differ between prefill and
+decode kernels.  The template splits keys by a fixed *size*, so neither happens.  (Attention
+written out as matmul-softmax-matmul is already covered by the matmul and softmax rewrites.)
+
+Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
+dropout)::
+
+    sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(q, k, v, 0.0, True, scale=0.25)
+    getitem = sdpa[0]
+
+Rewrites to::
+
+    getitem = torch.ops.ascend_bi.attention.default(q, k, v, None, True, 0.25, True)
+
+The output keeps the memory layout of the op it replaces (the CPU and flash kernels store it as
+(batch, length, heads, dim)), because the graph downstream was traced on that layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+import torch.fx
+from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
+
+import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.passes.replace import arguments, call, planned_floats, swap
+from ascend_compile.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+aten = torch.ops.aten
+_PATTERNS = PatternMatcherPass(pass_name="ascend_bi_rewrite_attention")
+
+#: SDPA backend ops -> the name of their mask argument (None: the op takes no mask).
+_VARIANTS = {
+    aten._scaled_dot_product_flash_attention_for_cpu.default: "attn_mask",
+    aten._scaled_dot_product_flash_attention.default: None,
+    aten._scaled_dot_product_efficient_attention.default: "attn_bias",
+    aten._scaled_dot_product_cudnn_attention.default: "attn_bias",
+}
+
+
+def _only_output_used(node: torch.fx.Node) -> bool:
+    """Only output 0 is read (other outputs may have dead getitems, which tracing leaves)."""
+    return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
+
+
+def _supported(match: Match) -> bool:
+    node = match.output_node()
+    args = arguments(node)
+    return (float(args.get("dropout_p", 0.0)) == 0.0 and _only_output_used(node)
+            and planned_floats(args["query"], args["key"], args["value"])
+            and args["query"].meta["val"].dim() == 4)
+
+
+def _rewrite(match: Match, *_: object, **__: object) -> None:
+    node = match.output_node()
+    args = arguments(node)
+    mask_name = _VARIANTS[node.target]
+    mask = args.get(mask_name) if mask_name else None
+    out = node.meta["val"][0]
+    heads_inner = out.dim() == 4 and out.shape[1] > 1 and out.stride(1) < out.stride(2)
+    new = call(node.graph, node, torch.ops.ascend_bi.attention.default,
+               (args["query"], args["key"], args["value"], mask, bool(args.get("is_causal", False)),
+                args.get("scale"), heads_inner))
+    for user in list(node.users):
+        if user.args[1] == 0:
+            swap(user, new)
+        else:
+            node.graph.erase_node(user)
+    node.graph.erase_node(node)
+
+
+for _target in _VARIANTS:
+    register_graph_pattern(CallFunctionVarArgs(_target), pass_dict=_PATTERNS, extra_check=_supported)(_rewrite)
+
+
+def rewrite_attention(gm: torch.fx.GraphModule, settings: Settings) -> int:
+    """Replace every supported fused attention; returns how many were replaced."""
+    count = _PATTERNS.apply(gm.graph)
+    logger.debug("rewrite_attention: %d attentions now batch-invariant", count)
+    return count

@@ -1,0 +1,47 @@
+"""rewrite_attention: positive, negative and idempotence cases."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ascend_compile.passes.rewrite_attention import rewrite_attention
+from ascend_compile.settings import Settings
+from tests.passes.graphs import aten_graph, targets
+
+SETTINGS = Settings()
+bi = torch.ops.ascend_bi
+
+
+def _qkv(length: int = 5):
+    return torch.randn(1, 4, length, 16), torch.randn(1, 2, length, 16), torch.randn(1, 2, length, 16)
+
+
+def test_sdpa_becomes_the_template_with_its_layout() -> None:
+    def fn(q, k, v, mask):
+        return (F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5, enable_gqa=True))
+
+    inputs = (*_qkv(), torch.randn(1, 1, 5, 5))
+    gm = aten_graph(fn, *inputs)
+    assert rewrite_attention(gm, SETTINGS) == 2
+    assert targets(gm).count(bi.attention.default) == 2
+    gm.recompile()
+    for got, want in zip(gm(*inputs), fn(*inputs), strict=True):
+        torch.testing.assert_close(got, want)
+        assert got.stride() == want.stride()
+
+
+def test_dropout_and_float64_stay() -> None:
+    def fn(q, k, v, q64):
+        return (F.scaled_dot_product_attention(q, k, v, dropout_p=0.1, enable_gqa=True),
+                F.scaled_dot_product_attention(q64, q64, q64))
+
+    gm = aten_graph(fn, *_qkv(), torch.randn(1, 2, 5, 16, dtype=torch.float64))
+    assert rewrite_attention(gm, SETTINGS) == 0
+
+
+def test_idempotent() -> None:
+    gm = aten_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), *_qkv())
+    assert rewrite_attention(gm, SETTINGS) == 1
+    assert rewrite_attention(gm, SETTINGS) == 0
