@@ -49,7 +49,7 @@ def bi_layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Te
         rows_view = rows_view.contiguous()
     rows = rows_view.shape[0]
     plan = row_plan(n, x.dtype, devices.of_tensor(x))
-    out = torch.empty((rows, n), dtype=torch.float32 if plan.fp32_io else x.dtype, device=x.device)
+    out = torch.empty((rows, n), dtype=plan.store_dtype(x.dtype), device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows and n:

@@ -115,6 +115,10 @@ class RowPlan:
     def num_chunks(self, n: int) -> int:
         return max(1, -(-n // self.chunk))
 
+    def store_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype kernels write results in (fp32 under ``fp32_io``; torch casts them after)."""
+        return torch.float32 if self.fp32_io else dtype
+
 
 @functools.lru_cache(maxsize=4096)
 def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:

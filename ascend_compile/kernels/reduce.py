@@ -56,7 +56,7 @@ def _plan(x: torch.Tensor, n: int) -> RowPlan:
 
 
 def _empty_rows(rows: int, dtype: torch.dtype, plan: RowPlan, device: torch.device) -> torch.Tensor:
-    return torch.empty(rows, dtype=torch.float32 if plan.fp32_io else dtype, device=device)
+    return torch.empty(rows, dtype=plan.store_dtype(dtype), device=device)
 
 
 def bi_sum(x: torch.Tensor, dims: list[int] | None, keepdim: bool = False, dtype: torch.dtype | None = None,

@@ -57,7 +57,7 @@ def bi_cumsum(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> to
     x2 = moved.reshape(-1, moved.shape[-1])
     rows, n = x2.shape
     plan = row_plan(n, out_dtype, devices.of_tensor(x))
-    out2 = torch.empty((rows, n), dtype=torch.float32 if plan.fp32_io else out_dtype, device=x.device)
+    out2 = torch.empty((rows, n), dtype=plan.store_dtype(out_dtype), device=x.device)
     _cumsum_rows_kernel[(rows,)](x2, out2, n, x2.stride(0), x2.stride(1), out2.stride(0), out2.stride(1),
                                 R=min(MAX_LANES, max(1, plan.block // LANE)), C=LANE, num_warps=row_warps(plan))
     return out2.to(out_dtype).reshape(moved.shape).movedim(-1, dim)
