@@ -11,6 +11,8 @@ and the same in a prefill and in a decode step.
 Two schedules fold the same splits in the same order: *serial* (one program per query block walks
 its splits) and *split* (one program per (query block, split) writes the split's state, a second
 launch folds them): decode at small batch has few query blocks, so its splits run in parallel.
+NPU schedules launch one program per AI core at most, each looping over (query block, head) pairs
+with serial splits (``PERSISTENT``), and load key tiles along the head dim, their unit stride.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.plans import AttentionPlan, AttentionSchedule, attention_plan, attention_schedule
+from ascend_compile.kernels.plans import (
+    AttentionPlan,
+    AttentionSchedule,
+    attention_plan,
+    attention_schedule,
+    launch_options,
+)
 from ascend_compile.kernels.tree import tree_sum_rows
 
 
@@ -40,7 +48,7 @@ def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr):
+                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
     values) per query row."""
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -50,8 +58,12 @@ def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
     dv = tl.arange(0, BLOCK_DV)
     for t in range(SPLIT_TILES):
         keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k = tl.load(k_base + keys[None, :] * stride_kl + dk[:, None] * stride_kd,
-                    mask=(keys[None, :] < Lk) & (dk[:, None] < D), other=0.0)
+        if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
+            k = tl.trans(tl.load(k_base + keys[:, None] * stride_kl + dk[None, :] * stride_kd,
+                                 mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
+        else:
+            k = tl.load(k_base + keys[None, :] * stride_kl + dk[:, None] * stride_kd,
+                        mask=(keys[None, :] < Lk) & (dk[:, None] < D), other=0.0)
         v = tl.load(v_base + keys[:, None] * stride_vl + dv[None, :] * stride_vd,
                     mask=(keys[:, None] < Lk) & (dv[None, :] < DV), other=0.0)
         if UPCAST:
@@ -81,15 +93,40 @@ def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
-                      Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                      Lq, Lk, Hq, BH, group, num_splits, sm_scale, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                       HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                       SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    block = tl.program_id(0)
-    bh = tl.program_id(1)
+                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr):
+    if PERSISTENT:  # NPU: programs loop over (query block, batch x head) work items; splits serial
+        blocks = (Lq + BLOCK_M - 1) // BLOCK_M
+        for w in range(tl.program_id(0), blocks * BH, tl.num_programs(0)):
+            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, w % blocks, w // blocks, 0,
+                             Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                             sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+                             sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                             False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, True)
+    else:
+        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+                         tl.program_id(0), tl.program_id(1), tl.program_id(2),
+                         Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                         sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+                         sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                         SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, False)
+
+
+@triton.jit
+def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bh, split_id,
+                     Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                     sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
+                     sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
+                     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                     SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+    """Query block ``block`` of batch x head ``bh`` (and, when ``SPLIT``, key split ``split_id`` of it)."""
     b = bh // Hq
     h = bh % Hq
     rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -103,10 +140,10 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
     v_base = v_ptr + b * sv_b + (h // group) * sv_h
     mask_base = mask_ptr + b * sm_b + h * sm_h
     if SPLIT:
-        split = tl.program_id(2)
+        split = split_id
         m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
                                  sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                 SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION)
+                                 SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, K_T)
         state = (split * tl.num_programs(1) + bh) * Lq + rows
         tl.store(ws_m + state, m, mask=rows < Lq)
         tl.store(ws_l + state, denom, mask=rows < Lq)
@@ -121,7 +158,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
         for split in range(0, last):
             m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
                                      sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION)
+                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
+                                     K_T)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
         out = big_a / tl.where(rows < Lq, big_l, 1.0)[:, None]  # padding rows: no 0/0
         tl.store(out_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dv[None, :] * so_d,
@@ -166,7 +204,8 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     kv_heads, lk, dv = k.shape[1], k.shape[2], v.shape[3]
     if heads % kv_heads:
         raise ValueError(f"bi_attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
-    plan: AttentionPlan = attention_plan(d, dv, q.dtype, devices.of_tensor(q))
+    device = devices.of_tensor(q)
+    plan: AttentionPlan = attention_plan(d, dv, q.dtype, device)
     out_dtype = torch.float32 if plan.fp32_io else q.dtype
     if heads_inner:
         out = torch.empty((batch, lq, heads, dv), dtype=out_dtype, device=q.device).transpose(1, 2)
@@ -174,31 +213,32 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         out = torch.empty((batch, heads, lq, dv), dtype=out_dtype, device=q.device)
     if out.numel() == 0:
         return out.to(q.dtype)
-    sched = schedule or attention_schedule(plan, lq, lk, batch * heads, devices.of_tensor(q))
+    sched = schedule or attention_schedule(plan, lq, lk, batch * heads, device)
     if mask is not None:
         mask = mask.expand(batch, heads, lq, lk)
     mask_arg = mask if mask is not None else q
     mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
     splits = plan.num_splits(lk)
     blocks = triton.cdiv(lq, sched.block_m)
-    split = sched.split and splits > 1
+    split = sched.split and not sched.programs and splits > 1
     if split:
         ws_m = torch.empty(splits * batch * heads * lq, dtype=torch.float32, device=q.device)
         ws_l = torch.empty_like(ws_m)
         ws_acc = torch.empty(splits * batch * heads * lq * plan.block_dv, dtype=torch.float32, device=q.device)
     else:
         ws_m = ws_l = ws_acc = out  # never touched by the serial schedule
-    _attention_kernel[(blocks, batch * heads, splits if split else 1)](
+    grid = (sched.programs,) if sched.programs else (blocks, batch * heads, splits if split else 1)
+    _attention_kernel[grid](
         q, k, v, mask_arg, out, ws_m, ws_l, ws_acc,
-        lq, lk, heads, heads // kv_heads, splits, scale if scale is not None else d ** -0.5, d, dv,
+        lq, lk, heads, batch * heads, heads // kv_heads, splits, scale if scale is not None else d ** -0.5, d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
         SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
-        num_warps=sched.num_warps,
+        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps),
     )
     if split:
         _fold_splits_kernel[(blocks, batch * heads)](out, ws_m, ws_l, ws_acc, lq, heads, splits, dv, *out.stride(),
                                                      BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
-                                                     num_warps=sched.num_warps)
+                                                     **launch_options(device, sched.num_warps))
     return out.to(q.dtype)

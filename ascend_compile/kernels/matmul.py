@@ -12,7 +12,10 @@ partials are added in chunk order in fp32.  Two schedules produce exactly those 
   writes the tile and resets the counter, so the split costs no second launch.
 
 Operands are read through their strides, so a transposed weight (``linear`` lowers to
-``mm(x, permute(w))``) is never copied.
+``mm(x, permute(w))``) is never copied.  NPU schedules (``plans.py``) launch one program per AI
+core at most, each walking output tiles in a loop (``PERSISTENT``), and load an operand whose unit
+stride runs along the other axis (the transposed weight of the seed's "ub overflow") in its
+memory order, then transpose the tile (``A_T``/``B_T``): same values, same bits, a UB-sized load.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.plans import MatmulPlan, MatmulSchedule, matmul_plan, matmul_schedule
+from ascend_compile.kernels.plans import (
+    MatmulPlan,
+    MatmulSchedule,
+    launch_options,
+    matmul_operand_readable,
+    matmul_plan,
+    matmul_schedule,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +58,7 @@ def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
                 stride_am, stride_ak, stride_bk, stride_bn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr):
+                INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr):
     """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero.
 
     One flat loop over K blocks (so Triton pipelines loads across chunk boundaries); at the end of
@@ -60,12 +70,20 @@ def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
     k0 = first_chunk * CHUNK_BLOCKS * BLOCK_K
     for i in range(num_chunks * CHUNK_BLOCKS):
         k = k0 + i * BLOCK_K + rk
-        if EVEN_K:  # every chunk is full: only rows and columns need masks
+        if A_T:  # A's unit stride runs along M: load (BLOCK_K, BLOCK_M) in memory order, transpose
+            a = tl.trans(tl.load(a_ptr + k[:, None] * stride_ak + rm[None, :] * stride_am,
+                                 mask=(k[:, None] < K) & (rm[None, :] < M), other=0.0))
+        elif EVEN_K:  # every chunk is full: only rows and columns need masks
             a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak, mask=rm[:, None] < M, other=0.0)
-            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn, mask=rn[None, :] < N, other=0.0)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
                         mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+        if B_T:  # B's unit stride runs along K (a transposed weight): load (BLOCK_N, BLOCK_K), transpose
+            b = tl.trans(tl.load(b_ptr + rn[:, None] * stride_bn + k[None, :] * stride_bk,
+                                 mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0))
+        elif EVEN_K:
+            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn, mask=rn[None, :] < N, other=0.0)
+        else:
             b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
                         mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
         if UPCAST:
@@ -81,6 +99,36 @@ def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
 @triton.jit
 def _bi_matmul_kernel(
     a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    M, N, K, Z,
+    stride_az, stride_am, stride_ak,
+    stride_bz, stride_bk, stride_bn,
+    stride_cz, stride_cm, stride_cn,
+    stride_oz, stride_om, stride_on,
+    HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
+):
+    if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
+        tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
+        for w in range(tl.program_id(0), Z * tiles, tl.num_programs(0)):
+            _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, w % tiles, w // tiles, 0, M, N, K,
+                         stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
+                         stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
+                         HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+    else:
+        _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+                     tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
+                     stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
+                     stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
+                     HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
+                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+
+
+@triton.jit
+def _matmul_tile(
+    a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, pid, z, chunk,
     M, N, K,
     stride_az, stride_am, stride_ak,
     stride_bz, stride_bk, stride_bn,
@@ -89,10 +137,10 @@ def _bi_matmul_kernel(
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    A_T: tl.constexpr, B_T: tl.constexpr,
 ):
+    """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it)."""
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
-    pid = tl.program_id(0)
-    z = tl.program_id(2)
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
     tiles_n = (N + BLOCK_N - 1) // BLOCK_N
     group = GROUP_M * tiles_n
@@ -107,10 +155,9 @@ def _bi_matmul_kernel(
     b_ptr += z * stride_bz
 
     if SPLIT:
-        chunk = tl.program_id(1)
         partial = _sum_chunks(a_ptr, b_ptr, rm, rn, chunk, 1, M, N, K,
                               stride_am, stride_ak, stride_bk, stride_bn,
-                              BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION)
+                              BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
         tile = z * tiles_m * tiles_n + pid
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
@@ -127,7 +174,7 @@ def _bi_matmul_kernel(
     else:
         total = _sum_chunks(a_ptr, b_ptr, rm, rn, 0, NUM_CHUNKS, M, N, K,
                             stride_am, stride_ak, stride_bk, stride_bn,
-                            BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION)
+                            BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
 
@@ -181,22 +228,32 @@ def bi_matmul(
 
     device = devices.of_tensor(a)
     plan = matmul_plan(k, n, a.dtype, device)
-    sched = schedule or matmul_schedule(plan, m, n, z, a.element_size(), device)
+    if device.plan_kind == "npu":  # gathered operands would load element by element: copy them
+        a3, b3 = (t if matmul_operand_readable(tuple(t.shape), t.stride(), device) else t.contiguous()
+                  for t in (a3, b3))
+    sched = schedule or matmul_schedule(plan, m, n, z, a.element_size(), device,
+                                        _runs_along(a3, 1), _runs_along(b3, 1))
     if plan.fp32_io:
         out32 = torch.empty(out.shape, dtype=torch.float32, device=out.device)
-        _launch(a3, b3, bias, out32, plan, sched)
+        _launch(a3, b3, bias, out32, plan, sched, device)
         out.copy_(out32)
     else:
-        _launch(a3, b3, bias, out, plan, sched)
+        _launch(a3, b3, bias, out, plan, sched, device)
     return out if batched else out[0]
 
 
+def _runs_along(t: torch.Tensor, dim: int) -> bool:
+    """Whether a 3-D operand's unit stride runs along ``dim`` (1 or 2) and not along the other."""
+    other = 3 - dim
+    return t.shape[other] > 1 and t.stride(other) != 1 and (t.stride(dim) == 1 or t.shape[dim] == 1)
+
+
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
-            plan: MatmulPlan, sched: MatmulSchedule) -> None:
+            plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device) -> None:
     z, m, k = a.shape
     n = b.shape[2]
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
-    split = sched.split and plan.num_chunks > 1 and z * tiles <= _COUNTERS_PER_DEVICE
+    split = sched.split and not sched.programs and plan.num_chunks > 1 and z * tiles <= _COUNTERS_PER_DEVICE
     if split:
         workspace = torch.empty(z * tiles * plan.num_chunks * sched.block_m * sched.block_n,
                                 dtype=torch.float32, device=a.device)
@@ -204,14 +261,15 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
     else:
         workspace = counters = out  # never read when SPLIT is off
     bias3 = bias.expand(out.shape) if bias is not None else out
-    grid = (tiles, plan.num_chunks if split else 1, z)
+    grid = (sched.programs,) if sched.programs else (tiles, plan.num_chunks if split else 1, z)
     _bi_matmul_kernel[grid](
         a, b, bias3, out, workspace, counters,
-        m, n, k,
+        m, n, k, z,
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
         CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,
-        INPUT_PRECISION=plan.input_precision,
-        num_warps=sched.num_warps, num_stages=sched.num_stages,
+        INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
+        A_T=sched.a_transposed, B_T=sched.b_transposed,
+        **launch_options(device, sched.num_warps, sched.num_stages),
     )

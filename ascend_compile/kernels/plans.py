@@ -8,6 +8,11 @@ The law of this project lives here:
     of a plan run in parallel programs or serially in one; it may look at the batch extent but can
     never change the order of additions.
 
+NPU (Ascend, triton-ascend) plans and schedules live beside the others (``device.plan_kind``):
+tiles sized so that a core's Unified Buffer holds them (``npu_ub_budget``, modelled by the
+``*_ub_bytes`` functions below), 1-D grids of at most one program per core with in-kernel loops,
+and no ``num_warps``/``num_stages`` (``launch_options``).
+
 Plans and schedules are pure functions of hashable arguments, memoised so that a launch costs
 one dictionary lookup.  The law is enforced by signatures: ``matmul_plan`` has no parameter through which the number of
 rows could reach it, and ``matmul_schedule`` returns nothing that the kernel uses to order sums.
@@ -31,6 +36,56 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.fl
 
 class UnsupportedPlan(ValueError):
     """No batch-invariant plan exists for this op, dtype or device."""
+
+
+_ITEMSIZE = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
+
+# --- Ascend NPU constants (triton-ascend on Atlas A2/A3; see docs/ASCEND.md) -------------------
+#: The Ascend runtime takes at most this many programs in a launch.
+NPU_MAX_GRID = 65535
+#: Vector accesses move 32-byte blocks: a tile's unit-stride (tail) axis is padded to a multiple.
+NPU_VECTOR_ALIGN = 32
+#: Tiles that feed the cube unit (``tl.dot``) are best given 512-byte tails (no padding).
+NPU_DOT_TAIL_BYTES = 512
+#: Share of the Unified Buffer plans leave free for what the model does not count (scalars,
+#: compiler temporaries).
+NPU_UB_MARGIN = 1 / 8
+
+
+def npu_ub_budget(device: Device) -> int:
+    """Unified Buffer bytes an NPU plan may fill: the capacity less ``NPU_UB_MARGIN``."""
+    if device.npu is None:
+        raise UnsupportedPlan(f"{device.kind} has no Unified Buffer (only NPU plans have a UB budget)")
+    return int(device.npu.ub_bytes * (1 - NPU_UB_MARGIN))
+
+
+def _tile_bytes(rows: int, tail: int, itemsize: int) -> int:
+    """UB bytes of a ``rows x tail`` tile whose ``tail`` axis is contiguous, padded to 32 bytes."""
+    return rows * (-(-tail * itemsize // NPU_VECTOR_ALIGN) * NPU_VECTOR_ALIGN)
+
+
+def _loads(device: Device) -> int:
+    """Copies of each loaded tile the UB holds: 2 with triton-ascend's multibuffer, else 1."""
+    return 2 if device.npu is not None and device.npu.multibuffer else 1
+
+
+def launch_options(device: Device, num_warps: int, num_stages: int | None = None) -> dict[str, int]:
+    """Triton launch keywords: none on NPUs (triton-ascend takes no ``num_warps``/``num_stages``)."""
+    if device.plan_kind == "npu":
+        return {}
+    return {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+
+
+def grid_programs(work: int, device: Device, *, cube: bool = False) -> int:
+    """Programs of a 1-D launch over ``work`` items; each program loops over ``work`` with that stride.
+
+    One program per item on GPUs and the CPU; on NPUs at most one per core -- AI cores for kernels
+    that use ``tl.dot`` (``cube``), vector cores otherwise -- and never more than 65535.
+    """
+    if device.npu is None:
+        return max(1, work)
+    cores = device.npu.ai_cores if cube else device.npu.vector_cores
+    return max(1, min(work, cores, NPU_MAX_GRID))
 
 
 @dataclass(frozen=True)
@@ -73,12 +128,13 @@ def matmul_plan(k: int, n: int, dtype: torch.dtype, device: Device) -> MatmulPla
     _check_dtype("matmul", dtype)
     if k <= 0 or n <= 0:
         raise UnsupportedPlan(f"matmul extents must be positive, got K={k}, N={n}")
-    if device.kind == "cpu":
+    if device.plan_kind == "cpu":
         # The interpreter pays per program and per block, not per flop: large blocks.
         block_k, chunk_elems = 128, 256
-    elif device.kind == "npu":
-        # Unified-buffer aware tiles come with the Ascend work; keep CUDA's order until then.
-        block_k, chunk_elems = 64, 256
+    elif device.plan_kind == "npu":
+        # 512-byte K rows (the cube unit's preferred tail, 32-byte aligned for the vector unit)
+        # in 512-element chunks.
+        block_k, chunk_elems = NPU_DOT_TAIL_BYTES // _ITEMSIZE[dtype], 512
     else:
         # BLOCK_K = 64 and 256-element chunks: verified schedule-independent on H100 (ARCHITECTURE.md);
         # small chunks give decode-size matmuls enough programs to fill the GPU.
@@ -124,7 +180,10 @@ class RowPlan:
 def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
     """The summation order for rows of ``n`` elements (n is the reduced extent)."""
     _check_dtype("reduction", dtype)
-    cap = 4096 if device.triton_interpreted else 1024
+    if device.plan_kind == "npu":
+        cap = NPU_ROW_LANES  # every row family fits the UB at this width (row_ub_bytes)
+    else:
+        cap = 4096 if device.triton_interpreted else 1024
     block = min(cap, max(16, 1 << max(0, n - 1).bit_length()))
     return RowPlan(block=block, chunk=8 * block, fp32_io=device.triton_interpreted and dtype != torch.float32)
 
@@ -132,6 +191,36 @@ def row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
 def row_warps(plan: RowPlan) -> int:
     """Warps per row program: schedule only (``tree_sum`` makes the order layout-independent)."""
     return 4 if plan.block <= 1024 else 8
+
+
+#: Lanes of NPU row plans: the same order as on GPUs, and every row family's tiles fit the UB.
+NPU_ROW_LANES = 1024
+#: Row kernel families and how many tiles of the plan's width each program keeps live: (loaded
+#: in the input dtype, fp32 working, int32 index, 1-byte mask, output in the input dtype).
+ROW_FAMILIES: dict[str, tuple[int, int, int, int, int]] = {
+    "sum": (1, 3, 1, 1, 0),  # x; x in fp32, lanes, tree halves; offsets; mask
+    "var_mean": (1, 4, 1, 1, 0),  # + centred deviations
+    "softmax": (1, 6, 1, 1, 1),  # x; fp32 x, running max, lanes, exp, tree, y; offsets; mask; out
+    "layer_norm": (3, 6, 1, 1, 1),  # x, weight, bias; their fp32 values, lanes, tree, y; ...; out
+    "cumsum": (1, 6, 1, 1, 1),  # x; fp32 x, running, within, selects, y; offsets; mask; out
+}
+
+
+def row_ub_bytes(plan: RowPlan, family: str, dtype: torch.dtype, device: Device) -> int:
+    """Unified Buffer bytes one program of a row ``family`` holds under ``plan`` (NPU model).
+
+    Loaded tiles count twice under multibuffer; cumsum works on ``R x 16`` tiles of at most 1024
+    elements (``kernels/scan.py``).
+    """
+    if family not in ROW_FAMILIES:
+        raise ValueError(f"unknown row family {family!r}; accepted: {', '.join(ROW_FAMILIES)}")
+    loaded, working, index, masks, outputs = ROW_FAMILIES[family]
+    itemsize = _ITEMSIZE[dtype]
+    lanes = min(plan.block, 1024) if family == "cumsum" else plan.block
+    rows, tail = (lanes // 16, 16) if family == "cumsum" else (1, lanes)
+    return (loaded * _loads(device) * _tile_bytes(rows, tail, itemsize) + working * _tile_bytes(rows, tail, 4)
+            + index * _tile_bytes(rows, tail, 4) + masks * _tile_bytes(rows, tail, 1)
+            + outputs * _tile_bytes(rows, tail, itemsize))
 
 
 @dataclass(frozen=True)
@@ -145,6 +234,16 @@ class MatmulSchedule:
     num_warps: int
     num_stages: int
     group_m: int
+    #: NPU: a 1-D launch of this many programs, each looping over output tiles (0: one program
+    #: per tile and K-chunk, on GPUs and the CPU).
+    programs: int = 0
+    #: NPU: load A's tile along its unit stride as (BLOCK_K, BLOCK_M) and transpose it in the UB
+    #: (A column-major); the same for B as (BLOCK_N, BLOCK_K) (a transposed weight).  Values are
+    #: unchanged, so the bits are too.
+    a_transposed: bool = False
+    b_transposed: bool = False
+    #: NPU: Unified Buffer bytes one program holds (``matmul_ub_bytes``); 0 elsewhere.
+    ub_bytes: int = 0
 
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
@@ -154,13 +253,18 @@ _SPLIT_MAX_ROWS = 128
 
 
 @functools.lru_cache(maxsize=4096)
-def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device) -> MatmulSchedule:
+def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device,
+                    a_transposed: bool = False, b_transposed: bool = False) -> MatmulSchedule:
     """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``.
 
     Chosen from a sweep of tiles x split x stages on an H200 (tools/bench_matmul.py --sweep,
     docs/BENCHMARKS.md): narrow tiles and deep pipelines for decode rows, which are bound by
     weight reads; the split whenever the output has fewer tiles than the device has SMs.
+    ``a_transposed``/``b_transposed`` (an operand's unit stride is along K for B, along M for A)
+    only change NPU schedules, whose UB must hold the transposing loads.
     """
+    if device.plan_kind == "npu":
+        return _npu_matmul_schedule(plan, m, n, batch, itemsize, device, a_transposed, b_transposed)
     if device.triton_interpreted:
         # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
         return MatmulSchedule(block_m=32, block_n=128, split=False, num_warps=4, num_stages=1, group_m=1)
@@ -180,6 +284,64 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     stage_bytes = (block_m + block_n) * plan.block_k * itemsize
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
     return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8)
+
+
+def matmul_ub_bytes(block_m: int, block_n: int, plan: MatmulPlan, itemsize: int, device: Device,
+                    a_transposed: bool = False, b_transposed: bool = False) -> int:
+    """Unified Buffer bytes one matmul program holds (NPU model, counted as if every tile lived in
+    the UB; the cube unit's own L0/L1 buffers are not needed to fit).
+
+    Operand tiles are loaded along their unit stride (twice under multibuffer) and transposed in
+    place when that stride is not the tile's last axis; the chunk accumulator and the running
+    total; the epilogue's bias, fp32 bias, output and mask.  The interpreter's fp32 copies
+    (``fp32_io``) are not counted: an NPU never makes them, and simulated NPUs get its tiles.
+    """
+    k = plan.block_k
+    loads = _loads(device)
+    a = _tile_bytes(k, block_m, itemsize) if a_transposed else _tile_bytes(block_m, k, itemsize)
+    b = _tile_bytes(block_n, k, itemsize) if b_transposed else _tile_bytes(k, block_n, itemsize)
+    total = loads * (a + b)
+    total += a_transposed * _tile_bytes(block_m, k, itemsize) + b_transposed * _tile_bytes(k, block_n, itemsize)
+    total += 2 * _tile_bytes(block_m, block_n, 4)  # chunk accumulator, running total
+    total += (loads * _tile_bytes(block_m, block_n, itemsize) + _tile_bytes(block_m, block_n, 4)
+              + _tile_bytes(block_m, block_n, itemsize) + _tile_bytes(block_m, block_n, 1))
+    return total + _tile_bytes(1, block_m + block_n + k, 4)  # row, column and K offsets
+
+
+#: Candidate NPU tile widths, widest first (tails of 32 bytes or more in every dtype).
+_NPU_BLOCK_N = (256, 128, 64, 32, 16)
+
+
+#: NPU matmul tiles have this many rows whatever M is: nobody has yet checked on an NPU that the
+#: cube unit rounds a row the same in tiles of every height (verified on GPUs), so the tile never
+#: changes with the batch.  (Triton's interpreter, which runs ``tl.dot`` through numpy, does round
+#: differently by tile height.)
+NPU_MATMUL_BLOCK_M = 32
+
+
+def _npu_matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device,
+                         a_transposed: bool, b_transposed: bool) -> MatmulSchedule:
+    """``NPU_MATMUL_BLOCK_M`` rows and the widest column tile the UB holds (smaller rows only if
+    none does -- a choice that depends on no extent of the batch); one program per AI core at
+    most, each walking its tiles serially (no split: it needs atomics, untried on NPUs)."""
+    budget = npu_ub_budget(device)
+    block_m = NPU_MATMUL_BLOCK_M
+    while True:
+        for block_n in _NPU_BLOCK_N:
+            if block_n > 2 * max(16, n) and block_n > 16:
+                continue  # wider than the output: wasted UB
+            ub = matmul_ub_bytes(block_m, block_n, plan, itemsize, device, a_transposed, b_transposed)
+            if ub <= budget:
+                tiles = batch * -(-m // block_m) * -(-n // block_n)
+                return MatmulSchedule(block_m=block_m, block_n=block_n, split=False, num_warps=0, num_stages=0,
+                                      group_m=8, programs=grid_programs(tiles, device, cube=True),
+                                      a_transposed=a_transposed, b_transposed=b_transposed, ub_bytes=ub)
+        if block_m == 16:
+            raise UnsupportedPlan(
+                f"no matmul tile fits the NPU's Unified Buffer budget of {budget} bytes "
+                f"(BLOCK_K={plan.block_k}, itemsize {itemsize}); raise ASCEND_BI_NPU_UB_BYTES if the device has more"
+            )
+        block_m //= 2
 
 
 def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], device: Device) -> bool:
@@ -208,6 +370,8 @@ class AttentionPlan:
     block_dv: int
     input_precision: str
     fp32_io: bool
+    #: Bytes per element of q, k and v (sizes NPU tiles; no part of the order).
+    itemsize: int = 4
 
     def num_splits(self, keys: int) -> int:
         return max(1, -(-keys // self.split_keys))
@@ -216,14 +380,18 @@ class AttentionPlan:
 @functools.lru_cache(maxsize=4096)
 def attention_plan(head_dim: int, value_dim: int, dtype: torch.dtype, device: Device) -> AttentionPlan:
     _check_dtype("attention", dtype)
+    block_d, block_dv = max(16, 1 << (head_dim - 1).bit_length()), max(16, 1 << (value_dim - 1).bit_length())
     block_n = 64
+    if device.plan_kind == "npu":  # key tiles of at most 16 KiB per operand, so that the UB holds them
+        block_n = max(16, min(64, 16 * 1024 // (max(block_d, block_dv) * _ITEMSIZE[dtype])))
     return AttentionPlan(
         block_n=block_n,
-        split_keys=8 * block_n if device.triton_interpreted else 4 * block_n,
-        block_d=max(16, 1 << (head_dim - 1).bit_length()),
-        block_dv=max(16, 1 << (value_dim - 1).bit_length()),
+        split_keys=512 if device.triton_interpreted and device.plan_kind != "npu" else 256,
+        block_d=block_d,
+        block_dv=block_dv,
         input_precision="ieee",
         fp32_io=device.triton_interpreted and dtype != torch.float32,
+        itemsize=_ITEMSIZE[dtype],
     )
 
 
@@ -234,14 +402,58 @@ class AttentionSchedule:
     #: instead of one program folding them as it goes.
     split: bool
     num_warps: int
+    #: NPU: a 1-D launch of this many programs looping over (query block, head) pairs, keys
+    #: loaded along their unit stride and transposed in the UB (0: one program per pair).
+    programs: int = 0
+    #: NPU: Unified Buffer bytes one program holds (``attention_ub_bytes``); 0 elsewhere.
+    ub_bytes: int = 0
 
 
 @functools.lru_cache(maxsize=4096)
 def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device) -> AttentionSchedule:
     """Query rows per program and the split choice; free to depend on the batch (``heads`` = B*H)."""
+    if device.plan_kind == "npu":
+        return _npu_attention_schedule(plan, queries, heads, device)
     if device.triton_interpreted:
         return AttentionSchedule(block_m=16, split=False, num_warps=4)
     block_m = 16 if queries <= 16 else 64
     programs = heads * -(-queries // block_m)
     split = plan.num_splits(keys) > 1 and programs < device.compute_units
     return AttentionSchedule(block_m=block_m, split=split, num_warps=4 if block_m <= 16 else 8)
+
+
+def attention_ub_bytes(block_m: int, plan: AttentionPlan, device: Device) -> int:
+    """Unified Buffer bytes one attention program holds (NPU model, every tile counted in the UB).
+
+    q, a key tile loaded along the head dim and transposed, a value tile and an additive mask
+    tile (twice each under multibuffer); scores, their exponentials and the probabilities cast
+    for the second dot; the visibility mask; the split's and the running weighted values; the
+    output tile.  As in ``matmul_ub_bytes``, the interpreter's fp32 copies are not counted.
+    """
+    bn, bd, bdv, itemsize = plan.block_n, plan.block_d, plan.block_dv, plan.itemsize
+    loads = _loads(device)
+    total = loads * (_tile_bytes(block_m, bd, itemsize) + _tile_bytes(bn, bd, itemsize)
+                     + _tile_bytes(bn, bdv, itemsize) + _tile_bytes(block_m, bn, 4))
+    total += _tile_bytes(bd, bn, itemsize)  # transposed key tile
+    total += 3 * _tile_bytes(block_m, bn, 4) + _tile_bytes(block_m, bn, itemsize) + _tile_bytes(block_m, bn, 1)
+    total += 2 * _tile_bytes(block_m, bdv, 4) + _tile_bytes(block_m, bn // 2, 4)  # acc, running acc, tree
+    total += _tile_bytes(block_m, bdv, itemsize)
+    return total + 8 * _tile_bytes(1, block_m, 4)  # per-row max, denominators, scales, offsets
+
+
+#: NPU query blocks have 16 rows in prefill and decode alike (see ``NPU_MATMUL_BLOCK_M``).
+NPU_ATTENTION_BLOCK_M = 16
+
+
+def _npu_attention_schedule(plan: AttentionPlan, queries: int, heads: int, device: Device) -> AttentionSchedule:
+    """``NPU_ATTENTION_BLOCK_M`` query rows, serial splits, one program per AI core at most."""
+    budget = npu_ub_budget(device)
+    ub = attention_ub_bytes(NPU_ATTENTION_BLOCK_M, plan, device)
+    if ub <= budget:
+        blocks = heads * -(-queries // NPU_ATTENTION_BLOCK_M)
+        return AttentionSchedule(block_m=NPU_ATTENTION_BLOCK_M, split=False, num_warps=0,
+                                 programs=grid_programs(blocks, device, cube=True), ub_bytes=ub)
+    raise UnsupportedPlan(
+        f"no attention tile fits the NPU's Unified Buffer budget of {budget} bytes (head dim {plan.block_d}, "
+        f"value dim {plan.block_dv}); raise ASCEND_BI_NPU_UB_BYTES if the device has more"
+    )

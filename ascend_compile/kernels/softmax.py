@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.plans import RowPlan, row_plan, row_warps
+from ascend_compile.kernels.plans import RowPlan, row_plan
+from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rows import as_rows, normalize_dims, shape_result
 from ascend_compile.kernels.tree import tree_sum
 
@@ -66,65 +67,73 @@ def _write(x_row, out_row, start, end, stride, stride_out, shift, total, MODE: t
 
 
 @triton.jit
-def _softmax_rows_kernel(x_ptr, out_ptr, n, stride_row, stride_col, stride_out_row, stride_out_col,
+def _softmax_rows_kernel(x_ptr, out_ptr, rows, n, stride_row, stride_col, stride_out_row, stride_out_col,
                          MODE: tl.constexpr, BLOCK: tl.constexpr):
-    """Rows of one chunk: one program does a whole row."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_row
-    m, total = _max_and_sum_exp(x_row, 0, n, stride_col, BLOCK)
-    _write(x_row, out_ptr + row * stride_out_row, 0, n, stride_col, stride_out_col, _finite_shift(m), total,
-           MODE, BLOCK)
+    """Rows of one chunk: a program does whole rows (one off NPUs)."""
+    for program_row in range(tl.program_id(0), rows, tl.num_programs(0)):
+        row = tl.cast(program_row, tl.int64)
+        x_row = x_ptr + row * stride_row
+        m, total = _max_and_sum_exp(x_row, 0, n, stride_col, BLOCK)
+        _write(x_row, out_ptr + row * stride_out_row, 0, n, stride_col, stride_out_col, _finite_shift(m), total,
+               MODE, BLOCK)
 
 
 @triton.jit
-def _chunk_partials_kernel(x_ptr, max_ptr, sum_ptr, n, stride_row, stride_col, num_chunks,
+def _chunk_partials_kernel(x_ptr, max_ptr, sum_ptr, rows, n, stride_row, stride_col, num_chunks,
                            CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    start = chunk * CHUNK
-    m, total = _max_and_sum_exp(x_ptr + row * stride_row, start, tl.minimum(start + CHUNK, n), stride_col, BLOCK)
-    tl.store(max_ptr + row * num_chunks + chunk + tl.arange(0, 1), m)
-    tl.store(sum_ptr + row * num_chunks + chunk + tl.arange(0, 1), total)
+    """(max, shifted sum) of (row, chunk) work items, chunk fastest; one item per program off NPUs."""
+    for item in range(tl.program_id(0), rows * num_chunks, tl.num_programs(0)):
+        row = tl.cast(item // num_chunks, tl.int64)
+        chunk = item % num_chunks
+        start = chunk * CHUNK
+        m, total = _max_and_sum_exp(x_ptr + row * stride_row, start, tl.minimum(start + CHUNK, n), stride_col, BLOCK)
+        tl.store(max_ptr + row * num_chunks + chunk + tl.arange(0, 1), m)
+        tl.store(sum_ptr + row * num_chunks + chunk + tl.arange(0, 1), total)
 
 
 @triton.jit
-def _chunk_finish_kernel(x_ptr, out_ptr, max_ptr, sum_ptr, n, stride_row, stride_col, stride_out_row,
-                         stride_out_col, num_chunks, MODE: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
-    """Combine the row's chunks in chunk order, then write this program's chunk."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    maxima = max_ptr + row * num_chunks
-    sums = sum_ptr + row * num_chunks
-    row_max = tl.load(maxima)
-    for c in range(1, num_chunks):
-        row_max = tl.maximum(row_max, tl.load(maxima + c))
-    shift = _finite_shift(row_max)
-    total = tl.zeros((1,), dtype=tl.float32)
-    for c in range(0, num_chunks):
-        s = tl.load(sums + c + tl.arange(0, 1))
-        m = _finite_shift(tl.load(maxima + c + tl.arange(0, 1)))
-        total += tl.where(s == 0.0, 0.0, s * tl.exp(m - shift))
-    start = chunk * CHUNK
-    _write(x_ptr + row * stride_row, out_ptr + row * stride_out_row, start, tl.minimum(start + CHUNK, n),
-           stride_col, stride_out_col, shift, total, MODE, BLOCK)
+def _chunk_finish_kernel(x_ptr, out_ptr, max_ptr, sum_ptr, rows, n, stride_row, stride_col, stride_out_row,
+                         stride_out_col, num_chunks, written_chunks, MODE: tl.constexpr, CHUNK: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """Combine a row's chunks in chunk order, then write one of its ``written_chunks`` chunks."""
+    for item in range(tl.program_id(0), rows * written_chunks, tl.num_programs(0)):
+        row = tl.cast(item // written_chunks, tl.int64)
+        chunk = item % written_chunks
+        maxima = max_ptr + row * num_chunks
+        sums = sum_ptr + row * num_chunks
+        row_max = tl.load(maxima)
+        for c in range(1, num_chunks):
+            row_max = tl.maximum(row_max, tl.load(maxima + c))
+        shift = _finite_shift(row_max)
+        total = tl.zeros((1,), dtype=tl.float32)
+        for c in range(0, num_chunks):
+            s = tl.load(sums + c + tl.arange(0, 1))
+            m = _finite_shift(tl.load(maxima + c + tl.arange(0, 1)))
+            total += tl.where(s == 0.0, 0.0, s * tl.exp(m - shift))
+        start = chunk * CHUNK
+        _write(x_ptr + row * stride_row, out_ptr + row * stride_out_row, start, tl.minimum(start + CHUNK, n),
+               stride_col, stride_out_col, shift, total, MODE, BLOCK)
 
 
 def _launch(x2: torch.Tensor, out2: torch.Tensor, mode: int, plan: RowPlan) -> None:
     rows, n = x2.shape
     stride_out_col = out2.stride(1) if out2.dim() == 2 else 1
     chunks = plan.num_chunks(n)
-    warps = row_warps(plan)
     if chunks == 1:
-        _softmax_rows_kernel[(rows,)](x2, out2, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col,
-                                      MODE=mode, BLOCK=plan.block, num_warps=warps)
+        grid, options = row_launch(x2, rows, plan)
+        _softmax_rows_kernel[grid](x2, out2, rows, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col,
+                                   MODE=mode, BLOCK=plan.block, **options)
         return
     maxima = torch.empty((rows, chunks), dtype=torch.float32, device=x2.device)
     sums = torch.empty((rows, chunks), dtype=torch.float32, device=x2.device)
-    _chunk_partials_kernel[(rows, chunks)](x2, maxima, sums, n, x2.stride(0), x2.stride(1), chunks,
-                                           CHUNK=plan.chunk, BLOCK=plan.block, num_warps=warps)
-    _chunk_finish_kernel[(rows, 1 if mode == LOGSUMEXP else chunks)](
-        x2, out2, maxima, sums, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col, chunks,
-        MODE=mode, CHUNK=plan.chunk, BLOCK=plan.block, num_warps=warps)
+    grid, options = row_launch(x2, rows * chunks, plan)
+    _chunk_partials_kernel[grid](x2, maxima, sums, rows, n, x2.stride(0), x2.stride(1), chunks,
+                                 CHUNK=plan.chunk, BLOCK=plan.block, **options)
+    written = 1 if mode == LOGSUMEXP else chunks
+    grid, options = row_launch(x2, rows * written, plan)
+    _chunk_finish_kernel[grid](
+        x2, out2, maxima, sums, rows, n, x2.stride(0), x2.stride(1), out2.stride(0), stride_out_col, chunks, written,
+        MODE=mode, CHUNK=plan.chunk, BLOCK=plan.block, **options)
 
 
 def _plan(x: torch.Tensor, n: int) -> RowPlan:
