@@ -15,6 +15,9 @@ from torch._guards import detect_fake_mode
 
 from ascend_compile.kernels.plans import FLOAT_DTYPES
 
+#: ``node.meta`` key where a rewrite pass says why it left an order-sensitive node stock; the
+#: verify pass reports that reason.
+UNSUPPORTED = "ascend_bi_unsupported"
 #: Metadata that says where a node came from; templates inherit it from the node they replace.
 _PROVENANCE = ("stack_trace", "nn_module_stack", "source_fn_stack")
 

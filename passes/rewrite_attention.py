@@ -3,7 +3,7 @@
 Flash-decoding kernels pick how many pieces to split the keys into from batch x heads versus the
 number of SMs, so a query's bits change with its batch; they also differ between prefill and
 decode kernels.  The template splits keys by a fixed *size*, so neither happens.  (Attention
-written out as matmul-softmax-matmul is already covered by the matmul and softmax rewrites.)
+written out as matmul-softmax-matmul is ``rewrite_eager_attention``'s.)
 
 Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
 dropout)::
@@ -29,7 +29,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import arguments, call, planned_floats, swap
+from ascend_compile.passes.replace import UNSUPPORTED, arguments, call, planned_floats, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,12 +51,23 @@ def _only_output_used(node: torch.fx.Node) -> bool:
     return all(u.target is operator.getitem and (u.args[1] == 0 or not u.users) for u in node.users)
 
 
-def _supported(match: Match) -> bool:
-    node = match.output_node()
+def _unsupported(node: torch.fx.Node) -> str | None:
+    """Why the template cannot replace this attention, or None when it can."""
     args = arguments(node)
-    return (float(args.get("dropout_p", 0.0)) == 0.0 and _only_output_used(node)
-            and planned_floats(args["query"], args["key"], args["value"])
-            and args["query"].meta["val"].dim() == 4)
+    if float(args.get("dropout_p", 0.0)) != 0.0:
+        return f"dropout_p={args['dropout_p']} (the template has no dropout; compile the model in eval mode)"
+    if not _only_output_used(node):
+        return "an output other than the attention (e.g. its logsumexp) is used"
+    if not planned_floats(args["query"], args["key"], args["value"]):
+        dtypes = sorted({str(value(args[n]).dtype) for n in ("query", "key", "value")})
+        return f"query/key/value dtypes {', '.join(dtypes)} (supported: one of float32, bfloat16, float16)"
+    if args["query"].meta["val"].dim() != 4:
+        return "query is not 4-D (batch, heads, length, dim)"
+    return None
+
+
+def _supported(match: Match) -> bool:
+    return _unsupported(match.output_node()) is None
 
 
 def _rewrite(match: Match, *_: object, **__: object) -> None:
@@ -82,7 +93,11 @@ for _target in _VARIANTS:
 
 
 def rewrite_attention(gm: torch.fx.GraphModule, settings: Settings) -> int:
-    """Replace every supported fused attention; returns how many were replaced."""
+    """Replace every supported fused attention; returns how many were replaced.  Those left get
+    the reason in ``node.meta[UNSUPPORTED]`` for the verify pass to report."""
     count = _PATTERNS.apply(gm.graph)
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _VARIANTS:
+            node.meta[UNSUPPORTED] = _unsupported(node)
     logger.debug("rewrite_attention: %d attentions now batch-invariant", count)
     return count

@@ -1,8 +1,9 @@
-"""Small built-in models for the demo and the CLI: real decoder structure, random weights.
+"""Built-in models for the demo, the CLI and the benchmarks: real decoder structure, random weights.
 
 ``TinyDecoder`` is a Llama/Qwen-style decoder-only LM written with plain torch ops (RMSNorm,
 rotary embeddings, causal SDPA attention, SwiGLU MLP, tied LM head) so that it needs no
-downloads and compiles on any device.
+downloads and compiles on any device.  ``qwen3_0_6b`` is transformers' Qwen3 with the
+Qwen3-0.6B configuration (random weights, no downloads).
 """
 
 from __future__ import annotations
@@ -95,3 +96,22 @@ class TinyDecoder(nn.Module):
 def tiny_decoder(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> TinyDecoder:
     torch.manual_seed(seed)
     return TinyDecoder().to(device=device, dtype=dtype).eval()
+
+
+#: Qwen3-0.6B's configuration (transformers ``Qwen3Config`` fields).
+QWEN3_0_6B: dict[str, object] = dict(
+    hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+    head_dim=128, vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1_000_000.0,
+    tie_word_embeddings=True, hidden_act="silu",
+)
+
+
+def qwen3_0_6b(num_hidden_layers: int = 28, attn_implementation: str = "sdpa", device: str = "cuda",
+               dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """transformers' Qwen3 with the Qwen3-0.6B configuration (fewer layers when asked), random weights."""
+    import transformers
+
+    config = transformers.Qwen3Config(**{**QWEN3_0_6B, "num_hidden_layers": num_hidden_layers})
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(0)
+    return transformers.Qwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()

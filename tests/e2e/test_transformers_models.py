@@ -75,20 +75,21 @@ def test_stock_torch_compile_differs() -> None:
     assert not all(result.values()), result
 
 
-def _decode_matches_prefill(model: torch.nn.Module, **compile_kwargs: object) -> bool:
-    """Logits at positions t0-1 .. T-1: one prefill of T tokens versus a prefill of t0 tokens
-    followed by decode steps with the model's KV cache."""
+def _decode_matches_prefill(model: torch.nn.Module, length: int = 10, t0: int = 6, **compile_kwargs: object) -> bool:
+    """Logits at positions t0-1 .. length-1: one prefill of ``length`` tokens versus a prefill of
+    t0 tokens followed by decode steps with the model's KV cache."""
+    torch._dynamo.reset()
     compiled = torch.compile(model, dynamic=True, **compile_kwargs)
-    ids = torch.randint(0, VOCAB, (1, 10), generator=torch.Generator().manual_seed(3))
-    t0 = 6
+    ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(3))
+    ids = ids.to(next(model.parameters()).device)
     with torch.no_grad():
         full = compiled(input_ids=ids).logits[0]
         out = compiled(input_ids=ids[:, :t0], use_cache=True)
         steps = [out.logits[0, -1]]
-        for t in range(t0, ids.shape[1] - 1):
+        for t in range(t0, length - 1):
             out = compiled(input_ids=ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits[0, -1])
-    return all(torch.equal(step, full[t]) for step, t in zip(steps, range(t0 - 1, ids.shape[1]), strict=False))
+    return all(torch.equal(step, full[t]) for step, t in zip(steps, range(t0 - 1, length), strict=False))
 
 
 @pytest.mark.parametrize("name", ["qwen3", "llama"])
@@ -102,3 +103,15 @@ def test_decode_steps_equal_prefill_with_sdpa(name: str) -> None:
 def test_stock_decode_differs_from_prefill() -> None:
     """Negative control: stock torch.compile's decode logits differ from its prefill logits."""
     assert not _decode_matches_prefill(tiny_model("qwen3", attn_implementation="sdpa"))
+
+
+@pytest.mark.parametrize(("name", "executor"), [("qwen3", "inductor"), ("llama", "fx")])
+def test_decode_steps_equal_prefill_with_eager_attention(name: str, executor: str) -> None:
+    ascend_compile.clear_reports()
+    assert _decode_matches_prefill(tiny_model(name), backend="ascend_bi", options={"executor": executor})
+    assert all(r.rewrites["rewrite_eager_attention"] == 2 and r.batch_invariant for r in ascend_compile.reports())
+
+
+def test_stock_eager_attention_decode_differs_from_prefill() -> None:
+    """Negative control for the test above: stock torch.compile, matmul-softmax-matmul attention."""
+    assert not _decode_matches_prefill(tiny_model("qwen3"))

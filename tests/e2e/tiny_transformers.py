@@ -33,13 +33,6 @@ def tiny_model(name: str, attn_implementation: str = "eager", dtype: torch.dtype
 def qwen3_0_6b(num_hidden_layers: int = 28, attn_implementation: str = "eager",
                device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     """Qwen3 with the Qwen3-0.6B configuration (fewer layers when asked), random weights."""
-    import transformers
+    from ascend_compile.tools.models import qwen3_0_6b as build
 
-    config = transformers.Qwen3Config(
-        hidden_size=1024, intermediate_size=3072, num_hidden_layers=num_hidden_layers, num_attention_heads=16,
-        num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
-        rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=True, hidden_act="silu",
-    )
-    config._attn_implementation = attn_implementation
-    torch.manual_seed(0)
-    return transformers.Qwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    return build(num_hidden_layers, attn_implementation, device, dtype)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ascend_compile.passes.rewrite_attention import rewrite_attention
+from ascend_compile.passes.verify_batch_invariance import NotBatchInvariantError, verify_batch_invariance
 from ascend_compile.settings import Settings
 from tests.passes.graphs import aten_graph, targets
 
@@ -45,3 +47,15 @@ def test_idempotent() -> None:
     gm = aten_graph(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), *_qkv())
     assert rewrite_attention(gm, SETTINGS) == 1
     assert rewrite_attention(gm, SETTINGS) == 0
+
+
+def test_strict_error_names_why_an_attention_stayed() -> None:
+    def fn(q, k, v):  # the logsumexp output is used: the template does not produce it
+        out, logsumexp = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        return out, logsumexp
+
+    q = torch.randn(1, 2, 5, 16)
+    gm = aten_graph(fn, q, q, q)
+    assert rewrite_attention(gm, SETTINGS) == 0
+    with pytest.raises(NotBatchInvariantError, match=r"not rewritten: an output other than the attention"):
+        verify_batch_invariance(gm, Settings(strict=True))
