@@ -18,6 +18,7 @@ import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops)
 from ascend_compile import devices
 from ascend_compile.executors import fx as fx_executor
 from ascend_compile.executors import inductor as inductor_executor
+from ascend_compile.graphs import graph_wrapper
 from ascend_compile.passes.graph_facts import GraphFacts
 from ascend_compile.report import CompileReport, record
 from ascend_compile.settings import Settings
@@ -37,6 +38,12 @@ def _static_positions(example_inputs: Sequence[Any]) -> frozenset[int]:
     )
 
 
+def _world_size() -> int:
+    """Ranks of the default process group (tensor parallelism), 1 without one."""
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
+
+
 def _require_inference(example_inputs: Sequence[Any]) -> None:
     if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs):
         raise RuntimeError(
@@ -54,12 +61,14 @@ def ascend_bi(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     settings = Settings.from_options(options)
     _require_inference(example_inputs)
     device = devices.detect(example_inputs)
+    devices.configure_collectives(device, _world_size())
     executor = device.default_executor if settings.executor == "auto" else settings.executor
     report = CompileReport(graph=f"graph_{next(_graph_ids):03d}", device=device.kind, executor=executor)
     facts = GraphFacts(device=device, static_positions=_static_positions(example_inputs), report=report)
     logger.info("ascend_bi: compiling %s (%d nodes) for %s with the %s executor",
                 report.graph, len(gm.graph.nodes), device.kind, executor)
-    compiled = _EXECUTORS[executor](gm, list(example_inputs), settings, facts)
+    wrap = graph_wrapper(gm, example_inputs, settings, device, facts.static_positions)
+    compiled = wrap(_EXECUTORS[executor](gm, list(example_inputs), settings, facts))
     record(report)
     logger.info("ascend_bi: %s compiled: rewrites %s, %d uncovered reductions, %d copies",
                 report.graph, report.rewrites, len(report.uncovered), len(report.copies))

@@ -8,12 +8,13 @@ compiled or in Triton's interpreter.  Nothing outside this file (and the plans i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -21,6 +22,27 @@ logger = logging.getLogger(__name__)
 
 DeviceKind = Literal["cuda", "npu", "cpu"]
 DEVICE_KINDS: tuple[str, ...] = ("cuda", "npu", "cpu")
+
+#: Unified Buffer of one Ascend A2/A3 vector core: triton-ascend reports "1572864 bits available".
+NPU_UB_BYTES = 192 * 1024
+#: Overrides the Unified Buffer capacity plans size NPU tiles for (bytes; read once per device).
+UB_BYTES_ENV = "ASCEND_BI_NPU_UB_BYTES"
+#: Set to 1 to give CPU tensors the NPU's plans and schedules (see ``simulate_npu``).
+SIMULATE_NPU_ENV = "ASCEND_BI_SIMULATE_NPU"
+
+
+@dataclass(frozen=True)
+class NpuFacts:
+    """What NPU plans size their tiles and grids for."""
+
+    #: AI cores (one cube unit each): programs of kernels that use ``tl.dot``.
+    ai_cores: int
+    #: Vector cores (two per AI core on A2/A3): programs of pure vector kernels.
+    vector_cores: int
+    #: Unified Buffer capacity of one core in bytes.
+    ub_bytes: int
+    #: triton-ascend double-buffers loads by default ("multibuffer"), which doubles their UB bytes.
+    multibuffer: bool = True
 
 
 @dataclass(frozen=True)
@@ -33,11 +55,18 @@ class Device:
     compute_units: int
     #: True when Triton kernels run in the interpreter (CPU tensors).
     triton_interpreted: bool
+    #: Set on NPUs, and on CPU tensors under ``simulate_npu``: kernels then use the NPU's plans.
+    npu: NpuFacts | None = None
 
     @property
     def default_executor(self) -> str:
         """Inductor fuses what we do not rewrite; NPUs run the rewritten aten graph as is."""
         return "fx" if self.kind == "npu" else "inductor"
+
+    @property
+    def plan_kind(self) -> DeviceKind:
+        """Whose plans and schedules kernels use: the NPU's wherever NPU facts are known."""
+        return "npu" if self.npu is not None else self.kind
 
 
 _DISPATCH_KEYS = {"cuda": "CUDA", "npu": "PrivateUse1", "cpu": "CPU"}
@@ -98,17 +127,84 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def ub_capacity(env: dict[str, str] | None = None) -> int:
+    """The Unified Buffer bytes NPU plans fill: ``ASCEND_BI_NPU_UB_BYTES`` or 192 KiB (A2/A3)."""
+    raw = (os.environ if env is None else env).get(UB_BYTES_ENV, "")
+    if not raw:
+        return NPU_UB_BYTES
+    if not raw.isdigit() or int(raw) < 16 * 1024:
+        raise ValueError(f"ascend_bi: {UB_BYTES_ENV}={raw!r} is not accepted; give the Unified Buffer size "
+                         f"in bytes as an integer of at least 16384 (A2/A3: {NPU_UB_BYTES})")
+    return int(raw)
+
+
+def _npu_core_counts(index: int) -> tuple[int, int]:
+    """(AI cores, vector cores): torch_npu's device properties, else triton-ascend's driver."""
+    props = torch.npu.get_device_properties(index)
+    ai, vector = int(getattr(props, "cube_core_num", 0) or 0), int(getattr(props, "vector_core_num", 0) or 0)
+    if ai > 0 and vector > 0:
+        return ai, vector
+    import triton
+
+    driver_props = triton.runtime.driver.active.utils.get_device_properties(index)
+    ai, vector = int(driver_props.get("num_aicore", 0)), int(driver_props.get("num_vectorcore", 0))
+    if ai > 0 and vector > 0:
+        return ai, vector
+    raise RuntimeError(
+        f"ascend_bi: npu:{index} reports no core counts (torch_npu device properties cube_core_num/"
+        "vector_core_num and triton-ascend's num_aicore/num_vectorcore are missing or 0); NPU grids are "
+        "sized from them. Check the CANN, torch-npu and triton-ascend versions (docs/ASCEND.md)."
+    )
+
+
 @functools.cache
 def _describe(kind: str, index: int) -> Device:
+    npu = None
     if kind == "cuda":
         units = torch.cuda.get_device_properties(index).multi_processor_count
     elif kind == "npu":
-        props = torch.npu.get_device_properties(index)
-        units = int(getattr(props, "cube_core_num", 0) or getattr(props, "multi_processor_count", 1))
+        ai, vector = _npu_core_counts(index)
+        npu = NpuFacts(ai_cores=ai, vector_cores=vector, ub_bytes=ub_capacity())
+        units = ai
+        logger.info("npu:%d: %d AI cores, %d vector cores, %d UB bytes planned for", index, ai, vector, npu.ub_bytes)
     else:
         units = os.cpu_count() or 1
     interpreted = kind == "cpu" or triton_interpreted()
-    return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted)  # type: ignore[arg-type]
+    return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted,  # type: ignore[arg-type]
+                  npu=npu)
+
+
+#: The NPU a simulated run plans for: an Atlas A2 with 24 AI cores and 48 vector cores.
+_SIMULATED_CORES = (24, 48)
+_simulating = 0
+
+
+@contextlib.contextmanager
+def simulate_npu() -> Iterator[None]:
+    """Within this block CPU tensors use the NPU's plans and schedules (UB-sized tiles, 1-D grids
+    of core-count programs with in-kernel loops), still run by Triton's interpreter.
+
+    For tests of the NPU path on machines without one; ``ASCEND_BI_SIMULATE_NPU=1`` does the same
+    for a whole process.  Only kernels see it: graphs still compile for the CPU.
+    """
+    global _simulating
+    _simulating += 1
+    try:
+        yield
+    finally:
+        _simulating -= 1
+
+
+@functools.cache
+def _simulated_npu(ub_bytes: int) -> Device:
+    ai, vector = _SIMULATED_CORES
+    return Device(kind="cpu", index=0, compute_units=os.cpu_count() or 1, triton_interpreted=True,
+                  npu=NpuFacts(ai_cores=ai, vector_cores=vector, ub_bytes=ub_bytes))
+
+
+def simulating_npu() -> bool:
+    """Whether CPU tensors take NPU plans now (``simulate_npu`` or ``ASCEND_BI_SIMULATE_NPU=1``)."""
+    return _simulating > 0 or os.environ.get(SIMULATE_NPU_ENV, "0") not in ("", "0")
 
 
 def of_tensor(t: torch.Tensor) -> Device:
@@ -119,6 +215,8 @@ def of_tensor(t: torch.Tensor) -> Device:
             f"ascend_bi: tensors on device type {kind!r} are not supported; "
             f"accepted device types: {', '.join(DEVICE_KINDS)}"
         )
+    if kind == "cpu" and simulating_npu():
+        return _simulated_npu(ub_capacity())
     return _describe(kind, t.device.index or 0)
 
 
@@ -131,3 +229,80 @@ def detect(example_inputs: Iterable[object]) -> Device:
     if accelerators:
         return accelerators.pop()
     return _describe("cpu", 0)
+
+
+#: Collective settings for deterministic HCCL/LCCL reductions ("strict": CANN's order-preserving
+#: mode, one reduction order in every bit), as vllm-ascend's batch-invariant mode sets them.
+COLLECTIVE_DETERMINISM: dict[str, str] = {"HCCL_DETERMINISTIC": "strict", "LCCL_DETERMINISTIC": "1"}
+
+
+def configure_collectives(device: Device, world_size: int) -> dict[str, str]:
+    """Deterministic HCCL/LCCL reductions when tensor parallelism spans NPUs; returns what is in force.
+
+    HCCL and LCCL read these variables when a communicator is created, so this must run before
+    ``torch.distributed`` (or vLLM) creates one.  A value the user set is kept, with a warning when
+    it differs.  Nothing happens on other devices or on one rank.
+    """
+    if device.kind != "npu" or world_size <= 1:
+        return {}
+    for name, wanted in COLLECTIVE_DETERMINISM.items():
+        current = os.environ.get(name)
+        if current is None:
+            os.environ[name] = wanted
+            logger.info("ascend_bi: tensor parallelism over %d NPUs: set %s=%s", world_size, name, wanted)
+        elif current != wanted:
+            logger.warning("ascend_bi: %s=%s (set by the user) is kept; batch-invariant all-reduce needs %s=%s",
+                           name, current, name, wanted)
+    return {name: os.environ[name] for name in COLLECTIVE_DETERMINISM}
+
+
+@dataclass(frozen=True)
+class GraphApi:
+    """Device-graph capture for one device kind: CUDA graphs on GPUs, NPU (ACL) graphs on Ascend.
+
+    Both expose the same calls under different modules (``torch.cuda`` / ``torch.npu``): a graph
+    class, a ``graph(g, pool=, stream=)`` capture context, pool handles and streams.
+    """
+
+    kind: str
+    module: Any
+    graph_class: type
+
+    def new_graph(self) -> Any:
+        return self.graph_class()
+
+    def capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        return self.module.graph(graph, pool=pool, stream=stream)
+
+    def pool(self) -> Any:
+        return self.module.graph_pool_handle()
+
+    def side_stream(self) -> Any:
+        """A stream for warm-up and capture, ordered after the current one."""
+        stream = self.module.Stream()
+        stream.wait_stream(self.module.current_stream())
+        return stream
+
+    def on(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        return self.module.stream(stream)
+
+    def join(self, stream: Any) -> None:
+        """Make the current stream wait for ``stream``."""
+        self.module.current_stream().wait_stream(stream)
+
+    def synchronize(self) -> None:
+        self.module.synchronize()
+
+    def memory_allocated(self) -> int:
+        return int(self.module.memory_allocated())
+
+
+def graph_api(kind: str) -> GraphApi | None:
+    """How to capture device graphs on ``kind`` devices; None where there are none (the CPU)."""
+    if kind == "cuda":
+        return GraphApi("cuda", torch.cuda, torch.cuda.CUDAGraph)
+    if kind == "npu":
+        import torch_npu  # noqa: F401  (adds torch.npu)
+
+        return GraphApi("npu", torch.npu, torch.npu.NPUGraph)
+    return None

@@ -17,6 +17,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("auto", "inductor", "fx")
+GRAPHS = ("auto", "on", "off")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -32,11 +33,28 @@ class Settings:
     #: An order-sensitive reduction left in the graph is an error naming the node and its source
     #: line (True), or a warning plus an entry in the compile report (False).
     strict: bool = False
-    #: Folder for graph dumps: every pass writes its graph before and after as ``.py`` plus a JSON
-    #: summary per graph. Env: ``ASCEND_BI_DUMP_DIR``.
+    #: Folder for graph dumps: every pass writes its graph before and after as ``.py``; each graph
+    #: also gets ``summary.json`` (report and plan per template) and ``graph.html``. Env: ``ASCEND_BI_DUMP_DIR``.
     dump_dir: str | None = None
     #: Passes to skip, by name (see ``ascend_compile.passes.PIPELINE``); for debugging only.
     disable_passes: tuple[str, ...] = ()
+    #: Device-graph capture per batch-size bucket (CUDA graphs, Ascend NPU graphs). "auto": on for
+    #: GPUs and NPUs, off on the CPU and under vLLM (vLLM captures itself); when a graph cannot be
+    #: captured, it says why once and runs uncaptured. "on": the same, but a graph that cannot be
+    #: captured is an error. "off": never.
+    graphs: str = "auto"
+    #: Batch sizes to capture; a batch runs padded up to the next one (larger batches run
+    #: uncaptured). Default: 1, 2, 4, 8, 16, 32, then every 16 up to ``max_capture_size``.
+    capture_sizes: tuple[int, ...] | None = None
+    #: Largest default capture size (ignored when ``capture_sizes`` is given).
+    max_capture_size: int = 64
+    #: Values padding rows get, by input name (e.g. ``{"slot_mapping": -1}``); other inputs are
+    #: padded with zeros. Graphs that write through a batch index into a buffer without a batch
+    #: dimension are captured at exact sizes only, unless every integer batch input has one.
+    pad_values: tuple[tuple[str, float], ...] = ()
+    #: Return clones of graph outputs (True), or views into the graph's static outputs that the
+    #: next replay of the same bucket overwrites (False: faster; use each result before the next call).
+    clone_outputs: bool = True
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None = None,
@@ -68,11 +86,7 @@ def _parse(name: str, value: Any, *, source: str) -> Any:
             raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: {', '.join(EXECUTORS)}")
         return value
     if name == "strict":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-            return value.lower() in _TRUE
-        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: True, False")
+        return _bool(value, source)
     if name == "dump_dir":
         if value is None or (isinstance(value, (str, os.PathLike)) and str(value)):
             return None if value is None else str(value)
@@ -89,4 +103,54 @@ def _parse(name: str, value: Any, *, source: str) -> Any:
                 f"accepted values: {', '.join(optional)}"
             )
         return names
+    if name == "graphs":
+        if value not in GRAPHS:
+            raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: {', '.join(GRAPHS)}")
+        return value
+    if name == "capture_sizes":
+        return None if value is None else _positive_ints(value, source)
+    if name == "max_capture_size":
+        return _positive_ints(value if isinstance(value, str) else (value,), source)[0]
+    if name == "pad_values":
+        return _pad_values(value, source)
+    if name == "clone_outputs":
+        return _bool(value, source)
     raise AssertionError(f"settings field {name} has no parser")
+
+
+def _bool(value: Any, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: True, False")
+
+
+def _positive_ints(value: Any, source: str) -> tuple[int, ...]:
+    """A non-empty collection of positive integers (or "1,2,4" from the environment), sorted."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        sizes = tuple(int(v) if isinstance(v, str) else v for v in items)
+    except (TypeError, ValueError):
+        sizes = ()
+    if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: positive integers "
+                         "(a non-empty list, e.g. [1, 2, 4, 8])")
+    return tuple(sorted(set(sizes)))
+
+
+def _pad_values(value: Any, source: str) -> tuple[tuple[str, float], ...]:
+    """``{"input name": number}`` (or "name=value,..." from the environment)."""
+    if isinstance(value, str):
+        try:
+            value = dict(item.split("=", 1) for item in value.split(",") if item)
+            value = {k.strip(): float(v) for k, v in value.items()}
+        except ValueError:
+            value = None
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()):
+        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: a mapping from input "
+                         "name to a number, e.g. {'slot_mapping': -1}")
+    return tuple(sorted(value.items()))

@@ -19,8 +19,9 @@ def test_options_override_environment() -> None:
 
 
 def test_unknown_key_names_it_and_the_accepted_keys() -> None:
-    with pytest.raises(ValueError, match=r"unknown option 'graph'; accepted options: disable_passes, dump_dir, "
-                                         r"executor, strict"):
+    with pytest.raises(ValueError, match=r"unknown option 'graph'; accepted options: capture_sizes, clone_outputs, "
+                                         r"disable_passes, dump_dir, executor, graphs, max_capture_size, "
+                                         r"pad_values, strict"):
         Settings.from_options({"graph": "on"}, env={})
 
 

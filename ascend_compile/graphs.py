@@ -1,0 +1,246 @@
+"""``BucketGraphRunner``: one device graph per batch-size bucket, padded batches, same bits.
+
+A decode step is launch-bound without graph capture.  The runner captures the compiled graph once
+per capture size and runs a batch of n as the next size up, padded: inputs are copied into the
+bucket's static buffers (pad rows get the input's pad value), the graph is replayed, outputs are
+cut back to n rows, and inputs the graph wrote into get their n real rows back.  The templates'
+plans never look at the batch, so padding cannot change a real row's bits.
+
+Capture happens on the first call, for every bucket, largest first, into one shared memory pool,
+each after a warm-up run on a side stream (Triton compiles, workspaces are allocated).  A key
+of the other size symbols' values (e.g. a cache length) gets its own set of graphs, up to
+``MAX_SHAPE_KEYS``; beyond that, and above the largest bucket, calls run uncaptured (still
+batch-invariant).  Parameters and buffers are never copied: graphs read them in place.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy
+import torch
+
+from ascend_compile.devices import Device, GraphApi, graph_api
+from ascend_compile.graph_signature import GraphSignature, InputSpec, read_signature
+from ascend_compile.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Shape keys (values of size symbols other than the batch) that get graphs; more run uncaptured.
+MAX_SHAPE_KEYS = 4
+
+
+def capture_sizes(settings: Settings) -> tuple[int, ...]:
+    """The buckets: the user's ``capture_sizes``, or 1, 2, 4, 8, 16, 32, then every 16."""
+    if settings.capture_sizes is not None:
+        return settings.capture_sizes
+    sizes = [s for s in (1, 2, 4, 8, 16, 32) if s <= settings.max_capture_size]
+    sizes += range(48, settings.max_capture_size + 1, 16)
+    return tuple(sizes) or (settings.max_capture_size,)
+
+
+def bucket_for(batch: int, sizes: Sequence[int], exact_only: bool = False) -> int | None:
+    """The capture size a batch runs at: the smallest ≥ ``batch`` (only ``batch`` itself when
+    padding is not allowed); None when no bucket fits."""
+    i = bisect.bisect_left(sizes, batch)
+    if i == len(sizes) or (exact_only and sizes[i] != batch):
+        return None
+    return sizes[i]
+
+
+def _region(spec: InputSpec, shape: Sequence[int], rows: int) -> tuple[slice, ...]:
+    """Index of the first ``rows`` rows along every batch dim of an input."""
+    return tuple(slice(0, rows) if d in spec.batch_dims else slice(None) for d in range(len(shape)))
+
+
+def _real_region(shape: tuple[sympy.Expr, ...], bindings: dict[sympy.Symbol, int]) -> tuple[slice, ...]:
+    return tuple(slice(0, int(e.subs(bindings))) for e in shape)
+
+
+@dataclass
+class _Bucket:
+    size: int
+    graph: Any
+    inputs: list[Any]
+    outputs: Sequence[torch.Tensor]
+    #: data_ptr of each fixed-address input the graph was captured with.
+    addresses: dict[int, int]
+
+
+@dataclass
+class CaptureStats:
+    bucket: int
+    seconds: float
+    #: Bytes the device allocator holds after this capture that it did not before (static inputs
+    #: and the pool's growth).
+    bytes: int
+
+
+@dataclass
+class BucketGraphRunner:
+    """Wraps a compiled graph (``fn(*args)``) with per-bucket device-graph capture."""
+
+    fn: Callable[..., Any]
+    signature: GraphSignature
+    settings: Settings
+    api: GraphApi
+    sizes: tuple[int, ...]
+    graphs: dict[tuple[int, tuple[int, ...]], _Bucket] = field(default_factory=dict)
+    stats: list[CaptureStats] = field(default_factory=list)
+    _pool: Any = None
+    _told: set[str] = field(default_factory=set)
+
+    def __call__(self, *args: Any) -> Any:
+        batch = self.signature.batch_of(args)
+        bucket = self._bucket(batch)
+        if bucket is None:
+            return self.fn(*args)
+        bindings = self.signature.bindings(args)
+        key = (bucket, tuple(sorted((str(s), v) for s, v in bindings.items() if s != self.signature.batch_symbol)))
+        if key in self.graphs and not self._same_addresses(self.graphs[key], args):
+            self._tell("moved", "ascend_bi: a fixed-address input (%s) is another tensor than at capture: recapturing",
+                       ", ".join(s.name for s in self.signature.inputs if s.fixed_address))
+            del self.graphs[key]
+            self._capture(args, key[1], [bucket])
+        if key not in self.graphs:
+            shape_keys = {k[1] for k in self.graphs}
+            if key[1] not in shape_keys and len(shape_keys) >= MAX_SHAPE_KEYS:
+                self._tell("shapes", "ascend_bi: input extents other than the batch keep changing (%s); %d shape "
+                           "sets are captured, others run uncaptured (a static KV cache keeps them fixed)",
+                           dict(key[1]), MAX_SHAPE_KEYS)
+                return self.fn(*args)
+            self._capture(args, key[1], [bucket] if self.signature.exact_only else self._buckets_for(batch))
+        return self._replay(self.graphs[key], args, batch, bindings)
+
+    def _same_addresses(self, bucket: _Bucket, args: Sequence[Any]) -> bool:
+        return all(args[i].data_ptr() == ptr for i, ptr in bucket.addresses.items())
+
+    def _tell(self, topic: str, message: str, *values: Any) -> None:
+        """Log a reason once per runner."""
+        if topic not in self._told:
+            self._told.add(topic)
+            logger.info(message, *values)
+
+    def _bucket(self, batch: int | None) -> int | None:
+        if batch is None:  # no batch symbol: one static shape, captured as it is
+            return 0
+        bucket = bucket_for(batch, self.sizes, exact_only=self.signature.exact_only is not None)
+        if bucket is None:
+            if self.signature.exact_only and batch <= self.sizes[-1]:
+                self._tell("exact", "ascend_bi: batches run uncaptured unless they are a capture size: %s",
+                           self.signature.exact_only)
+            else:
+                self._tell("above", "ascend_bi: batch %d is above the largest capture size %d: runs uncaptured",
+                           batch, self.sizes[-1])
+        return bucket
+
+    def _buckets_for(self, batch: int | None) -> list[int]:
+        if batch is None:
+            return [0]
+        # Dynamo compiles batch 1 as its own static graph, so a dynamic graph never sees it.
+        return [s for s in self.sizes if s > 1 or batch == 1]
+
+    def _static_inputs(self, args: Sequence[Any], bucket: int) -> list[Any]:
+        """The bucket's input buffers, filled from ``args`` (rows beyond them get pad values)."""
+        batch = self.signature.batch_of(args)
+        inputs = []
+        for spec, arg in zip(self.signature.inputs, args, strict=True):
+            if spec.kind == "batch_size":
+                inputs.append(bucket)
+            elif spec.kind == "tensor" and spec.batch_dims:
+                shape = [bucket if d in spec.batch_dims else n for d, n in enumerate(arg.shape)]
+                buffer = torch.full(shape, spec.pad_value, dtype=arg.dtype, device=arg.device)
+                rows = min(batch, bucket)
+                buffer[_region(spec, shape, rows)] = arg[_region(spec, arg.shape, rows)]
+                inputs.append(buffer)
+            elif spec.kind == "tensor":  # a private buffer: later calls may pass other tensors
+                inputs.append(arg.clone())
+            else:  # parameters and buffers (read in place), sizes
+                inputs.append(arg)
+        return inputs
+
+    def _capture(self, args: Sequence[Any], shape_key: tuple[Any, ...], buckets: list[int]) -> None:
+        api = self.api
+        if self._pool is None:
+            self._pool = api.pool()
+        stream = api.side_stream()
+        total = time.perf_counter()
+        for n, bucket in enumerate(sorted(buckets, reverse=True), 1):
+            start, before = time.perf_counter(), api.memory_allocated()
+            inputs = self._static_inputs(args, bucket)
+            with api.on(stream):
+                self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
+            api.join(stream)
+            api.synchronize()
+            graph = api.new_graph()
+            with api.capture(graph, self._pool, stream):
+                outputs = self.fn(*inputs)
+            api.synchronize()
+            addresses = {s.position: args[s.position].data_ptr() for s in self.signature.inputs if s.fixed_address}
+            self.graphs[(bucket, shape_key)] = _Bucket(bucket, graph, inputs, outputs, addresses)
+            self.stats.append(CaptureStats(bucket, time.perf_counter() - start, api.memory_allocated() - before))
+            logger.info("ascend_bi: captured bucket %d (%d/%d) in %.2f s", bucket, n, len(buckets),
+                        self.stats[-1].seconds)
+        logger.info("ascend_bi: %d graphs captured in %.1f s", len(buckets), time.perf_counter() - total)
+
+    def _replay(self, bucket: _Bucket, args: Sequence[Any], batch: int | None,
+                bindings: dict[sympy.Symbol, int]) -> Any:
+        rows = batch if batch is not None else 0
+        for spec, arg, static in zip(self.signature.inputs, args, bucket.inputs, strict=True):
+            if not isinstance(arg, torch.Tensor) or spec.kind == "static":
+                continue
+            if spec.batch_dims:
+                static[_region(spec, static.shape, rows)] = arg
+                if spec.integer and rows < bucket.size:  # stale indices in pad rows must not be written through
+                    pad = tuple(slice(rows, None) if d == spec.batch_dims[0] else slice(None)
+                                for d in range(static.dim()))
+                    static[pad] = spec.pad_value
+            else:
+                static.copy_(arg)
+        bucket.graph.replay()
+        for spec, arg, static in zip(self.signature.inputs, args, bucket.inputs, strict=True):
+            if spec.mutated and spec.kind == "tensor":
+                arg.copy_(static[_region(spec, static.shape, rows)] if spec.batch_dims else static)
+        outputs = [out[_real_region(shape, bindings)] if shape is not None else out
+                   for out, shape in zip(bucket.outputs, self.signature.output_shapes, strict=True)]
+        if self.settings.clone_outputs:
+            outputs = [o.clone() if isinstance(o, torch.Tensor) else o for o in outputs]
+        return type(bucket.outputs)(outputs) if isinstance(bucket.outputs, (list, tuple)) else outputs[0]
+
+
+Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _unchanged(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
+
+
+def graph_wrapper(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings, device: Device,
+                  static_positions: frozenset[int]) -> Wrap:
+    """How to wrap the compiled ``gm``: in a ``BucketGraphRunner`` where graphs are on and possible.
+
+    Called before the executor compiles ``gm`` (which may rewrite it), so that the graph's inputs,
+    writes and outputs are read as Dynamo traced them.
+    """
+    if settings.graphs == "off":
+        return _unchanged
+    api = graph_api(device.kind)
+    if api is None:
+        logger.info("ascend_bi: no device graphs on %s; graphs run uncaptured", device.kind)
+        return _unchanged
+    signature = read_signature(gm, example_inputs, static_positions, dict(settings.pad_values))
+    if signature.uncapturable:
+        if settings.graphs == "on":
+            raise ValueError(f"ascend_bi: graphs='on' but this graph cannot be captured: {signature.uncapturable}")
+        logger.info("ascend_bi: graph runs uncaptured: %s", signature.uncapturable)
+        return _unchanged
+    if signature.exact_only:
+        logger.info("ascend_bi: capturing exact batch sizes only: %s", signature.exact_only)
+    sizes = capture_sizes(settings)
+    logger.info("ascend_bi: device graphs per bucket %s (batch symbol %s)", sizes, signature.batch_symbol)
+    return lambda fn: BucketGraphRunner(fn, signature, settings, api, sizes)

@@ -1,0 +1,243 @@
+"""Time a Qwen3-0.6B-shaped decode step per batch bucket in every mode, on one GPU, in one run.
+
+transformers' Qwen3 with the Qwen3-0.6B configuration, random bf16 weights, a static KV cache
+holding ``--context`` tokens (random keys and values, the same for a sequence in every batch).
+One decode step -- one new token per sequence, logits of the last position -- is timed at each
+bucket in each mode:
+
+* ``eager``, ``eager BI`` (``ascend_compile.eager_mode``: aten matmul/softmax/mean overridden),
+* ``torch.compile``, ``torch.compile reduce-overhead`` (stock Inductor, CUDA graphs),
+* ``ascend_bi`` with the ``inductor`` and ``fx`` executors (graphs per bucket).
+
+For every mode it also records the first call per bucket (compile and capture) with the memory it
+added, and whether sequence 0's logits are bitwise equal in every bucket.  The HBM floor is the
+weight and KV-cache bytes a step must read over the measured copy bandwidth.
+
+Usage: ``python -m ascend_compile.tools.bench_decode [--json PATH] [--markdown PATH] [--plot PNG]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ascend_compile.tools.benchmarking import card_line, geomean, start, versions
+from ascend_compile.tools.models import qwen3_0_6b
+
+logger = logging.getLogger(__name__)
+
+BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+MODES: tuple[str, ...] = ("eager", "eager BI", "torch.compile", "reduce-overhead", "ascend_bi inductor", "ascend_bi fx")
+
+Step = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass
+class Point:
+    mode: str
+    bucket: int
+    ms: float
+    first_call_s: float
+    first_call_mib: float
+
+
+def _step(model: torch.nn.Module) -> Step:
+    def step(ids: torch.Tensor, cache: Any, position: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True).logits[:, -1]
+
+    return step
+
+
+def _modes(model: torch.nn.Module) -> dict[str, tuple[Step, Callable[[], contextlib.AbstractContextManager[Any]]]]:
+    import ascend_compile
+
+    step = _step(model)
+    plain = contextlib.nullcontext
+    return {
+        "eager": (step, plain),
+        "eager BI": (step, lambda: ascend_compile.eager_mode("cuda")),
+        "torch.compile": (torch.compile(step), plain),
+        "reduce-overhead": (torch.compile(step, mode="reduce-overhead"), plain),
+        "ascend_bi inductor": (torch.compile(step, backend="ascend_bi", options={"executor": "inductor"}), plain),
+        "ascend_bi fx": (torch.compile(step, backend="ascend_bi", options={"executor": "fx"}), plain),
+    }
+
+
+def _cache(model: torch.nn.Module, batch: int, context: int) -> Any:
+    """A static cache of ``context`` tokens; sequence i's keys and values are the same in every batch."""
+    from transformers import StaticCache
+
+    config = model.config
+    cache = StaticCache(config=config, max_cache_len=context + 8)
+    ids = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(1, device="cuda"), use_cache=True)
+    for n, layer in enumerate(cache.layers):
+        for which, tensor in enumerate((layer.keys, layer.values)):
+            for i in range(batch):
+                gen = torch.Generator(device="cuda").manual_seed(1_000_003 * n + 7919 * which + i)
+                tensor[i, :, :context] = torch.randn(tensor.shape[1], context, tensor.shape[3], device="cuda",
+                                                     dtype=tensor.dtype, generator=gen)
+    return cache
+
+
+def _ids(batch: int, vocab: int) -> torch.Tensor:
+    rows = [torch.randint(0, vocab, (1,), generator=torch.Generator().manual_seed(i)) for i in range(batch)]
+    return torch.stack(rows).cuda()
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end_event.record()
+    end_event.synchronize()
+    return 2 * src.numel() * 10 / (start_event.elapsed_time(end_event) / 1e3)
+
+
+def _time_ms(call: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    for _ in range(repeats):
+        call()
+    end_event.record()
+    end_event.synchronize()
+    return start_event.elapsed_time(end_event) / repeats
+
+
+def measure(model: torch.nn.Module, modes: list[str], buckets: list[int], context: int,
+            repeats: int) -> tuple[list[Point], dict[str, bool]]:
+    points, invariant = [], {}
+    available = _modes(model)
+    for mode in modes:
+        step, context_manager = available[mode]
+        rows = []
+        for bucket in buckets:
+            cache = _cache(model, bucket, context)
+            ids = _ids(bucket, model.config.vocab_size)
+            position = torch.tensor([context], device="cuda")
+            torch.cuda.synchronize()
+            before, start_s = torch.cuda.memory_allocated(), time.perf_counter()
+            with torch.no_grad(), context_manager():
+                first = step(ids, cache, position)[0].clone()
+                torch.cuda.synchronize()
+                first_s, mib = time.perf_counter() - start_s, (torch.cuda.memory_allocated() - before) / 2**20
+                ms = _time_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
+                              repeats)
+            rows.append(first)
+            points.append(Point(mode, bucket, ms, first_s, mib))
+            logger.info("%s", points[-1])
+            del cache
+        invariant[mode] = all(torch.equal(rows[0], r) for r in rows)
+    return points, invariant
+
+
+def hbm_floor_ms(model: torch.nn.Module, bucket: int, context: int, bandwidth: float) -> float:
+    config = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    kv = 2 * config.num_hidden_layers * bucket * config.num_key_value_heads * context * config.head_dim * 2
+    return (weights + kv) / bandwidth * 1e3
+
+
+def markdown(points: list[Point], invariant: dict[str, bool], floors: dict[int, float], info: dict[str, str],
+             context: int, bandwidth: float) -> str:
+    modes = list(dict.fromkeys(p.mode for p in points))
+    buckets = sorted({p.bucket for p in points})
+    ms = {(p.mode, p.bucket): p.ms for p in points}
+    lines = [card_line(info) + f" transformers {info.get('transformers', '?')}.",
+             f"Decode step, Qwen3-0.6B shapes (28 layers), bf16, context {context}; ms per step "
+             f"(copy bandwidth {bandwidth / 1e12:.2f} TB/s).", "",
+             "| mode | " + " | ".join(f"bs {b}" for b in buckets) + " | bitwise equal across buckets |",
+             "|---|" + "---:|" * len(buckets) + ":---:|"]
+    for mode in modes:
+        lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in buckets)
+                     + f" | {'yes' if invariant[mode] else 'no'} |")
+    lines.append("| HBM floor | " + " | ".join(f"{floors[b]:.2f}" for b in buckets) + " | |")
+    lines += ["", "| mode | first call per bucket: s (MiB added) |", "|---|---|"]
+    for mode in modes:
+        lines.append(f"| {mode} | " + ", ".join(f"{b}: {p.first_call_s:.1f} ({p.first_call_mib:.0f})"
+                                                  for b in buckets for p in points
+                                                  if p.mode == mode and p.bucket == b) + " |")
+    if "reduce-overhead" in modes:
+        lines.append("")
+        for mode in modes:
+            ratio = geomean([ms[mode, b] / ms["reduce-overhead", b] for b in buckets])
+            lines.append(f"- {mode}: {ratio:.2f}× reduce-overhead's time (geo-mean over buckets)")
+    return "\n".join(lines)
+
+
+def plot(points: list[Point], floors: dict[int, float], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode in dict.fromkeys(p.mode for p in points):
+        mine = [p for p in points if p.mode == mode]
+        ax.plot([p.bucket for p in mine], [p.ms for p in mine], marker="o", label=mode)
+    ax.plot(sorted(floors), [floors[b] for b in sorted(floors)], "k--", label="HBM floor")
+    ax.set(xscale="log", yscale="log", xlabel="batch (bucket)", ylabel="ms per decode step")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
+    parser.add_argument("--buckets", type=int, nargs="*", default=list(BUCKETS))
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    parser.add_argument("--plot")
+    args = parser.parse_args(argv)
+    if not start("bench_decode"):
+        return 2
+    import transformers
+
+    model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
+    bandwidth = copy_bandwidth()
+    points, invariant = measure(model, args.modes, args.buckets, args.context, args.repeats)
+    floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
+    info = versions() | {"transformers": transformers.__version__}
+    table = markdown(points, invariant, floors, info, args.context, bandwidth)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "bandwidth": bandwidth, "invariant": invariant, "floors": floors,
+                       "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    if args.plot:
+        plot(points, floors, args.plot)
+    print(table)
+    return 0 if all(invariant.get(m, True) for m in invariant if m.startswith("ascend_bi")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
