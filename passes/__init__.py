@@ -12,17 +12,21 @@ import torch.fx
 
 from ascend_compile.passes.fix_contiguity import fix_contiguity
 from ascend_compile.passes.rewrite_attention import rewrite_attention
+from ascend_compile.passes.rewrite_eager_attention import rewrite_eager_attention
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.passes.rewrite_norms import rewrite_norms
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
 from ascend_compile.passes.rewrite_softmax import rewrite_softmax
+from ascend_compile.passes.rewrite_vllm_ops import rewrite_vllm_ops
 from ascend_compile.passes.verify_batch_invariance import verify_batch_invariance
 
 Pass = Callable[[torch.fx.GraphModule, "Settings"], int]  # noqa: F821
 
 #: The passes, in the order they run.  ``verify_batch_invariance`` is always last.
 PIPELINE: tuple[Pass, ...] = (
+    rewrite_eager_attention,  # before the matmul and softmax rewrites: it reads their aten ops
     rewrite_matmul,
+    rewrite_vllm_ops,
     rewrite_norms,
     rewrite_softmax,
     rewrite_attention,

@@ -3,12 +3,15 @@
 A floating-point reduction whose summation order a stock kernel may choose from the batch size
 (matrix products, sums, norms, softmax, attention, ...) breaks batch invariance unless a template
 replaced it.  Exact reductions (max, min, argmax, any, all) and integer arithmetic give the same
-bits in any order and are fine as they are.  An empty list means the graph is batch-invariant by
-construction.
+bits in any order and are fine as they are.  vLLM's vendor matmuls and norms (``_C.onednn_mm``,
+``_C.rms_norm``, ...) are listed too, also inside ``auto_functionalized_v2``.  vLLM's attention op
+is not: it is the attention backend's (docs/VLLM.md).  An empty list means the graph is
+batch-invariant by construction.
 
 Matches::
 
     sum_1 = torch.ops.aten.sum.dim_IntList(mul, [-1])
+    af = torch.ops.higher_order.auto_functionalized_v2(torch.ops._C.onednn_mm.default, a=x, ...)
 
 Rewrites to: nothing.  Strict mode raises ``NotBatchInvariantError`` naming each node and its
 source line; lenient mode logs a warning and the compile report lists the nodes.
@@ -22,6 +25,7 @@ import torch
 import torch.fx
 
 from ascend_compile.passes.graph_facts import facts_of, source_line
+from ascend_compile.passes.replace import UNSUPPORTED
 from ascend_compile.report import UncoveredNode
 from ascend_compile.settings import Settings
 
@@ -47,6 +51,19 @@ ORDER_SENSITIVE: frozenset[str] = frozenset({
 })
 
 
+#: Vendor ops (vLLM's ``_C`` extension) that reduce in an order their kernel picks, by qualified
+#: name.  Passes rewrite the ones they can (``rewrite_vllm_ops``); any left here is reported.
+VENDOR_ORDER_SENSITIVE: frozenset[str] = frozenset({
+    # linear layers: oneDNN, SGL packed weights, quantised GEMMs
+    "_C::onednn_mm", "_C::onednn_scaled_mm", "_C::weight_packed_linear", "_C::bmm_cpu", "_C::cpu_gemm_wna16",
+    "_C::int4_scaled_mm_cpu", "_C::fp8_scaled_mm_cpu", "_C::cutlass_scaled_mm", "_C::cutlass_scaled_mm_azp",
+    "_C::marlin_gemm", "_C::machete_mm", "_C::gptq_gemm", "_C::awq_gemm", "_C::fp32_router_gemm",
+    # fused normalisations
+    "_C::rms_norm", "_C::fused_add_rms_norm", "_C::rms_norm_dynamic_per_token_quant", "_C::rms_norm_per_block_quant",
+    "_C::fused_qk_norm_rope",
+})
+
+
 class NotBatchInvariantError(RuntimeError):
     """Strict mode found order-sensitive reductions that no template covers."""
 
@@ -59,10 +76,23 @@ def _is_float_tensor(value: object) -> bool:
     return False
 
 
+def _op(node: torch.fx.Node) -> torch._ops.OpOverload | None:
+    """The op a node runs; for a functionalised out-argument op (``auto_functionalized``), the op inside."""
+    if node.op != "call_function":
+        return None
+    if isinstance(node.target, torch._ops.HigherOrderOperator) and node.target.name().startswith("auto_functionalized"):
+        inner = node.args[0] if node.args else None
+        return inner if isinstance(inner, torch._ops.OpOverload) else None
+    return node.target if isinstance(node.target, torch._ops.OpOverload) else None
+
+
 def _order_sensitive(node: torch.fx.Node) -> bool:
-    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+    op = _op(node)
+    if op is None:
         return False
-    if node.target.namespace != "aten" or node.target.__name__.split(".")[0] not in ORDER_SENSITIVE:
+    if op.namespace != "aten":
+        return op.name().split(".")[0] in VENDOR_ORDER_SENSITIVE
+    if op.__name__.split(".")[0] not in ORDER_SENSITIVE:
         return False
     # Integer and boolean arithmetic is exact in any order (wrap-around included).
     operands = [a.meta.get("val") for a in node.all_input_nodes]
@@ -70,16 +100,18 @@ def _order_sensitive(node: torch.fx.Node) -> bool:
 
 
 def _reason(node: torch.fx.Node) -> str:
+    if node.meta.get(UNSUPPORTED):
+        return f"{node.target} not rewritten: {node.meta[UNSUPPORTED]}"
     dtypes = sorted({str(a.meta["val"].dtype).removeprefix("torch.") for a in node.all_input_nodes
                      if isinstance(a.meta.get("val"), torch.Tensor)})
-    return f"no batch-invariant template for {node.target} with dtypes {', '.join(dtypes) or 'unknown'}"
+    return f"no batch-invariant template for {_op(node)} with dtypes {', '.join(dtypes) or 'unknown'}"
 
 
 def verify_batch_invariance(gm: torch.fx.GraphModule, settings: Settings) -> int:
     """Record every uncovered order-sensitive reduction; returns how many there are."""
     report = facts_of(gm).report
     found = [
-        UncoveredNode(node=n.name, target=str(n.target), reason=_reason(n), source=source_line(n))
+        UncoveredNode(node=n.name, target=str(_op(n)), reason=_reason(n), source=source_line(n))
         for n in gm.graph.nodes if _order_sensitive(n)
     ]
     report.uncovered.extend(found)
