@@ -1,7 +1,9 @@
 """The ``ascend-bi`` command line.
 
-Exit codes: 0 success (and, for ``demo``, ascend_bi batch-invariant at every batch size),
-1 a divergence was found, 2 usage error.
+Exit codes: 0 success (``demo`` and ``check``: ascend_bi batch-invariant at every batch size;
+``dump``: every graph batch-invariant by construction), 1 a divergence (or an uncovered
+reduction) was found, 2 usage error (bad option, path or target: one line on stderr, no traceback).
+Progress goes to stderr, results to stdout (``--json`` for machines).
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ascend_compile.tools.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,116 @@ def _parser() -> argparse.ArgumentParser:
                       help="comma-separated batch sizes (default: 2,3,8,16,32)")
     demo.add_argument("--repeats", type=int, default=3, help="timed repeats per step (median is shown)")
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    dump = sub.add_parser("dump", help="compile a model with graph dumps: per-pass code, summary, HTML view, trace",
+                          description="Compile TARGET once under ascend_bi and write, per graph: every pass's graph "
+                                      "before and after as code, summary.json (rewrites per pass, reductions left "
+                                      "stock with source lines, copies with bytes per call, plan per template), "
+                                      "graph.html (the final graph, rewritten and uncovered nodes highlighted); and "
+                                      "PyTorch's structured trace (open with tlparse). Exit 1 when a reduction was "
+                                      "left stock.")
+    _target_arguments(dump)
+    dump.add_argument("--out", default="ascend-bi-dump", help="folder for the dumps (default: ascend-bi-dump)")
+    dump.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+
+    check = sub.add_parser("check", help="run a model at several batch sizes under ascend_bi and torch.compile; "
+                                         "find where invariance breaks",
+                           description="Run TARGET's probe row (row 0 of its example inputs) alone and inside "
+                                       "batches of drawn companions, under ascend_bi and stock torch.compile; "
+                                       "print bitwise equality, max |diff| and ULPs. When ascend_bi is not "
+                                       "invariant, name the first diverging op and its source line.")
+    _target_arguments(check)
+    check.add_argument("--batch-sizes", type=_positive_ints, default=None,
+                       help="comma-separated batch sizes (default: 2,5,8)")
+    check.add_argument("--companions", type=int, default=2,
+                       help="companion draws per batch size (default: 2), each with the probe at a random row")
+    check.add_argument("--seed", type=int, default=0, help="seed for companions and probe rows")
     return parser
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="TARGET",
+                        help="a built-in model (tiny-decoder), a Python file (file.py or file.py:function, default "
+                             "function 'target') or module:function, returning (model, example_inputs)")
+    parser.add_argument("--executor", default=None, help="ascend_bi executor: auto, inductor or fx")
+    parser.add_argument("--disable-passes", default=None, metavar="NAMES",
+                        help="comma-separated passes to skip (debugging; e.g. rewrite_matmul)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _usage_error(command: str, message: str) -> int:
+    print(f"ascend-bi {command}: {message}", file=sys.stderr)
+    return 2
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, object]:
+    """ascend_bi options from the flags, validated (``ValueError`` names the accepted values)."""
+    from ascend_compile.settings import Settings
+
+    options: dict[str, object] = {}
+    if args.executor is not None:
+        options["executor"] = args.executor
+    if args.disable_passes is not None:
+        options["disable_passes"] = args.disable_passes
+    Settings.from_options(options)
+    return options
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    if args.quiet:
+        return lambda _: None
+    return lambda msg: print(f"  ... {msg}", file=sys.stderr, flush=True)
+
+
+def _run_on_target(args: argparse.Namespace, work: Callable[[Target, dict[str, object]], int]) -> int:
+    """Load TARGET and run ``work(target, options)``; usage errors become one line and exit 2."""
+    from ascend_compile.tools.targets import load_target
+
+    try:
+        options = _backend_options(args)
+        target = load_target(args.target)
+    except ValueError as e:  # TargetError included
+        return _usage_error(args.command, str(e).removeprefix("ascend_bi: "))
+    try:
+        return work(target, options)
+    except Exception as e:  # the target's own code may raise anything: one line, traceback with -v
+        if args.verbose:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return _usage_error(args.command, f"running {args.target} failed: {type(e).__name__}: {first} "
+                                          "(-v shows the traceback)")
+
+
+def _dump(args: argparse.Namespace) -> int:
+    from ascend_compile.tools.dump import format_dump, run_dump
+
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        return _usage_error("dump", f"--out {args.out} is not empty; choose another folder or pass --force")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return _usage_error("dump", f"--out {args.out} exists and is not a folder")
+
+    def work(target: Target, options: dict[str, object]) -> int:
+        result = run_dump(target, args.out, options, progress=_progress(args))
+        print(json.dumps(result, indent=1, default=str) if args.json else format_dump(result))
+        return 0 if result["batch_invariant"] else 1
+
+    return _run_on_target(args, work)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ascend_compile.tools.check import DEFAULT_BATCH_SIZES, format_check, run_check
+
+    if args.companions <= 0:
+        return _usage_error("check", f"--companions must be a positive integer, got {args.companions}")
+
+    def work(target: Target, options: dict[str, object]) -> int:
+        result = run_check(target, options, args.batch_sizes or DEFAULT_BATCH_SIZES, args.companions, args.seed,
+                           progress=_progress(args))
+        print(json.dumps(result, indent=1, default=str) if args.json else format_check(result))
+        return 0 if result["invariant"] else 1
+
+    return _run_on_target(args, work)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -76,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
     if not args.verbose:
         os.environ.setdefault("TORCH_LOGS", "-all")
-    return {"demo": _demo}[args.command](args)
+    return {"demo": _demo, "dump": _dump, "check": _check}[args.command](args)
 
 
 if __name__ == "__main__":

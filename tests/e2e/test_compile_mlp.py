@@ -127,7 +127,7 @@ def test_dump_dir_holds_every_pass_and_a_summary(tmp_path) -> None:
     assert "summary.json" in names
     for i, name in enumerate(PASS_NAMES):
         assert f"{i:02d}_{name}.before.py" in names and f"{i:02d}_{name}.after.py" in names
-    assert "ascend_bi.mm" in (folder / "00_rewrite_matmul.after.py").read_text()
+    assert "ascend_bi.mm" in (folder / "01_rewrite_matmul.after.py").read_text()
 
 
 def test_eager_mode_covers_mean_and_softmax() -> None:
