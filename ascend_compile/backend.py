@@ -30,7 +30,7 @@ _graph_ids = itertools.count()
 MODES = (None, "default")
 
 
-def _static_positions(example_inputs: Sequence[Any]) -> frozenset[int]:
+def static_positions(example_inputs: Sequence[Any]) -> frozenset[int]:
     """Positions of the inputs that are parameters or buffers (Dynamo marks both)."""
     return frozenset(
         i for i, value in enumerate(example_inputs)
@@ -64,7 +64,7 @@ def ascend_bi(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     devices.configure_collectives(device, _world_size())
     executor = device.default_executor if settings.executor == "auto" else settings.executor
     report = CompileReport(graph=f"graph_{next(_graph_ids):03d}", device=device.kind, executor=executor)
-    facts = GraphFacts(device=device, static_positions=_static_positions(example_inputs), report=report)
+    facts = GraphFacts(device=device, static_positions=static_positions(example_inputs), report=report)
     logger.info("ascend_bi: compiling %s (%d nodes) for %s with the %s executor",
                 report.graph, len(gm.graph.nodes), device.kind, executor)
     wrap = graph_wrapper(gm, example_inputs, settings, device, facts.static_positions)
