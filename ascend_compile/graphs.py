@@ -62,6 +62,24 @@ def _real_region(shape: tuple[sympy.Expr, ...], bindings: dict[sympy.Symbol, int
     return tuple(slice(0, int(e.subs(bindings))) for e in shape)
 
 
+def _buffer_like(arg: torch.Tensor, shape: list[int], spec: InputSpec) -> torch.Tensor:
+    """An empty tensor of ``shape`` laid out like ``arg`` (compiled code checks input strides):
+    dense inputs keep their dim order; a strided view (e.g. a column slice) keeps its strides,
+    which stay valid when only the outermost dims grow."""
+    order = sorted(range(arg.dim()), key=lambda d: (-arg.stride(d), d))  # outermost first
+    if arg.permute(order).is_contiguous():  # dense, in some dim order
+        permuted = torch.empty([shape[d] for d in order], dtype=arg.dtype, device=arg.device)
+        return permuted.permute([order.index(d) for d in range(arg.dim())])
+    grown = [d for d in range(arg.dim()) if shape[d] != arg.shape[d]]
+    if any(d not in order[:len(grown)] for d in grown):
+        raise _CannotPad(f"input {spec.name} is a strided view whose batch dim is not its outermost")
+    return torch.empty_strided(shape, arg.stride(), dtype=arg.dtype, device=arg.device)
+
+
+class _CannotPad(Exception):
+    """An input's layout cannot be reproduced at another batch size."""
+
+
 @dataclass
 class _Bucket:
     size: int
@@ -114,7 +132,11 @@ class BucketGraphRunner:
                            "sets are captured, others run uncaptured (a static KV cache keeps them fixed)",
                            dict(key[1]), MAX_SHAPE_KEYS)
                 return self.fn(*args)
-            self._capture(args, key[1], [bucket] if self.signature.exact_only else self._buckets_for(batch))
+            try:
+                self._capture(args, key[1], [bucket] if self.signature.exact_only else self._buckets_for(batch))
+            except _CannotPad as reason:
+                self._tell("layout", "ascend_bi: %s: this shape runs uncaptured", reason)
+                return self.fn(*args)
         return self._replay(self.graphs[key], args, batch, bindings)
 
     def _same_addresses(self, bucket: _Bucket, args: Sequence[Any]) -> bool:
@@ -154,12 +176,13 @@ class BucketGraphRunner:
                 inputs.append(bucket)
             elif spec.kind == "tensor" and spec.batch_dims:
                 shape = [bucket if d in spec.batch_dims else n for d, n in enumerate(arg.shape)]
-                buffer = torch.full(shape, spec.pad_value, dtype=arg.dtype, device=arg.device)
+                buffer = _buffer_like(arg, shape, spec)
+                buffer.fill_(spec.pad_value)
                 rows = min(batch, bucket)
                 buffer[_region(spec, shape, rows)] = arg[_region(spec, arg.shape, rows)]
                 inputs.append(buffer)
             elif spec.kind == "tensor":  # a private buffer: later calls may pass other tensors
-                inputs.append(arg.clone())
+                inputs.append(_buffer_like(arg, list(arg.shape), spec).copy_(arg))
             else:  # parameters and buffers (read in place), sizes
                 inputs.append(arg)
         return inputs

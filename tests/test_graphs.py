@@ -243,3 +243,16 @@ def test_graphs_stay_off_on_the_cpu_by_default() -> None:
 
     torch.compile(_Step(), dynamic=True, backend=backend)(torch.randn(3, 32), torch.zeros(3, 3, 48))
     assert built and not any(isinstance(fn, BucketGraphRunner) for fn in built)
+
+
+def test_transformers_prefill_and_decode_run_padded_with_the_same_bits(runners: list[BucketGraphRunner]) -> None:
+    """A real model through the runner: Qwen3 prefill (returns its KV cache) and decode steps
+    (read it; the new token is a strided column slice) at batch 5, padded to bucket 8."""
+    from tests.e2e.test_transformers_models import _same_bits_in_every_batch
+    from tests.e2e.tiny_transformers import tiny_model
+
+    torch._dynamo.reset()
+    result = _same_bits_in_every_batch(tiny_model("qwen3"), batch_sizes=(2, 5), backend="ascend_bi",
+                                       options={"executor": "inductor", "graphs": "on", "capture_sizes": [2, 8]})
+    assert all(result.values()), result
+    assert any(8 in {b for b, _ in r.graphs} for r in runners), "batch 5 ran padded in bucket 8"
