@@ -9,6 +9,7 @@ rule here is tested on the CPU, where no device graph exists.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import operator
 from collections.abc import Mapping, Sequence
@@ -59,26 +60,38 @@ class GraphSignature:
     #: The placeholders' fake values (symbolic shapes), by position.
     fakes: tuple[Any, ...] = ()
 
-    def batch_of(self, args: Sequence[Any]) -> int | None:
-        """The batch extent of a call's arguments (None when the graph has no batch symbol)."""
+    @functools.cached_property
+    def _symbol_sources(self) -> tuple[tuple[sympy.Symbol, int, int | None], ...]:
+        """Where each size symbol's value is read in a call: (symbol, input position, dim), the
+        dim None for a size input; one place per symbol."""
+        sources: dict[sympy.Symbol, tuple[int, int | None]] = {}
         for spec in self.inputs:
-            if spec.kind == "batch_size":
-                return int(args[spec.position])
-            if spec.batch_dims:
-                return int(args[spec.position].shape[spec.batch_dims[0]])
-        return None
+            fake = self.fakes[spec.position]
+            if spec.kind in ("batch_size", "size"):
+                sources.setdefault(_expr(fake), (spec.position, None))
+            for dim, expr in enumerate(_expr_shape(fake) or ()):
+                if isinstance(expr, sympy.Symbol):
+                    sources.setdefault(expr, (spec.position, dim))
+        return tuple((symbol, position, dim) for symbol, (position, dim) in sources.items())
+
+    @functools.cached_property
+    def other_symbols(self) -> tuple[sympy.Symbol, ...]:
+        """The size symbols besides the batch: their values key a set of captured graphs."""
+        return tuple(s for s, _, _ in self._symbol_sources if s != self.batch_symbol)
+
+    @functools.cached_property
+    def copied(self) -> tuple[InputSpec, ...]:
+        """Inputs copied into static buffers on every call (tensors that are not parameters or buffers)."""
+        return tuple(s for s in self.inputs if s.kind == "tensor")
 
     def bindings(self, args: Sequence[Any]) -> dict[sympy.Symbol, int]:
-        """Every size symbol's value in a call, from the inputs' shapes and size inputs."""
-        values: dict[sympy.Symbol, int] = {}
-        for spec, arg in zip(self.inputs, args, strict=True):
-            if isinstance(arg, torch.Tensor):
-                for dim, expr in enumerate(_expr_shape(self.fakes[spec.position]) or ()):
-                    if isinstance(expr, sympy.Symbol):
-                        values[expr] = int(arg.shape[dim])
-            elif spec.kind in ("batch_size", "size"):
-                values[_expr(self.fakes[spec.position])] = int(arg)
-        return values
+        """Every size symbol's value in a call."""
+        return {symbol: int(args[position]) if dim is None else int(args[position].shape[dim])
+                for symbol, position, dim in self._symbol_sources}
+
+    def batch_of(self, bindings: dict[sympy.Symbol, int]) -> int | None:
+        """The batch extent of a call (None when the graph has no batch symbol)."""
+        return None if self.batch_symbol is None else bindings[self.batch_symbol]
 
 
 def _expr(value: Any) -> sympy.Expr:

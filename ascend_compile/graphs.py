@@ -112,32 +112,41 @@ class BucketGraphRunner:
     stats: list[CaptureStats] = field(default_factory=list)
     _pool: Any = None
     _told: set[str] = field(default_factory=set)
+    _regions: dict[tuple[int, ...], list[tuple[slice, ...]]] = field(default_factory=dict)
 
     def __call__(self, *args: Any) -> Any:
-        batch = self.signature.batch_of(args)
+        bindings = self.signature.bindings(args)
+        batch = self.signature.batch_of(bindings)
         bucket = self._bucket(batch)
         if bucket is None:
             return self.fn(*args)
-        bindings = self.signature.bindings(args)
-        key = (bucket, tuple(sorted((str(s), v) for s, v in bindings.items() if s != self.signature.batch_symbol)))
+        key = (bucket, tuple(bindings[s] for s in self.signature.other_symbols))
         if key in self.graphs and not self._same_addresses(self.graphs[key], args):
             self._tell("moved", "ascend_bi: a fixed-address input (%s) is another tensor than at capture: recapturing",
                        ", ".join(s.name for s in self.signature.inputs if s.fixed_address))
             del self.graphs[key]
-            self._capture(args, key[1], [bucket])
+            self._capture(args, batch, key[1], [bucket])
         if key not in self.graphs:
             shape_keys = {k[1] for k in self.graphs}
             if key[1] not in shape_keys and len(shape_keys) >= MAX_SHAPE_KEYS:
                 self._tell("shapes", "ascend_bi: input extents other than the batch keep changing (%s); %d shape "
                            "sets are captured, others run uncaptured (a static KV cache keeps them fixed)",
-                           dict(key[1]), MAX_SHAPE_KEYS)
+                           dict(zip(map(str, self.signature.other_symbols), key[1], strict=True)), MAX_SHAPE_KEYS)
                 return self.fn(*args)
             try:
-                self._capture(args, key[1], [bucket] if self.signature.exact_only else self._buckets_for(batch))
+                self._capture(args, batch, key[1],
+                              [bucket] if self.signature.exact_only else self._buckets_for(batch))
             except _CannotPad as reason:
                 self._tell("layout", "ascend_bi: %s: this shape runs uncaptured", reason)
                 return self.fn(*args)
-        return self._replay(self.graphs[key], args, batch, bindings)
+        return self._replay(self.graphs[key], args, batch, self._output_regions(bindings))
+
+    def _output_regions(self, bindings: dict[sympy.Symbol, int]) -> list[tuple[slice, ...]]:
+        """Each output's real extents (evaluated once per set of symbol values)."""
+        key = tuple(bindings.values())
+        if key not in self._regions:
+            self._regions[key] = [_real_region(shape, bindings) for shape in self.signature.output_shapes]
+        return self._regions[key]
 
     def _same_addresses(self, bucket: _Bucket, args: Sequence[Any]) -> bool:
         return all(args[i].data_ptr() == ptr for i, ptr in bucket.addresses.items())
@@ -167,9 +176,8 @@ class BucketGraphRunner:
         # Dynamo compiles batch 1 as its own static graph, so a dynamic graph never sees it.
         return [s for s in self.sizes if s > 1 or batch == 1]
 
-    def _static_inputs(self, args: Sequence[Any], bucket: int) -> list[Any]:
+    def _static_inputs(self, args: Sequence[Any], batch: int | None, bucket: int) -> list[Any]:
         """The bucket's input buffers, filled from ``args`` (rows beyond them get pad values)."""
-        batch = self.signature.batch_of(args)
         inputs = []
         for spec, arg in zip(self.signature.inputs, args, strict=True):
             if spec.kind == "batch_size":
@@ -187,7 +195,7 @@ class BucketGraphRunner:
                 inputs.append(arg)
         return inputs
 
-    def _capture(self, args: Sequence[Any], shape_key: tuple[Any, ...], buckets: list[int]) -> None:
+    def _capture(self, args: Sequence[Any], batch: int | None, shape_key: tuple[int, ...], buckets: list[int]) -> None:
         api = self.api
         if self._pool is None:
             self._pool = api.pool()
@@ -195,7 +203,7 @@ class BucketGraphRunner:
         total = time.perf_counter()
         for n, bucket in enumerate(sorted(buckets, reverse=True), 1):
             start, before = time.perf_counter(), api.memory_allocated()
-            inputs = self._static_inputs(args, bucket)
+            inputs = self._static_inputs(args, batch, bucket)
             with api.on(stream):
                 self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
             api.join(stream)
@@ -212,11 +220,10 @@ class BucketGraphRunner:
         logger.info("ascend_bi: %d graphs captured in %.1f s", len(buckets), time.perf_counter() - total)
 
     def _replay(self, bucket: _Bucket, args: Sequence[Any], batch: int | None,
-                bindings: dict[sympy.Symbol, int]) -> Any:
+                regions: list[tuple[slice, ...]]) -> Any:
         rows = batch if batch is not None else 0
-        for spec, arg, static in zip(self.signature.inputs, args, bucket.inputs, strict=True):
-            if not isinstance(arg, torch.Tensor) or spec.kind == "static":
-                continue
+        for spec in self.signature.copied:
+            arg, static = args[spec.position], bucket.inputs[spec.position]
             if spec.batch_dims:
                 static[_region(spec, static.shape, rows)] = arg
                 if spec.integer and rows < bucket.size:  # stale indices in pad rows must not be written through
@@ -226,13 +233,13 @@ class BucketGraphRunner:
             else:
                 static.copy_(arg)
         bucket.graph.replay()
-        for spec, arg, static in zip(self.signature.inputs, args, bucket.inputs, strict=True):
-            if spec.mutated and spec.kind == "tensor":
-                arg.copy_(static[_region(spec, static.shape, rows)] if spec.batch_dims else static)
-        outputs = [out[_real_region(shape, bindings)] if shape is not None else out
-                   for out, shape in zip(bucket.outputs, self.signature.output_shapes, strict=True)]
+        for spec in self.signature.copied:
+            if spec.mutated:
+                static = bucket.inputs[spec.position]
+                args[spec.position].copy_(static[_region(spec, static.shape, rows)] if spec.batch_dims else static)
+        outputs = [out[region] for out, region in zip(bucket.outputs, regions, strict=True)]
         if self.settings.clone_outputs:
-            outputs = [o.clone() if isinstance(o, torch.Tensor) else o for o in outputs]
+            outputs = [o.clone() for o in outputs]
         return type(bucket.outputs)(outputs) if isinstance(bucket.outputs, (list, tuple)) else outputs[0]
 
 
