@@ -91,15 +91,6 @@ class _Bucket:
 
 
 @dataclass
-class CaptureStats:
-    bucket: int
-    seconds: float
-    #: Bytes the device allocator holds after this capture that it did not before (static inputs
-    #: and the pool's growth).
-    bytes: int
-
-
-@dataclass
 class BucketGraphRunner:
     """Wraps a compiled graph (``fn(*args)``) with per-bucket device-graph capture."""
 
@@ -109,7 +100,6 @@ class BucketGraphRunner:
     api: GraphApi
     sizes: tuple[int, ...]
     graphs: dict[tuple[int, tuple[int, ...]], _Bucket] = field(default_factory=dict)
-    stats: list[CaptureStats] = field(default_factory=list)
     _pool: Any = None
     _told: set[str] = field(default_factory=set)
     _regions: dict[tuple[int, ...], list[tuple[slice, ...]]] = field(default_factory=dict)
@@ -214,9 +204,8 @@ class BucketGraphRunner:
             api.synchronize()
             addresses = {s.position: args[s.position].data_ptr() for s in self.signature.inputs if s.fixed_address}
             self.graphs[(bucket, shape_key)] = _Bucket(bucket, graph, inputs, outputs, addresses)
-            self.stats.append(CaptureStats(bucket, time.perf_counter() - start, api.memory_allocated() - before))
-            logger.info("ascend_bi: captured bucket %d (%d/%d) in %.2f s", bucket, n, len(buckets),
-                        self.stats[-1].seconds)
+            logger.info("ascend_bi: captured bucket %d (%d/%d) in %.2f s, %.1f MiB of device memory", bucket, n,
+                        len(buckets), time.perf_counter() - start, (api.memory_allocated() - before) / 2**20)
         logger.info("ascend_bi: %d graphs captured in %.1f s", len(buckets), time.perf_counter() - total)
 
     def _replay(self, bucket: _Bucket, args: Sequence[Any], batch: int | None,
