@@ -2,7 +2,8 @@
 
 Flash-decoding kernels pick how many pieces to split the keys into from batch x heads versus the
 number of SMs, so a query's bits change with its batch; they also differ between prefill and
-decode kernels.  The template splits keys by a fixed *size*, so neither happens.  (Attention
+decode kernels.  The template splits keys by a fixed *size*, so neither happens.  Keys and values
+that transformers' ``repeat_kv`` copied per query head are read before the copy (``repeat_kv``).  (Attention
 written out as matmul-softmax-matmul is ``rewrite_eager_attention``'s.)
 
 Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
@@ -29,6 +30,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.passes.repeat_kv import unrepeated
 from ascend_compile.passes.replace import UNSUPPORTED, arguments, call, planned_floats, swap, value
 from ascend_compile.settings import Settings
 
@@ -77,9 +79,9 @@ def _rewrite(match: Match, *_: object, **__: object) -> None:
     mask = args.get(mask_name) if mask_name else None
     out = node.meta["val"][0]
     heads_inner = out.dim() == 4 and out.shape[1] > 1 and out.stride(1) < out.stride(2)
+    key, values = unrepeated(args["key"]), unrepeated(args["value"])
     new = call(node.graph, node, torch.ops.ascend_bi.attention.default,
-               (args["query"], args["key"], args["value"], mask, bool(args.get("is_causal", False)),
-                args.get("scale"), heads_inner))
+               (args["query"], key, values, mask, bool(args.get("is_causal", False)), args.get("scale"), heads_inner))
     for user in list(node.users):
         if user.args[1] == 0:
             swap(user, new)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.passes.repeat_kv import RESHAPES, same_shape, shape_of, sole_user, unrepeated
 from ascend_compile.passes.replace import call, planned_floats, swap, value
 from ascend_compile.settings import Settings
 
@@ -45,8 +45,6 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 _PATTERNS = PatternMatcherPass(pass_name="ascend_bi_rewrite_eager_attention")
 
-#: Ops that give the same elements in another shape.
-_RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default)
 _CONVERT = prims.convert_element_type.default
 
 
@@ -61,47 +59,32 @@ class _Attention:
     output: torch.fx.Node
 
 
-def _shape(node: object) -> tuple[object, ...] | None:
-    val = value(node)
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def _sole_user(node: torch.fx.Node) -> bool:
-    return len(node.users) == 1
-
-
 def _is_identity(node: torch.fx.Node) -> bool:
     """A node that passes its first input's elements on unchanged (maybe reshaped)."""
     if node.op != "call_function":
         return False
-    if node.target in _RESHAPES:
+    if node.target in RESHAPES:
         return True
     source = node.args[0] if node.args else None
     if node.target is aten.expand.default or node.target is aten.slice.Tensor:
-        return _same(_shape(source), _shape(node))
+        return same_shape(shape_of(source), shape_of(node))
     return False
-
-
-def _same(a: tuple[object, ...] | None, b: tuple[object, ...] | None) -> bool:
-    """Shapes equal for every value of their symbols (no guard is added)."""
-    return a is not None and b is not None and len(a) == len(b) and all(
-        statically_known_true(x == y) for x, y in zip(a, b, strict=True))
 
 
 def _source_4d(node: torch.fx.Node, shape: tuple[object, ...]) -> torch.fx.Node | None:
     """Walk down from a bmm operand through identity ops to the earliest node of ``shape``
     holding its elements."""
-    while not _same(_shape(node), shape):
-        if not isinstance(node, torch.fx.Node) or not _is_identity(node) or not _sole_user(node):
+    while not same_shape(shape_of(node), shape):
+        if not isinstance(node, torch.fx.Node) or not _is_identity(node) or not sole_user(node):
             return None
         node = node.args[0]
-    while _is_identity(node) and _sole_user(node) and _same(_shape(node.args[0]), shape):
+    while _is_identity(node) and sole_user(node) and same_shape(shape_of(node.args[0]), shape):
         node = node.args[0]
     return node
 
 
 def _strip_converts(node: torch.fx.Node) -> torch.fx.Node:
-    while node.op == "call_function" and node.target is _CONVERT and _sole_user(node):
+    while node.op == "call_function" and node.target is _CONVERT and sole_user(node):
         node = node.args[0]
     return node
 
@@ -109,23 +92,23 @@ def _strip_converts(node: torch.fx.Node) -> torch.fx.Node:
 def _softmax_input(probs: torch.fx.Node) -> torch.fx.Node | None:
     """``x`` when ``probs`` is ``softmax(x, -1)``, fused or as amax/sub/exp/sum/div."""
     node = _strip_converts(probs)
-    if node.op != "call_function" or not _sole_user(node):
+    if node.op != "call_function" or not sole_user(node):
         return None
-    rank = len(_shape(node) or ())
+    rank = len(shape_of(node) or ())
     if node.target is aten._softmax.default:
         return node.args[0] if node.args[1] in (-1, rank - 1) and not node.args[2] else None
     if node.target is not aten.div.Tensor:
         return None
     exp, total = node.args
     if not (isinstance(exp, torch.fx.Node) and exp.target is aten.exp.default and len(exp.users) == 2
-            and isinstance(total, torch.fx.Node) and total.target is aten.sum.dim_IntList and _sole_user(total)
+            and isinstance(total, torch.fx.Node) and total.target is aten.sum.dim_IntList and sole_user(total)
             and total.args[0] is exp and list(total.args[1]) in ([-1], [rank - 1]) and total.args[2:] == (True,)):
         return None
     sub = exp.args[0]
-    if sub.target is not aten.sub.Tensor or not _sole_user(sub):
+    if sub.target is not aten.sub.Tensor or not sole_user(sub):
         return None
     x, amax = sub.args
-    if not (isinstance(amax, torch.fx.Node) and amax.target is aten.amax.default and _sole_user(amax)
+    if not (isinstance(amax, torch.fx.Node) and amax.target is aten.amax.default and sole_user(amax)
             and amax.args[0] is x and list(amax.args[1]) in ([-1], [rank - 1]) and amax.args[2:] == (True,)):
         return None
     return x if len(x.users) == 2 else None
@@ -133,13 +116,13 @@ def _softmax_input(probs: torch.fx.Node) -> torch.fx.Node | None:
 
 def _scale(node: torch.fx.Node) -> tuple[torch.fx.Node, float | None, torch.fx.Node | None] | None:
     """Split ``node`` into (unscaled scores, constant scale, CPU scalar-tensor scale)."""
-    if node.target not in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar) or not _sole_user(node):
+    if node.target not in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar) or not sole_user(node):
         return node, None, None
     scores, factor = node.args
     divide = node.target in (aten.div.Tensor, aten.div.Scalar)
     if isinstance(factor, (int, float)):
         return scores, (1.0 / factor if divide else float(factor)), None
-    if isinstance(factor, torch.fx.Node) and factor.target is aten.full.default and _shape(factor) == ():
+    if isinstance(factor, torch.fx.Node) and factor.target is aten.full.default and shape_of(factor) == ():
         return scores, (1.0 / factor.args[1] if divide else float(factor.args[1])), None
     val = value(factor)
     if not divide and isinstance(val, torch.Tensor) and val.dim() == 0 and val.device.type == "cpu":
@@ -153,10 +136,10 @@ def _qk(node: object) -> tuple[torch.fx.Node, float | None, torch.fx.Node | None
     if scaled is None:
         return None
     node, scale, scale_tensor = scaled
-    if not (_is_identity(node) and _sole_user(node)):
+    if not (_is_identity(node) and sole_user(node)):
         return None
     bmm = node.args[0]
-    if bmm.target is not aten.bmm.default or not _sole_user(bmm):
+    if bmm.target is not aten.bmm.default or not sole_user(bmm):
         return None
     return bmm, scale, scale_tensor
 
@@ -164,12 +147,12 @@ def _qk(node: object) -> tuple[torch.fx.Node, float | None, torch.fx.Node | None
 def _scores(x: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node | None, float | None, torch.fx.Node | None] | None:
     """(bmm of q and k, additive mask, scale, scale tensor) for the softmax input ``x``."""
     node = x  # its users are the softmax's own ops
-    while node.target is _CONVERT and (node is x or _sole_user(node)):
+    while node.target is _CONVERT and (node is x or sole_user(node)):
         node = node.args[0]
     found = _qk(node)
     if found is not None:
         return found[0], None, found[1], found[2]
-    if node.target is not aten.add.Tensor or not (node is x or _sole_user(node)) or len(node.args) != 2:
+    if node.target is not aten.add.Tensor or not (node is x or sole_user(node)) or len(node.args) != 2:
         return None
     for scores, mask in (node.args, node.args[::-1]):
         found = _qk(scores)
@@ -181,7 +164,7 @@ def _scores(x: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node | None, floa
 def _key(k3: torch.fx.Node, shape: tuple[object, ...]) -> torch.fx.Node | None:
     """The (B, H, Lk, D) key under ``view(expand(transpose(k, 2, 3)))``; ``shape`` is (B, H, D, Lk)."""
     transposed = _source_4d(k3, shape)
-    if transposed is None or not _sole_user(transposed):
+    if transposed is None or not sole_user(transposed):
         return None
     if transposed.target is aten.transpose.int and sorted(a % 4 for a in transposed.args[1:3]) == [2, 3]:
         return transposed.args[0]
@@ -190,33 +173,17 @@ def _key(k3: torch.fx.Node, shape: tuple[object, ...]) -> torch.fx.Node | None:
     return None
 
 
-def _unrepeated(kv: torch.fx.Node) -> torch.fx.Node:
-    """GQA: ``kv`` (B, H, L, D) before transformers' repeat_kv copied each of its heads H/Hkv times."""
-    node = kv
-    while node.op == "call_function" and node.target in _RESHAPES and _sole_user(node):
-        node = node.args[0]
-        shape = _shape(node)
-        if node.target is aten.expand.default and shape is not None and len(shape) == 5:
-            source = node.args[0]
-            while source.target is aten.slice.Tensor and _same(_shape(source), _shape(source.args[0])):
-                source = source.args[0]
-            if source.target is aten.unsqueeze.default and source.args[1] == 2 and _shape(source.args[0]) is not None:
-                return source.args[0]
-            return kv
-    return kv
-
-
 def _match(pv: torch.fx.Node) -> _Attention | None:
     """Read an eager attention off the probabilities-times-values bmm, or None."""
     if len(pv.users) != 1:
         return None
     (output,) = pv.users
-    out_shape = _shape(output)
-    if not (output.op == "call_function" and output.target in _RESHAPES and out_shape and len(out_shape) == 4):
+    out_shape = shape_of(output)
+    if not (output.op == "call_function" and output.target in RESHAPES and out_shape and len(out_shape) == 4):
         return None
     batch, heads, lq, dv = out_shape
     p3, v3 = pv.args
-    lk = _shape(p3)[-1]
+    lk = shape_of(p3)[-1]
     probs = _source_4d(p3, (batch, heads, lq, lk))
     v = _source_4d(v3, (batch, heads, lk, dv))
     x = _softmax_input(probs) if probs is not None else None
@@ -225,15 +192,15 @@ def _match(pv: torch.fx.Node) -> _Attention | None:
         return None
     qk, mask, scale, scale_tensor = scores
     q3, k3 = qk.args
-    d = _shape(q3)[-1]
+    d = shape_of(q3)[-1]
     q = _source_4d(q3, (batch, heads, lq, d))
     k = _key(k3, (batch, heads, d, lk))
     if q is None or k is None or not planned_floats(q, k, v):
         return None
-    mask_shape = _shape(mask) if mask is not None else ()
+    mask_shape = shape_of(mask) if mask is not None else ()
     if mask is not None and (mask_shape is None or len(mask_shape) > 4 or not value(mask).dtype.is_floating_point):
         return None
-    return _Attention(q, _unrepeated(k), _unrepeated(v), mask, scale, scale_tensor, output)
+    return _Attention(q, unrepeated(k), unrepeated(v), mask, scale, scale_tensor, output)
 
 
 def _supported(match: Match) -> bool:

@@ -8,11 +8,16 @@ keys past the end) contribute exact zeros, and folding a fully masked tile or sp
 nothing bit for bit, so a query's result depends only on the keys it sees: the same in any batch,
 and the same in a prefill and in a decode step.
 
-Two schedules fold the same splits in the same order: *serial* (one program per query block walks
-its splits) and *split* (one program per (query block, split) writes the split's state, a second
-launch folds them): decode at small batch has few query blocks, so its splits run in parallel.
-NPU schedules launch one program per AI core at most, each looping over (query block, head) pairs
-with serial splits (``PERSISTENT``), and load key tiles along the head dim, their unit stride.
+A program's tile rows are the query heads that share one key/value head, interleaved per query
+position (GQA): each key tile is loaded once per group, not once per query head.  Rows never mix
+(every row's dot products, sums and folds are its own), so the packing is a schedule, not a plan.
+
+Two schedules fold the same splits in the same order: *serial* (one program per row block walks
+its splits) and *split* (one program per (row block, split) writes the split's state, a second
+launch folds them): decode at small batch has few row blocks, so its splits run in parallel.
+NPU schedules launch one program per AI core at most, each looping over (row block, batch x
+key/value head) pairs with serial splits (``PERSISTENT``), and load key tiles along the head dim,
+their unit stride.
 """
 
 from __future__ import annotations
@@ -43,14 +48,15 @@ def _fold(big_m, big_l, big_a, m, denom, a):
 
 
 @triton.jit
-def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
-                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mq, stride_mk, D, DV,
+def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV,
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
                  INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
-    values) per query row."""
+    values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
+    ``mask_rows[r]``."""
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     denom = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
@@ -70,12 +76,11 @@ def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, k, input_precision=INPUT_PRECISION) * sm_scale
-        visible = (keys[None, :] < Lk) & (rows[:, None] < Lq)
+        visible = (keys[None, :] < Lk) & live[:, None]
         if IS_CAUSAL:
-            visible = visible & (keys[None, :] <= rows[:, None])
+            visible = visible & (keys[None, :] <= pos[:, None])
         if HAS_MASK:
-            bias = tl.load(mask_base + rows[:, None] * stride_mq + keys[None, :] * stride_mk,
-                           mask=visible, other=0)
+            bias = tl.load(mask_rows[:, None] + keys[None, :] * stride_mk, mask=visible, other=0)
             if MASK_IS_BOOL:
                 visible = visible & (bias != 0)
             else:
@@ -93,100 +98,112 @@ def _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
-                      Lq, Lk, Hq, BH, group, num_splits, sm_scale, D, DV,
+                      Lq, Lk, KVH, BKV, group, num_splits, sm_scale, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                       HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                       SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                       UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr):
-    if PERSISTENT:  # NPU: programs loop over (query block, batch x head) work items; splits serial
-        blocks = (Lq + BLOCK_M - 1) // BLOCK_M
-        for w in range(tl.program_id(0), blocks * BH, tl.num_programs(0)):
+    if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
+        blocks = (Lq * group + BLOCK_M - 1) // BLOCK_M
+        for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
             _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, w % blocks, w // blocks, 0,
-                             Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                             Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                              sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                              False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, True)
     else:
         _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                          tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+                         Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                          sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                          SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, False)
 
 
 @triton.jit
-def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bh, split_id,
-                     Lq, Lk, Hq, group, num_splits, sm_scale, D, DV,
+def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
+    """Row r of a block is query position ``r // group`` of the group's head ``r % group``: one key
+    tile serves every query head that reads it (GQA reads each key once per group, not per head)."""
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rows, rows // group, rows % group, rows < Lq * group
+
+
+@triton.jit
+def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bkv, split_id,
+                     Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                      SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
-    """Query block ``block`` of batch x head ``bh`` (and, when ``SPLIT``, key split ``split_id`` of it)."""
-    b = bh // Hq
-    h = bh % Hq
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Row block ``block`` of batch x key/value head ``bkv`` (and, when ``SPLIT``, key split
+    ``split_id`` of it)."""
+    b = bkv // KVH
+    kvh = bkv % KVH
+    rows, pos, g, live = _group_rows(block, Lq, group, BLOCK_M)
+    h = kvh * group + g
     dk = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    q = tl.load(q_ptr + b * sq_b + h * sq_h + rows[:, None] * sq_l + dk[None, :] * sq_d,
-                mask=(rows[:, None] < Lq) & (dk[None, :] < D), other=0.0)
+    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + pos[:, None] * sq_l + dk[None, :] * sq_d,
+                mask=live[:, None] & (dk[None, :] < D), other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    k_base = k_ptr + b * sk_b + (h // group) * sk_h
-    v_base = v_ptr + b * sv_b + (h // group) * sv_h
-    mask_base = mask_ptr + b * sm_b + h * sm_h
+    k_base = k_ptr + b * sk_b + kvh * sk_h
+    v_base = v_ptr + b * sv_b + kvh * sv_h
+    mask_rows = mask_ptr + b * sm_b + h * sm_h + pos * sm_q
     if SPLIT:
         split = split_id
-        m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
-                                 sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                 SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, K_T)
-        state = (split * tl.num_programs(1) + bh) * Lq + rows
-        tl.store(ws_m + state, m, mask=rows < Lq)
-        tl.store(ws_l + state, denom, mask=rows < Lq)
-        tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=rows[:, None] < Lq)
+        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, K_T)
+        state = (split * tl.num_programs(1) + bkv) * Lq * group + rows
+        tl.store(ws_m + state, m, mask=live)
+        tl.store(ws_l + state, denom, mask=live)
+        tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=live[:, None])
     else:
         big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         big_l = tl.zeros((BLOCK_M,), tl.float32)
         big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
         last = num_splits
         if IS_CAUSAL:  # splits past the block's last query hold only masked keys: folding them is a no-op
-            last = tl.minimum(num_splits, (block * BLOCK_M + BLOCK_M - 1) // (SPLIT_TILES * BLOCK_N) + 1)
+            last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)
         for split in range(0, last):
-            m, denom, acc = _split_state(q, k_base, v_base, mask_base, rows, split, Lq, Lk, sm_scale,
-                                     sk_l, sk_d, sv_l, sv_d, sm_q, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
-                                     K_T)
+            m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
+                                         SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
+                                         K_T)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
-        out = big_a / tl.where(rows < Lq, big_l, 1.0)[:, None]  # padding rows: no 0/0
-        tl.store(out_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dv[None, :] * so_d,
-                 out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < Lq) & (dv[None, :] < DV))
+        _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
 
 
 @triton.jit
-def _fold_splits_kernel(out_ptr, ws_m, ws_l, ws_acc, Lq, Hq, num_splits, DV, so_b, so_h, so_l, so_d,
+def _store_rows(out_ptr, acc, denom, row_offsets, live, dv, so_d, DV):
+    out = acc / tl.where(live, denom, 1.0)[:, None]  # padding rows: no 0/0
+    tl.store(out_ptr + row_offsets[:, None] + dv[None, :] * so_d, out.to(out_ptr.dtype.element_ty),
+             mask=live[:, None] & (dv[None, :] < DV))
+
+
+@triton.jit
+def _fold_splits_kernel(out_ptr, ws_m, ws_l, ws_acc, Lq, KVH, group, num_splits, DV, so_b, so_h, so_l, so_d,
                         BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
     block = tl.program_id(0)
-    bh = tl.program_id(1)
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    bkv = tl.program_id(1)
+    rows, pos, g, live = _group_rows(block, Lq, group, BLOCK_M)
     dv = tl.arange(0, BLOCK_DV)
     big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     big_l = tl.zeros((BLOCK_M,), tl.float32)
     big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     for split in range(0, num_splits):
-        state = (split * tl.num_programs(1) + bh) * Lq + rows
-        m = tl.load(ws_m + state, mask=rows < Lq, other=float("-inf"))
-        denom = tl.load(ws_l + state, mask=rows < Lq, other=0.0)
-        acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=rows[:, None] < Lq, other=0.0)
+        state = (split * tl.num_programs(1) + bkv) * Lq * group + rows
+        m = tl.load(ws_m + state, mask=live, other=float("-inf"))
+        denom = tl.load(ws_l + state, mask=live, other=0.0)
+        acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=live[:, None], other=0.0)
         big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
-    out = big_a / tl.where(rows < Lq, big_l, 1.0)[:, None]  # padding rows: no 0/0
-    b = bh // Hq
-    h = bh % Hq
-    tl.store(out_ptr + b * so_b + h * so_h + rows[:, None] * so_l + dv[None, :] * so_d,
-             out.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < Lq) & (dv[None, :] < DV))
+    h = (bkv % KVH) * group + g
+    _store_rows(out_ptr, big_a, big_l, (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
 
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -213,13 +230,14 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         out = torch.empty((batch, heads, lq, dv), dtype=out_dtype, device=q.device)
     if out.numel() == 0:
         return out.to(q.dtype)
-    sched = schedule or attention_schedule(plan, lq, lk, batch * heads, device)
+    group = heads // kv_heads
+    sched = schedule or attention_schedule(plan, lq * group, lk, batch * kv_heads, device)
     if mask is not None:
         mask = mask.expand(batch, heads, lq, lk)
     mask_arg = mask if mask is not None else q
     mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
     splits = plan.num_splits(lk)
-    blocks = triton.cdiv(lq, sched.block_m)
+    blocks = triton.cdiv(lq * group, sched.block_m)
     split = sched.split and not sched.programs and splits > 1
     if split:
         ws_m = torch.empty(splits * batch * heads * lq, dtype=torch.float32, device=q.device)
@@ -227,10 +245,10 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         ws_acc = torch.empty(splits * batch * heads * lq * plan.block_dv, dtype=torch.float32, device=q.device)
     else:
         ws_m = ws_l = ws_acc = out  # never touched by the serial schedule
-    grid = (sched.programs,) if sched.programs else (blocks, batch * heads, splits if split else 1)
+    grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
     _attention_kernel[grid](
         q, k, v, mask_arg, out, ws_m, ws_l, ws_acc,
-        lq, lk, heads, batch * heads, heads // kv_heads, splits, scale if scale is not None else d ** -0.5, d, dv,
+        lq, lk, kv_heads, batch * kv_heads, group, splits, scale if scale is not None else d ** -0.5, d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
         SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
@@ -238,7 +256,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps),
     )
     if split:
-        _fold_splits_kernel[(blocks, batch * heads)](out, ws_m, ws_l, ws_acc, lq, heads, splits, dv, *out.stride(),
-                                                     BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
-                                                     **launch_options(device, sched.num_warps))
+        _fold_splits_kernel[(blocks, batch * kv_heads)](out, ws_m, ws_l, ws_acc, lq, kv_heads, group, splits, dv,
+                                                        *out.stride(), BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
+                                                        **launch_options(device, sched.num_warps))
     return out.to(q.dtype)

@@ -203,6 +203,7 @@ ROW_FAMILIES: dict[str, tuple[int, int, int, int, int]] = {
     "softmax": (1, 6, 1, 1, 1),  # x; fp32 x, running max, lanes, exp, tree, y; offsets; mask; out
     "layer_norm": (3, 6, 1, 1, 1),  # x, weight, bias; their fp32 values, lanes, tree, y; ...; out
     "cumsum": (1, 6, 1, 1, 1),  # x; fp32 x, running, within, selects, y; offsets; mask; out
+    "rms_norm": (3, 4, 1, 1, 2),  # x, residual, weight; h, lanes, tree, y; offsets; mask; out, sum
 }
 
 
@@ -411,7 +412,11 @@ class AttentionSchedule:
 
 @functools.lru_cache(maxsize=4096)
 def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device) -> AttentionSchedule:
-    """Query rows per program and the split choice; free to depend on the batch (``heads`` = B*H)."""
+    """Rows per program and the split choice; free to depend on the batch.
+
+    ``queries`` counts a group's packed rows (query positions x query heads per key/value head),
+    ``heads`` the (batch, key/value head) pairs.
+    """
     if device.plan_kind == "npu":
         return _npu_attention_schedule(plan, queries, heads, device)
     if device.triton_interpreted:

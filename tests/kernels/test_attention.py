@@ -60,6 +60,18 @@ def test_stock_sdpa_decode_differs_from_prefill() -> None:
     assert any(not torch.equal(out[:, :, 0], prefill[:, :, t]) for t, out in decodes.items())
 
 
+def test_group_packing_leaves_each_head_unchanged() -> None:
+    """A group's query heads share one tile (rows interleaved per position); each head's bits are
+    those it gets attending alone, in prefill and in decode."""
+    q, k, v = _qkv(1, length=70)
+    for queries in (q, q[:, :, -1:]):
+        grouped = bi_attention(queries, k, v, is_causal=queries.shape[2] > 1)
+        for h in range(HEADS):
+            kv = slice(h // (HEADS // KV_HEADS), h // (HEADS // KV_HEADS) + 1)
+            alone = bi_attention(queries[:, h:h + 1], k[:, kv], v[:, kv], is_causal=queries.shape[2] > 1)
+            assert torch.equal(grouped[:, h:h + 1], alone), f"head {h}, {queries.shape[2]} queries"
+
+
 def test_split_and_serial_schedules_agree() -> None:
     q, k, v = _qkv(1)
     serial = bi_attention(q[:, :, -3:], k, v, schedule=AttentionSchedule(block_m=16, split=False, num_warps=4))

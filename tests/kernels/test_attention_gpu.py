@@ -1,4 +1,5 @@
-"""The attention template on a CUDA GPU: decode == prefill and both schedules agree, bf16."""
+"""The attention template on a CUDA GPU: decode == prefill, both schedules agree, a GQA group's packed
+heads equal each head alone; bf16 and fp32."""
 
 from __future__ import annotations
 
@@ -23,3 +24,5 @@ def test_decode_equals_prefill_and_schedules_agree_on_gpu(dtype: torch.dtype) ->
             assert torch.equal(decode[:, :, 0], prefill[:, :, t]), (t, split)
     alone = bi_attention(q[1:], k[1:], v[1:], is_causal=True)
     assert torch.equal(alone, prefill[1:])
+    one_head = bi_attention(q[:, 5:6], k[:, 2:3], v[:, 2:3], is_causal=True)  # group of 2 packed into one tile
+    assert torch.equal(one_head, prefill[:, 5:6])

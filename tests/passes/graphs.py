@@ -22,3 +22,9 @@ def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
 
 def targets(gm: torch.fx.GraphModule) -> list[object]:
     return [n.target for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def repeat_kv(x: torch.Tensor, times: int) -> torch.Tensor:
+    """transformers' repeat_kv: (B, Hkv, L, D) -> (B, Hkv * times, L, D) by expand + reshape."""
+    b, h, length, d = x.shape
+    return x[:, :, None, :, :].expand(b, h, times, length, d).reshape(b, h * times, length, d)

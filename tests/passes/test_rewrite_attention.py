@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.verify_batch_invariance import NotBatchInvariantError, verify_batch_invariance
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, targets
+from tests.passes.graphs import aten_graph, repeat_kv, targets
 
 SETTINGS = Settings()
 bi = torch.ops.ascend_bi
@@ -32,6 +32,23 @@ def test_sdpa_becomes_the_template_with_its_layout() -> None:
     for got, want in zip(gm(*inputs), fn(*inputs), strict=True):
         torch.testing.assert_close(got, want)
         assert got.stride() == want.stride()
+
+
+def test_repeat_kv_copy_is_undone() -> None:
+    """transformers repeats key/value heads before SDPA when there is a mask: the template reads the
+    key/value heads before that copy, and the copy goes."""
+    def fn(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, repeat_kv(k, 2), repeat_kv(v, 2), attn_mask=mask)
+
+    inputs = (*_qkv(), torch.randn(1, 1, 5, 5))
+    gm = aten_graph(fn, *inputs)
+    assert rewrite_attention(gm, SETTINGS) == 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    (attention,) = [n for n in gm.graph.nodes if n.target is bi.attention.default]
+    assert [a.meta["val"].shape[1] for a in attention.args[1:3]] == [2, 2]
+    assert torch.ops.aten.expand.default not in targets(gm)
+    torch.testing.assert_close(gm(*inputs), fn(*inputs))
 
 
 def test_dropout_and_float64_stay() -> None:

@@ -7,17 +7,11 @@ import torch
 
 from ascend_compile.passes.rewrite_eager_attention import rewrite_eager_attention
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, targets
+from tests.passes.graphs import aten_graph, repeat_kv, targets
 
 SETTINGS = Settings()
 aten = torch.ops.aten
 bi = torch.ops.ascend_bi
-
-
-def _repeat_kv(x: torch.Tensor, times: int) -> torch.Tensor:
-    """transformers' repeat_kv: (B, Hkv, L, D) -> (B, Hkv * times, L, D) by expand + reshape."""
-    b, h, length, d = x.shape
-    return x[:, :, None, :, :].expand(b, h, times, length, d).reshape(b, h * times, length, d)
 
 
 def _softmax_by_hand(x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +24,7 @@ def _eager_attention(q, k, v, mask):
 
 
 def _attention(q, k, v, mask, softmax):
-    k, v = _repeat_kv(k, 2), _repeat_kv(v, 2)
+    k, v = repeat_kv(k, 2), repeat_kv(v, 2)
     scores = torch.matmul(q, k.transpose(2, 3)) * 0.25 + mask
     probs = softmax(scores.float(), -1).to(q.dtype) if softmax is torch.softmax else softmax(scores)
     return torch.matmul(probs, v).transpose(1, 2).contiguous()
@@ -65,9 +59,9 @@ def test_decomposed_softmax() -> None:
 
 def test_scores_used_elsewhere_stay() -> None:
     def fn(q, k, v, mask):  # output_attentions: the probabilities are returned too
-        scores = torch.matmul(q, _repeat_kv(k, 2).transpose(2, 3)) + mask
+        scores = torch.matmul(q, repeat_kv(k, 2).transpose(2, 3)) + mask
         probs = torch.softmax(scores, -1)
-        return torch.matmul(probs, _repeat_kv(v, 2)), probs
+        return torch.matmul(probs, repeat_kv(v, 2)), probs
 
     gm = aten_graph(fn, *_inputs())
     assert rewrite_eager_attention(gm, SETTINGS) == 0
