@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch.fx
 
 from ascend_compile.passes.fix_contiguity import fix_contiguity
+from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.rewrite_eager_attention import rewrite_eager_attention
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
@@ -31,6 +32,7 @@ PIPELINE: tuple[Pass, ...] = (
     rewrite_softmax,
     rewrite_attention,
     rewrite_reductions,
+    fuse_rms_norm,  # reads rewrite_reductions' mean
     fix_contiguity,
     verify_batch_invariance,
 )

@@ -53,6 +53,8 @@ def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | N
         return "row", {"n": x.shape[node.args[1] % x.dim()] if x.dim() else 1}, dtype
     if target == _ops.layer_norm.default:
         return "row", {"n": math.prod(node.args[1])}, x.dtype
+    if target in (_ops.rms_norm.default, _ops.add_rms_norm.default):
+        return "row", {"n": x.shape[-1]}, x.dtype
     if target == _ops.attention.default:
         return "attention", {"head_dim": x.shape[-1], "value_dim": _fake(node, 2).shape[-1]}, x.dtype
     return None

@@ -1,4 +1,5 @@
-"""``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm, cumsum.
+"""``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm, cumsum,
+rms_norm and add_rms_norm.
 
 Each op computes what its aten counterpart computes, with the summation order fixed by a row
 plan.  Every output is contiguous, in the real and the fake impl alike, so Inductor's layout for
@@ -12,6 +13,7 @@ import torch
 
 from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
+from ascend_compile.kernels.rms_norm import bi_rms_norm
 from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 
@@ -91,3 +93,35 @@ def cumsum(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor
 @cumsum.register_fake
 def _(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
     return _like(aten.cumsum.default(x, dim, dtype=dtype), x)
+
+
+@torch.library.custom_op("ascend_bi::rms_norm", mutates_args=())
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+             eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' RMSNorm over the last dim: ``weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``,
+    ``h = x.float()`` (``fuse_rms_norm`` inserts it).  ``eps_tensor``, a CPU scalar, replaces
+    ``eps`` when Dynamo made the epsilon a graph input (``dynamic=True`` lifts float attributes)."""
+    return bi_rms_norm(x, None, weight, _eps(eps, eps_tensor))[0]
+
+
+@rms_norm.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("ascend_bi::add_rms_norm", mutates_args=())
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                 eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch."""
+    out, total = bi_rms_norm(x, residual, weight, _eps(eps, eps_tensor))
+    return out, total
+
+
+@add_rms_norm.register_fake
+def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
+      eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+def _eps(eps: float, eps_tensor: torch.Tensor | None) -> float:
+    return float(eps_tensor) if eps_tensor is not None else eps

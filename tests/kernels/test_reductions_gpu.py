@@ -39,3 +39,21 @@ def test_stock_cumsum_differs_on_gpu() -> None:
     x = torch.randn(64, 151936, device="cuda")
     full = torch.cumsum(x, -1)
     assert any(not torch.equal(torch.cumsum(x[:m], -1), full[:m]) for m in (1, 2, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_rms_norm_equals_written_out_norm_on_gpu(dtype: torch.dtype) -> None:
+    """One launch, the written-out norm's bits (eager elementwise ops around the row template's
+    mean, and Inductor's fused kernels around it), at every row count."""
+    from tests.kernels.test_rms_norm import written_out
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    x, residual = (torch.randn(max(ROWS), 1024, device="cuda", generator=gen).to(dtype) for _ in range(2))
+    weight = torch.randn(1024, device="cuda", generator=gen).to(dtype)
+    out, total = torch.ops.ascend_bi.add_rms_norm(x, residual, weight, 1e-6)
+    compiled = torch.compile(written_out, dynamic=True, options={"emulate_precision_casts": True})
+    for unfused in (written_out, compiled):
+        want_out, want_total = unfused(x, residual, weight)
+        assert torch.equal(total, want_total) and torch.equal(out, want_out), unfused
+    for m in ROWS:
+        assert torch.equal(torch.ops.ascend_bi.add_rms_norm(x[:m], residual[:m], weight, 1e-6)[0], out[:m])

@@ -1,0 +1,57 @@
+"""The fused RMSNorm template under the interpreter: a row's bits do not depend on its batch, they
+equal the written-out norm run op by op (same roundings, the row template's mean), and match
+float64; stock torch.compile's RMSNorm differs by batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ascend_compile.ops  # noqa: F401
+from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
+
+bi = torch.ops.ascend_bi
+EPS = 1e-6
+
+
+def written_out(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
+                mean=lambda t: bi.sum(t, [-1], True, None, True)) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' RMSNorm after the residual add, op by op."""
+    h = x + residual if residual is not None else x
+    h32 = h.float()
+    y = (h32 * torch.rsqrt(mean(h32.pow(2)) + EPS)).to(x.dtype)
+    return (weight * y if weight is not None else y), h
+
+
+def _inputs(n: int, dtype: torch.dtype, rows: int = 1):
+    gen = torch.Generator().manual_seed(n)
+    return (torch.randn(rows, n, generator=gen).to(dtype) for _ in range(3))
+
+
+@pytest.mark.parametrize("n", [1000, 4097])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_bitwise_equal_alone_in_batches_and_written_out(dtype: torch.dtype, n: int) -> None:
+    x, residual, weight = _inputs(n, dtype)
+    weight = weight[0]
+    pair = torch.cat([x, residual], dim=-1)
+
+    def fused(rows: torch.Tensor) -> torch.Tensor:
+        out, total = bi.add_rms_norm(rows[:, :n], rows[:, n:], weight, EPS)
+        return torch.cat([out, total], dim=-1)
+
+    alone, placed = rows_in_batches(fused, pair, batch_sizes=(2, 5))
+    assert all_bitwise_equal(alone, placed)
+    out, total = written_out(x, residual, weight)
+    assert torch.equal(alone, torch.cat([out, total], dim=-1)[0])
+    assert torch.equal(bi.rms_norm(x, None, EPS), written_out(x, None, None)[0])
+    reference = written_out(x.double(), residual.double(), weight.double(), mean=lambda t: t.mean(-1, keepdim=True))
+    assert rel_error(out, reference[0]) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_stock_compiled_rms_norm_differs() -> None:
+    """Negative control: stock torch.compile's RMSNorm (Inductor's split reduction) changes a row's
+    bits with the batch at this width (on one of three probes)."""
+    stock = torch.compile(lambda x: written_out(x, None, None, mean=lambda t: t.mean(-1, keepdim=True))[0],
+                          dynamic=True)
+    probes = [next(_inputs(4097 + s, torch.float32)) for s in range(3)]
+    assert any(not all_bitwise_equal(*rows_in_batches(stock, probe)) for probe in probes)
