@@ -51,8 +51,9 @@ ORDER_SENSITIVE: frozenset[str] = frozenset({
 })
 
 
-#: Vendor ops (vLLM's ``_C`` extension) that reduce in an order their kernel picks, by qualified
-#: name.  Passes rewrite the ones they can (``rewrite_vllm_ops``); any left here is reported.
+#: Ops outside aten (vLLM's ``_C`` extension, Inductor's prims) that reduce in an order their kernel
+#: picks, by qualified name.  Passes rewrite the ones they can (``rewrite_vllm_ops``); any left here
+#: is reported.
 VENDOR_ORDER_SENSITIVE: frozenset[str] = frozenset({
     # linear layers: oneDNN, SGL packed weights, quantised GEMMs
     "_C::onednn_mm", "_C::onednn_scaled_mm", "_C::weight_packed_linear", "_C::bmm_cpu", "_C::cpu_gemm_wna16",
@@ -61,6 +62,8 @@ VENDOR_ORDER_SENSITIVE: frozenset[str] = frozenset({
     # fused normalisations
     "_C::rms_norm", "_C::fused_add_rms_norm", "_C::rms_norm_dynamic_per_token_quant", "_C::rms_norm_per_block_quant",
     "_C::fused_qk_norm_rope",
+    # Inductor's online softmax (GPU post-grad graphs; the inductor executor turns it off)
+    "prims::prepare_softmax_online",
 })
 
 

@@ -3,8 +3,12 @@
 The pipeline is installed as Inductor's ``post_grad_custom_post_pass`` (a ``CustomGraphPass``
 with a ``uuid`` for Inductor's caches), and Inductor itself is configured so that nothing it
 generates reorders a reduction by batch size: no split reductions, no autotuning or
-coordinate-descent tuning, no decomposition of memory-bound matmuls into reductions, and its own
-``deterministic``/``batch_invariant`` switches where the installed torch has them.
+coordinate-descent tuning, no decomposition of memory-bound matmuls into reductions, no online
+softmax (its prim hides the softmax's sum from our rewrites), and its own
+``deterministic``/``batch_invariant`` switches where the installed torch has them.  It also rounds
+bf16/fp16 intermediates wherever eager would (``emulate_precision_casts``): Inductor fuses a
+one-token decode graph differently from a prefill graph, and without the casts where it fuses
+decides where values are rounded, so decode and prefill would differ in the last bits.
 """
 
 from __future__ import annotations
@@ -42,12 +46,17 @@ def batch_invariant_inductor_config() -> dict[str, Any]:
         "decompose_mem_bound_mm": False,
         "triton.multi_kernel": 0,
         "triton.cooperative_reductions": False,
+        "emulate_precision_casts": True,
         # Every graph must pass through our pipeline (reports, strict mode); a cache hit would skip it.
         "fx_graph_cache": False,
     }
     for optional in ("deterministic", "batch_invariant"):  # deterministic: torch >= 2.12; batch_invariant: 2.13
         if hasattr(inductor_config, optional):
             patches[optional] = True
+    # On GPUs Inductor's own post-grad passes turn softmax's amax/sub/exp/sum into its online-softmax
+    # prim before our pass runs; the templates need the softmax they can see.
+    if hasattr(inductor_config, "online_softmax"):
+        patches["online_softmax"] = False
     return patches
 
 

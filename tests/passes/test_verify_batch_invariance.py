@@ -42,3 +42,13 @@ def test_rewritten_matmuls_are_clean() -> None:
 def test_idempotent() -> None:
     gm = aten_graph(lambda x: x.sum(), torch.randn(3))
     assert verify_batch_invariance(gm, Settings()) == verify_batch_invariance(gm, Settings()) == 1
+
+
+def test_inductor_online_softmax_is_reported() -> None:
+    """Inductor's GPU post-grad passes may hide a softmax's sum in this prim (the inductor executor
+    turns them off); if one reaches the pipeline anyway, it is not silently trusted."""
+    import torch._inductor.inductor_prims  # noqa: F401  (registers prims.prepare_softmax_online)
+
+    gm = aten_graph(lambda x: torch.ops.prims.prepare_softmax_online(x, -1), torch.randn(2, 5))
+    assert verify_batch_invariance(gm, Settings()) == 1
+    assert facts_of(gm).report.uncovered[0].target == "prims.prepare_softmax_online.default"
