@@ -93,6 +93,22 @@ class GraphSignature:
         """The batch extent of a call (None when the graph has no batch symbol)."""
         return None if self.batch_symbol is None else bindings[self.batch_symbol]
 
+    def broken_guard(self, bindings: dict[sympy.Symbol, int], bucket: int) -> str | None:
+        """A guard of Dynamo's that ties the batch to another extent and fails when the batch is
+        ``bucket`` and the other extents are a call's (e.g. ``s1 <= s0`` for indices gathered from
+        a batch): the graph was compiled assuming it, so that bucket must not run this call."""
+        env = next((d.node.shape_env for f in self.fakes if isinstance(f, torch.Tensor)
+                    for d in f.shape if isinstance(d, torch.SymInt)), None)
+        if env is None or self.batch_symbol is None:
+            return None
+        values = {**bindings, self.batch_symbol: bucket}
+        for guard in env.guards:
+            symbols = guard.expr.free_symbols
+            if self.batch_symbol in symbols and len(symbols) > 1 and symbols <= values.keys():
+                if not bool(guard.expr.xreplace(values)):
+                    return str(guard.expr)
+        return None
+
 
 def _expr(value: Any) -> sympy.Expr:
     return value.node.expr if isinstance(value, torch.SymInt) else sympy.Integer(int(value))

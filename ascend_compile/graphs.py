@@ -103,6 +103,8 @@ class BucketGraphRunner:
     _pool: Any = None
     _told: set[str] = field(default_factory=set)
     _regions: dict[tuple[int, ...], list[tuple[slice, ...]]] = field(default_factory=dict)
+    #: (bucket, shape key) pairs not captured because a guard fails there.
+    _refused: set[tuple[int, tuple[int, ...]]] = field(default_factory=set)
 
     def __call__(self, *args: Any) -> Any:
         bindings = self.signature.bindings(args)
@@ -116,20 +118,37 @@ class BucketGraphRunner:
                        ", ".join(s.name for s in self.signature.inputs if s.fixed_address))
             del self.graphs[key]
             self._capture(args, batch, key[1], [bucket])
-        if key not in self.graphs:
+        if key not in self.graphs and key not in self._refused:
             shape_keys = {k[1] for k in self.graphs}
             if key[1] not in shape_keys and len(shape_keys) >= MAX_SHAPE_KEYS:
                 self._tell("shapes", "ascend_bi: input extents other than the batch keep changing (%s); %d shape "
                            "sets are captured, others run uncaptured (a static KV cache keeps them fixed)",
                            dict(zip(map(str, self.signature.other_symbols), key[1], strict=True)), MAX_SHAPE_KEYS)
                 return self.fn(*args)
+            buckets = [bucket] if self.signature.exact_only else self._buckets_for(batch)
+            wanted = [b for b in buckets if (b, key[1]) not in self.graphs]
+            kept = self._guarded(wanted, bindings)
+            self._refused |= {(b, key[1]) for b in wanted if b not in kept}
             try:
-                self._capture(args, batch, key[1],
-                              [bucket] if self.signature.exact_only else self._buckets_for(batch))
+                self._capture(args, batch, key[1], kept)
             except _CannotPad as reason:
                 self._tell("layout", "ascend_bi: %s: this shape runs uncaptured", reason)
                 return self.fn(*args)
+        if key not in self.graphs:
+            return self.fn(*args)
         return self._replay(self.graphs[key], args, batch, self._output_regions(bindings))
+
+    def _guarded(self, buckets: list[int], bindings: dict[sympy.Symbol, int]) -> list[int]:
+        """The buckets whose batch keeps Dynamo's guards true with this call's other extents."""
+        kept = []
+        for bucket in buckets:
+            broken = self.signature.broken_guard(bindings, bucket) if bucket else None
+            if broken is None:
+                kept.append(bucket)
+            else:
+                self._tell("guard", "ascend_bi: buckets where the compiled graph's guard %s fails are not captured "
+                           "for these extents (they run uncaptured or at another bucket)", broken)
+        return kept
 
     def _output_regions(self, bindings: dict[sympy.Symbol, int]) -> list[tuple[slice, ...]]:
         """Each output's real extents (evaluated once per set of symbol values)."""

@@ -256,3 +256,22 @@ def test_transformers_prefill_and_decode_run_padded_with_the_same_bits(runners: 
                                        options={"executor": "inductor", "graphs": "on", "capture_sizes": [2, 8]})
     assert all(result.values()), result
     assert any(8 in {b for b, _ in r.graphs} for r in runners), "batch 5 ran padded in bucket 8"
+
+
+def _logprobs(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Indices gathered from the batch: Dynamo gives ``targets`` its own batch symbol and guards
+    that it is at most the logits' batch."""
+    return torch.log_softmax(x @ W, -1).gather(-1, targets[:, None])[:, 0]
+
+
+def test_buckets_that_break_a_guard_are_not_captured(runners: list[BucketGraphRunner]) -> None:
+    """Capturing the buckets below a batch of 8 with its 8 target rows would gather past the
+    padded logits; those buckets are refused for that shape, and every row keeps its alone bits."""
+    compiled = _compile(_logprobs)
+    gen = torch.Generator().manual_seed(2)
+    x, targets = torch.randn(8, 32, generator=gen), torch.randint(0, 48, (8,), generator=gen)
+    alone = [compiled(x[i:i + 1], targets[i:i + 1])[0] for i in range(8)]
+    for batch in (8, 3):
+        out = compiled(x[:batch], targets[:batch])
+        assert all(torch.equal(out[i], alone[i]) for i in range(batch))
+    assert {bucket for r in runners for bucket, _ in r._refused} == {2, 4}  # below the 8 gathered rows
