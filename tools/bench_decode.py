@@ -1,9 +1,9 @@
-"""Time a Qwen3-0.6B-shaped decode step per batch bucket in every mode, on one GPU, in one run.
+"""Time a Qwen3-0.6B-shaped decode step per batch bucket, and a prefill, in every mode, on one GPU.
 
 transformers' Qwen3 with the Qwen3-0.6B configuration, random bf16 weights, a static KV cache
 holding ``--context`` tokens (random keys and values, the same for a sequence in every batch).
 One decode step -- one new token per sequence, logits of the last position -- is timed at each
-bucket in each mode:
+bucket in each mode, and so is a prefill of ``--prefill-length`` tokens at ``--prefill-batches``:
 
 * ``eager``, ``eager BI`` (``ascend_compile.eager_mode``: aten matmul/softmax/mean overridden),
 * ``torch.compile``, ``torch.compile reduce-overhead`` (stock Inductor, CUDA graphs),
@@ -36,13 +36,15 @@ from ascend_compile.tools.models import qwen3_0_6b
 logger = logging.getLogger(__name__)
 
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+PREFILL_BATCHES: tuple[int, ...] = (1, 2, 4, 8)
 MODES: tuple[str, ...] = ("eager", "eager BI", "torch.compile", "reduce-overhead", "ascend_bi inductor", "ascend_bi fx")
 
-Step = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+Step = Callable[[torch.Tensor, Any, torch.Tensor | None], torch.Tensor]
 
 
 @dataclasses.dataclass
 class Point:
+    kind: str
     mode: str
     bucket: int
     ms: float
@@ -51,8 +53,9 @@ class Point:
 
 
 def _step(model: torch.nn.Module) -> Step:
-    def step(ids: torch.Tensor, cache: Any, position: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True).logits[:, -1]
+    def step(ids: torch.Tensor, cache: Any, position: torch.Tensor | None) -> torch.Tensor:
+        return model(input_ids=ids, past_key_values=cache, cache_position=position,
+                     use_cache=cache is not None).logits[:, -1]
 
     return step
 
@@ -90,9 +93,24 @@ def _cache(model: torch.nn.Module, batch: int, context: int) -> Any:
     return cache
 
 
-def _ids(batch: int, vocab: int) -> torch.Tensor:
-    rows = [torch.randint(0, vocab, (1,), generator=torch.Generator().manual_seed(i)) for i in range(batch)]
+def _ids(batch: int, vocab: int, length: int = 1) -> torch.Tensor:
+    rows = [torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(i)) for i in range(batch)]
     return torch.stack(rows).cuda()
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Decode: one token after ``tokens`` cached ones; prefill: ``tokens`` tokens, no cache (transformers'
+    static cache layers keep their own write position, so repeated prefills into one would overflow it)."""
+
+    kind: str
+    tokens: int
+
+    def inputs(self, model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+        if self.kind == "decode":
+            return (_ids(batch, model.config.vocab_size), _cache(model, batch, self.tokens),
+                    torch.tensor([self.tokens], device="cuda"))
+        return _ids(batch, model.config.vocab_size, self.tokens), None, None
 
 
 def copy_bandwidth() -> float:
@@ -124,31 +142,39 @@ def _time_ms(call: Callable[[], object], repeats: int) -> float:
     return start_event.elapsed_time(end_event) / repeats
 
 
-def measure(model: torch.nn.Module, modes: list[str], buckets: list[int], context: int,
-            repeats: int) -> tuple[list[Point], dict[str, bool]]:
+def measure(model: torch.nn.Module, modes: list[str], workloads: dict[Workload, list[int]],
+            repeats: int) -> tuple[list[Point], dict[tuple[str, str], bool]]:
+    """Every mode over every workload's batch sizes (a mode's compiled step is shared by both)."""
     points, invariant = [], {}
     available = _modes(model)
     for mode in modes:
-        step, context_manager = available[mode]
-        rows = []
-        for bucket in buckets:
-            cache = _cache(model, bucket, context)
-            ids = _ids(bucket, model.config.vocab_size)
-            position = torch.tensor([context], device="cuda")
-            torch.cuda.synchronize()
-            before, start_s = torch.cuda.memory_allocated(), time.perf_counter()
-            with torch.no_grad(), context_manager():
-                first = step(ids, cache, position)[0].clone()
-                torch.cuda.synchronize()
-                first_s, mib = time.perf_counter() - start_s, (torch.cuda.memory_allocated() - before) / 2**20
-                ms = _time_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
-                              repeats)
-            rows.append(first)
-            points.append(Point(mode, bucket, ms, first_s, mib))
-            logger.info("%s", points[-1])
-            del cache
-        invariant[mode] = all(torch.equal(rows[0], r) for r in rows)
+        for workload, batches in workloads.items():
+            rows = _measure_mode(mode, available[mode], workload, batches, repeats, model, points)
+            invariant[workload.kind, mode] = all(torch.equal(rows[0], r) for r in rows)
     return points, invariant
+
+
+def _measure_mode(mode: str, available: tuple[Step, Callable[[], contextlib.AbstractContextManager[Any]]],
+                  workload: Workload, batches: list[int], repeats: int, model: torch.nn.Module,
+                  points: list[Point]) -> list[torch.Tensor]:
+    """Sequence 0's logits at each batch size; the timings go to ``points``."""
+    step, context_manager = available
+    rows = []
+    for bucket in batches:
+        ids, cache, position = workload.inputs(model, bucket)
+        torch.cuda.synchronize()
+        before, start_s = torch.cuda.memory_allocated(), time.perf_counter()
+        with torch.no_grad(), context_manager():
+            first = step(ids, cache, position)[0].clone()
+            torch.cuda.synchronize()
+            first_s, mib = time.perf_counter() - start_s, (torch.cuda.memory_allocated() - before) / 2**20
+            ms = _time_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
+                          repeats)
+        rows.append(first)
+        points.append(Point(workload.kind, mode, bucket, ms, first_s, mib))
+        logger.info("%s", points[-1])
+        del cache
+    return rows
 
 
 def hbm_floor_ms(model: torch.nn.Module, bucket: int, context: int, bandwidth: float) -> float:
@@ -158,30 +184,43 @@ def hbm_floor_ms(model: torch.nn.Module, bucket: int, context: int, bandwidth: f
     return (weights + kv) / bandwidth * 1e3
 
 
-def markdown(points: list[Point], invariant: dict[str, bool], floors: dict[int, float], info: dict[str, str],
-             context: int, bandwidth: float) -> str:
-    modes = list(dict.fromkeys(p.mode for p in points))
-    buckets = sorted({p.bucket for p in points})
-    ms = {(p.mode, p.bucket): p.ms for p in points}
-    lines = [card_line(info) + f" transformers {info.get('transformers', '?')}.",
-             f"Decode step, Qwen3-0.6B shapes (28 layers), bf16, context {context}; ms per step "
-             f"(copy bandwidth {bandwidth / 1e12:.2f} TB/s).", "",
-             "| mode | " + " | ".join(f"bs {b}" for b in buckets) + " | bitwise equal across buckets |",
-             "|---|" + "---:|" * len(buckets) + ":---:|"]
+def _table(points: list[Point], invariant: dict[tuple[str, str], bool], kind: str,
+           floors: dict[int, float] | None) -> list[str]:
+    """Milliseconds per mode and batch for one workload, ratios to reduce-overhead's time."""
+    mine = [p for p in points if p.kind == kind]
+    modes = list(dict.fromkeys(p.mode for p in mine))
+    batches = sorted({p.bucket for p in mine})
+    ms = {(p.mode, p.bucket): p.ms for p in mine}
+    lines = ["| mode | " + " | ".join(f"bs {b}" for b in batches) + " | bitwise equal across batches |",
+             "|---|" + "---:|" * len(batches) + ":---:|"]
     for mode in modes:
-        lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in buckets)
-                     + f" | {'yes' if invariant[mode] else 'no'} |")
-    lines.append("| HBM floor | " + " | ".join(f"{floors[b]:.2f}" for b in buckets) + " | |")
-    lines += ["", "| mode | first call per bucket: s (MiB added) |", "|---|---|"]
+        lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in batches)
+                     + f" | {'yes' if invariant[kind, mode] else 'no'} |")
+    if floors:
+        lines.append("| HBM floor | " + " | ".join(f"{floors[b]:.2f}" for b in batches) + " | |")
+    lines += ["", "| mode | first call per batch: s (MiB added) |", "|---|---|"]
     for mode in modes:
-        lines.append(f"| {mode} | " + ", ".join(f"{b}: {p.first_call_s:.1f} ({p.first_call_mib:.0f})"
-                                                  for b in buckets for p in points
-                                                  if p.mode == mode and p.bucket == b) + " |")
+        lines.append(f"| {mode} | " + ", ".join(f"{p.bucket}: {p.first_call_s:.1f} ({p.first_call_mib:.0f})"
+                                                  for p in mine if p.mode == mode) + " |")
     if "reduce-overhead" in modes:
         lines.append("")
         for mode in modes:
-            ratio = geomean([ms[mode, b] / ms["reduce-overhead", b] for b in buckets])
-            lines.append(f"- {mode}: {ratio:.2f}× reduce-overhead's time (geo-mean over buckets)")
+            ratio = geomean([ms[mode, b] / ms["reduce-overhead", b] for b in batches])
+            lines.append(f"- {mode}: {ratio:.2f}× reduce-overhead's time (geo-mean over batches)")
+    return lines
+
+
+def markdown(points: list[Point], invariant: dict[tuple[str, str], bool], floors: dict[int, float],
+             info: dict[str, str], workloads: dict[Workload, list[int]], bandwidth: float) -> str:
+    lines = [card_line(info) + f" transformers {info.get('transformers', '?')}."]
+    for workload in workloads:
+        if workload.kind == "decode":
+            title = (f"Decode step, Qwen3-0.6B shapes, bf16, context {workload.tokens}; ms per step "
+                     f"(copy bandwidth {bandwidth / 1e12:.2f} TB/s).")
+        else:
+            title = f"Prefill of {workload.tokens} tokens per sequence, Qwen3-0.6B shapes, bf16; ms per prefill."
+        floor = floors if workload.kind == "decode" else None
+        lines += ["", title, "", *_table(points, invariant, workload.kind, floor)]
     return "\n".join(lines)
 
 
@@ -195,8 +234,9 @@ def plot(points: list[Point], floors: dict[int, float], path: str) -> None:
         logger.warning("matplotlib is not installed: no plot")
         return
     fig, ax = plt.subplots(figsize=(7, 4))
-    for mode in dict.fromkeys(p.mode for p in points):
-        mine = [p for p in points if p.mode == mode]
+    decode = [p for p in points if p.kind == "decode"]
+    for mode in dict.fromkeys(p.mode for p in decode):
+        mine = [p for p in decode if p.mode == mode]
         ax.plot([p.bucket for p in mine], [p.ms for p in mine], marker="o", label=mode)
     ax.plot(sorted(floors), [floors[b] for b in sorted(floors)], "k--", label="HBM floor")
     ax.set(xscale="log", yscale="log", xlabel="batch (bucket)", ylabel="ms per decode step")
@@ -210,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     parser.add_argument("--buckets", type=int, nargs="*", default=list(BUCKETS))
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--prefill-batches", type=int, nargs="*", default=list(PREFILL_BATCHES))
+    parser.add_argument("--prefill-length", type=int, default=512)
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
@@ -222,13 +264,17 @@ def main(argv: list[str] | None = None) -> int:
 
     model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
     bandwidth = copy_bandwidth()
-    points, invariant = measure(model, args.modes, args.buckets, args.context, args.repeats)
+    workloads = {Workload("decode", args.context): args.buckets}
+    if args.prefill_batches:
+        workloads[Workload("prefill", args.prefill_length)] = args.prefill_batches
+    points, invariant = measure(model, args.modes, workloads, args.repeats)
     floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
     info = versions() | {"transformers": transformers.__version__}
-    table = markdown(points, invariant, floors, info, args.context, bandwidth)
+    table = markdown(points, invariant, floors, info, workloads, bandwidth)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "bandwidth": bandwidth, "invariant": invariant, "floors": floors,
+            json.dump({"info": info, "bandwidth": bandwidth, "floors": floors,
+                       "invariant": {f"{kind} {mode}": ok for (kind, mode), ok in invariant.items()},
                        "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
@@ -236,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(points, floors, args.plot)
     print(table)
-    return 0 if all(invariant.get(m, True) for m in invariant if m.startswith("ascend_bi")) else 1
+    return 0 if all(ok for (_, mode), ok in invariant.items() if mode.startswith("ascend_bi")) else 1
 
 
 if __name__ == "__main__":
