@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
+#: One decoder layer: every op kind and the KV cache are there, and a second layer repeats the same
+#: code paths at twice the compile time and Triton-interpreter time.
+LAYERS = 1
 #: model name -> (config class name, model class name, extra config fields)
 MODELS: dict[str, tuple[str, str, dict[str, object]]] = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", {"n_embd": 64, "n_layer": LAYERS, "n_head": 4, "n_positions": 64}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
 }
 VOCAB = 512
@@ -20,7 +23,7 @@ def tiny_model(name: str, attn_implementation: str = "eager", dtype: torch.dtype
     import transformers
 
     config_name, model_name, extra = MODELS[name]
-    fields: dict[str, object] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    fields: dict[str, object] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     fields.update(extra)
     config = getattr(transformers, config_name)(**fields)

