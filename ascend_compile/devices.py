@@ -81,7 +81,7 @@ def dispatch_key(kind: str) -> str:
     return _DISPATCH_KEYS[kind]
 
 
-def _npu_available() -> bool:
+def npu_available() -> bool:
     npu = getattr(torch, "npu", None)
     return bool(npu is not None and npu.is_available())
 
@@ -95,7 +95,7 @@ def configure_triton() -> None:
     """
     if "TRITON_INTERPRET" in os.environ:
         return
-    if not torch.cuda.is_available() and not _npu_available():
+    if not torch.cuda.is_available() and not npu_available():
         os.environ["TRITON_INTERPRET"] = "1"
         _reinterpret_triton_library()
         logger.info("no GPU or NPU found: Triton kernels run in the interpreter on the CPU")
@@ -240,16 +240,21 @@ def configure_collectives(device: Device, world_size: int) -> dict[str, str]:
     """Deterministic HCCL/LCCL reductions when tensor parallelism spans NPUs; returns what is in force.
 
     HCCL and LCCL read these variables when a communicator is created, so this must run before
-    ``torch.distributed`` (or vLLM) creates one.  A value the user set is kept, with a warning when
-    it differs.  Nothing happens on other devices or on one rank.
+    ``torch.distributed`` (or vLLM) creates one.  Nothing happens on other devices or on one rank.
     """
     if device.kind != "npu" or world_size <= 1:
         return {}
+    return set_collective_determinism(f"tensor parallelism over {world_size} NPUs")
+
+
+def set_collective_determinism(reason: str) -> dict[str, str]:
+    """Set ``COLLECTIVE_DETERMINISM`` in the environment; a value the user set is kept, with a
+    warning when it differs.  Returns what is in force."""
     for name, wanted in COLLECTIVE_DETERMINISM.items():
         current = os.environ.get(name)
         if current is None:
             os.environ[name] = wanted
-            logger.info("ascend_bi: tensor parallelism over %d NPUs: set %s=%s", world_size, name, wanted)
+            logger.info("ascend_bi: %s: set %s=%s", reason, name, wanted)
         elif current != wanted:
             logger.warning("ascend_bi: %s=%s (set by the user) is kept; batch-invariant all-reduce needs %s=%s",
                            name, current, name, wanted)

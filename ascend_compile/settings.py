@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 
 EXECUTORS = ("auto", "inductor", "fx")
 GRAPHS = ("auto", "on", "off")
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+#: Words a boolean option (or environment variable) accepts, in any case.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,8 @@ def _parse(name: str, value: Any, *, source: str) -> Any:
 def _bool(value: Any, source: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-        return value.lower() in _TRUE
+    if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
     raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: True, False")
 
 

@@ -4,6 +4,7 @@ vLLM loads every installed general plugin in every process it starts (engine cor
 installed means loaded: ``register`` returns at once unless the environment variable
 ``ASCEND_BI`` is true.  Switched on, it
 
+- on NPU machines, sets HCCL/LCCL's deterministic reductions before vLLM creates communicators;
 - turns vLLM's AOT compile off (``VLLM_USE_AOT_COMPILE=0``, as vLLM's own batch-invariant mode
   does): AOT compile needs a serialisable compiled artifact, and ascend_bi compiles afresh at every
   engine start instead;
@@ -27,11 +28,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ascend_compile.settings import FALSE_WORDS, TRUE_WORDS
+
 logger = logging.getLogger(__name__)
 
 ENV = "ASCEND_BI"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("", "0", "false", "no", "off")
+_TRUE = TRUE_WORDS
+_FALSE = ("", *FALSE_WORDS)  # unset is off
 
 
 def requested(env: Mapping[str, str] = os.environ) -> bool:
@@ -48,6 +51,7 @@ def register() -> None:
     if not requested():
         return
     _disable_aot_compile()
+    _deterministic_collectives()
     _pass_options_to_backend()
     _use_compiler_on_accelerators()
     _record_packed_weights()
@@ -61,6 +65,15 @@ def _disable_aot_compile() -> None:
         logger.warning("ascend_bi: setting VLLM_USE_AOT_COMPILE=0 (ascend_bi compiles at every engine start; "
                        "vLLM's AOT compile needs a serialisable artifact)")
     os.environ["VLLM_USE_AOT_COMPILE"] = "0"
+
+
+def _deterministic_collectives() -> None:
+    """HCCL/LCCL read their determinism switches when a communicator is created, which vLLM does
+    before any graph compiles (too late for the backend's own ``configure_collectives``)."""
+    from ascend_compile import devices
+
+    if devices.npu_available():
+        devices.set_collective_determinism("vLLM on an NPU machine")
 
 
 def _pass_options_to_backend() -> None:

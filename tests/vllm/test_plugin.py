@@ -68,3 +68,17 @@ def test_compiler_adaptor_compiles_a_piece_and_rejects_bad_options() -> None:
         compiled, handle = compiler.compile(piece, [x], {}, compile_range=None)
         torch.testing.assert_close(compiled(x), want)
     assert handle is None
+
+
+def test_collective_determinism_is_set_at_plugin_load_on_npu_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM creates HCCL communicators before anything compiles: the plugin sets the switches."""
+    from ascend_compile import devices
+    from ascend_compile.vllm import plugin
+
+    for name in devices.COLLECTIVE_DETERMINISM:
+        monkeypatch.delenv(name, raising=False)
+    plugin._deterministic_collectives()  # no NPU here: nothing set
+    assert not any(name in os.environ for name in devices.COLLECTIVE_DETERMINISM)
+    monkeypatch.setattr(devices, "npu_available", lambda: True)
+    plugin._deterministic_collectives()
+    assert {name: os.environ[name] for name in devices.COLLECTIVE_DETERMINISM} == devices.COLLECTIVE_DETERMINISM
