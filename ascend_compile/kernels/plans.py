@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ascend_compile.devices import Device
 
@@ -350,9 +351,12 @@ def matmul_operand_readable(shape: tuple[int, ...], strides: tuple[int, ...], de
 
     Tiles are loaded as vectors along a unit-stride dimension; one of the two matrix dimensions
     must have stride 1 (or extent 1).  Transposed weights qualify; a gathered view such as
-    ``x[:, ::2]`` does not.  The rule is the same on every device today.
+    ``x[:, ::2]`` does not.  The rule is the same on every device today.  Symbolic extents and
+    strides count only when they are 1 for every value (no guard is added; an unbacked batch
+    extent, which cannot be guarded on, is simply not 1).
     """
-    return any(extent == 1 or stride == 1 for extent, stride in zip(shape[-2:], strides[-2:], strict=True))
+    return any(statically_known_true(extent == 1) or statically_known_true(stride == 1)
+               for extent, stride in zip(shape[-2:], strides[-2:], strict=True))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ascend_compile.devices import Device
-from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
+from ascend_compile.kernels.plans import matmul_operand_readable, matmul_plan, matmul_schedule
 
 GPU = Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False)
 CPU = Device(kind="cpu", index=0, compute_units=2, triton_interpreted=True)
@@ -42,3 +42,12 @@ def test_schedules_fit_shared_memory() -> None:
         for m in (1, 16, 33, 64, 100, 4096):
             s = matmul_schedule(plan, m, 151936, 1, dtype_size, GPU)
             assert (s.block_m + s.block_n) * plan.block_k * dtype_size * s.num_stages <= 227 * 1024
+
+
+def test_operand_readability_with_unbacked_extents() -> None:
+    """An unbacked batch extent (``mark_unbacked``) cannot be guarded on: the rule decides without it."""
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    rows = ShapeEnv().create_unbacked_symint()
+    assert matmul_operand_readable((rows, 64), (64, 1), CPU)  # unit stride along K
+    assert not matmul_operand_readable((64, rows), (rows, 2), CPU)  # gathered: no unit stride
