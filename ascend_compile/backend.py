@@ -67,7 +67,7 @@ def ascend_bi(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     facts = GraphFacts(device=device, static_positions=static_positions(example_inputs), report=report)
     logger.info("ascend_bi: compiling %s (%d nodes) for %s with the %s executor",
                 report.graph, len(gm.graph.nodes), device.kind, executor)
-    wrap = graph_wrapper(gm, example_inputs, settings, device, facts.static_positions)
+    wrap = graph_wrapper(gm, example_inputs, settings, device, facts.static_positions, report)
     compiled = wrap(_EXECUTORS[executor](gm, list(example_inputs), settings, facts))
     record(report)
     logger.info("ascend_bi: %s compiled: rewrites %s, %d uncovered reductions, %d copies",

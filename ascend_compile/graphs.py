@@ -27,6 +27,7 @@ import torch
 
 from ascend_compile.devices import Device, GraphApi, graph_api
 from ascend_compile.graph_signature import GraphSignature, InputSpec, read_signature
+from ascend_compile.report import CompileReport
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -259,26 +260,30 @@ def _unchanged(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def graph_wrapper(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], settings: Settings, device: Device,
-                  static_positions: frozenset[int]) -> Wrap:
+                  static_positions: frozenset[int], report: CompileReport | None = None) -> Wrap:
     """How to wrap the compiled ``gm``: in a ``BucketGraphRunner`` where graphs are on and possible.
 
     Called before the executor compiles ``gm`` (which may rewrite it), so that the graph's inputs,
-    writes and outputs are read as Dynamo traced them.
+    writes and outputs are read as Dynamo traced them.  The decision goes to the log and to
+    ``report.graphs`` (the dump's ``summary.json``).
     """
+    def decided(how: str, wrap: Wrap = _unchanged) -> Wrap:
+        logger.info("ascend_bi: %s", how)
+        if report is not None:
+            report.graphs = how
+        return wrap
+
     if settings.graphs == "off":
-        return _unchanged
+        return decided("graphs off: the graph runs uncaptured")
     api = graph_api(device.kind)
     if api is None:
-        logger.info("ascend_bi: no device graphs on %s; graphs run uncaptured", device.kind)
-        return _unchanged
+        return decided(f"no device graphs on {device.kind}: the graph runs uncaptured")
     signature = read_signature(gm, example_inputs, static_positions, dict(settings.pad_values))
     if signature.uncapturable:
         if settings.graphs == "on":
             raise ValueError(f"ascend_bi: graphs='on' but this graph cannot be captured: {signature.uncapturable}")
-        logger.info("ascend_bi: graph runs uncaptured: %s", signature.uncapturable)
-        return _unchanged
-    if signature.exact_only:
-        logger.info("ascend_bi: capturing exact batch sizes only: %s", signature.exact_only)
+        return decided(f"the graph runs uncaptured: {signature.uncapturable}")
     sizes = capture_sizes(settings)
-    logger.info("ascend_bi: device graphs per bucket %s (batch symbol %s)", sizes, signature.batch_symbol)
-    return lambda fn: BucketGraphRunner(fn, signature, settings, api, sizes)
+    exact = f"; exact batch sizes only: {signature.exact_only}" if signature.exact_only else ""
+    return decided(f"device graphs per bucket {list(sizes)} (batch symbol {signature.batch_symbol}){exact}",
+                   lambda fn: BucketGraphRunner(fn, signature, settings, api, sizes))

@@ -43,6 +43,9 @@ class CompileReport:
     rewrites: dict[str, int] = field(default_factory=dict)
     uncovered: list[UncoveredNode] = field(default_factory=list)
     copies: list[AddedCopy] = field(default_factory=list)
+    #: How the compiled graph runs: device graphs per bucket (which, or why exact sizes only),
+    #: or uncaptured and why.
+    graphs: str = ""
 
     @property
     def batch_invariant(self) -> bool:

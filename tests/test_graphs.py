@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+import ascend_compile
 import ascend_compile.graphs as graphs
 from ascend_compile import devices
 from ascend_compile.backend import ascend_bi
@@ -203,6 +204,7 @@ def test_views_when_asked(runners: list[BucketGraphRunner]) -> None:
 
 
 def test_writes_through_batch_indices_capture_exact_sizes_only(runners: list[BucketGraphRunner]) -> None:
+    ascend_compile.clear_reports()
     compiled = _compile(_ScatterStep())
     cache = torch.zeros(16, 48)
     x = torch.randn(5, 32)
@@ -213,6 +215,9 @@ def test_writes_through_batch_indices_capture_exact_sizes_only(runners: list[Buc
     (runner,) = [r for r in runners if r.signature.batch_symbol is not None]
     assert "slots" in runner.signature.exact_only
     assert sorted(b for b, _ in runner.graphs) == [2, 4], "3 and 5 are not capture sizes: uncaptured"
+    reported = [r.graphs for r in ascend_compile.reports()]  # what the dump's summary.json says
+    assert any(g.startswith("device graphs per bucket [1, 2, 4, 8]") and "exact batch sizes only" in g
+               for g in reported), reported
 
 
 def test_pad_values_allow_padding_writes(runners: list[BucketGraphRunner]) -> None:
@@ -241,8 +246,10 @@ def test_graphs_stay_off_on_the_cpu_by_default() -> None:
         built.append(ascend_bi(gm, inputs, options={"executor": "fx"}))
         return built[-1]
 
+    ascend_compile.clear_reports()
     torch.compile(_Step(), dynamic=True, backend=backend)(torch.randn(3, 32), torch.zeros(3, 3, 48))
     assert built and not any(isinstance(fn, BucketGraphRunner) for fn in built)
+    assert [r.graphs for r in ascend_compile.reports()] == ["no device graphs on cpu: the graph runs uncaptured"]
 
 
 def test_transformers_prefill_and_decode_run_padded_with_the_same_bits(runners: list[BucketGraphRunner]) -> None:
