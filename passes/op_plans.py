@@ -39,7 +39,7 @@ def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | N
     x = _fake(node, 0)
     if not isinstance(x, torch.Tensor):
         return None
-    if target == _ops.mm.default:
+    if target in (_ops.mm.default, _ops.mm_pair.default):
         return "matmul", {"k": x.shape[1], "n": _fake(node, 1).shape[1]}, x.dtype
     if target == _ops.bmm.default:
         return "matmul", {"k": x.shape[2], "n": _fake(node, 1).shape[2]}, x.dtype

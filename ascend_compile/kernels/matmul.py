@@ -242,6 +242,45 @@ def bi_matmul(
     return out if batched else out[0]
 
 
+def bi_matmul_pair(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a @ b1, a @ b2)`` in one launch, each with ``bi_matmul``'s bits.
+
+    Two projections of one activation (gate and up, key and value) are the launch's batch of two:
+    ``a`` is read with batch stride 0, and the second weight and output are addressed by their
+    distance in memory from the first, so nothing is copied.  The plan is the one each product
+    has alone (K, N, dtype, device); only the schedule sees the doubled tile count.
+    """
+    if a.dim() != 2 or b1.dim() != 2 or b1.shape != b2.shape or b1.stride() != b2.stride():
+        raise ValueError(f"bi_matmul_pair takes a 2-D activation and two weights of one shape and layout, got "
+                         f"{tuple(a.shape)}, {tuple(b1.shape)}{b1.stride()}, {tuple(b2.shape)}{b2.stride()}")
+    if not a.dtype == b1.dtype == b2.dtype or b1.device != b2.device:
+        raise ValueError(f"bi_matmul_pair operands must share one dtype and device, got {a.dtype}, {b1.dtype}, "
+                         f"{b2.dtype}")
+    (m, k), n = a.shape, b1.shape[1]
+    device = devices.of_tensor(a)
+    if m == 0 or n == 0 or k == 0 or a.shape[1] != b1.shape[0] or device.plan_kind == "npu":
+        return bi_matmul(a, b1), bi_matmul(a, b2)  # nothing to pair, a shape error to raise, or NPU tiles
+    plan = matmul_plan(k, n, a.dtype, device)
+    sched = matmul_schedule(plan, m, n, 2, a.element_size(), device, _runs_along(a[None], 1),
+                            _runs_along(b1[None], 1))
+    outs = [torch.empty((m, n), dtype=a.dtype, device=a.device) for _ in range(2)]
+    targets = [torch.empty((m, n), dtype=torch.float32, device=a.device) for _ in range(2)] if plan.fp32_io else outs
+    _launch(a[None].expand(2, m, k), b1[None].expand(2, k, n), None, targets[0][None].expand(2, m, n), plan, sched,
+            device, batch_strides=(0, _distance(b1, b2), _distance(*targets)))
+    if plan.fp32_io:
+        for out, target in zip(outs, targets, strict=True):
+            out.copy_(target)
+    return outs[0], outs[1]
+
+
+def _distance(first: torch.Tensor, second: torch.Tensor) -> int:
+    """Elements from ``first``'s data to ``second``'s (a batch stride spanning two tensors)."""
+    gap = second.data_ptr() - first.data_ptr()
+    if gap % first.element_size():
+        raise ValueError("bi_matmul_pair: the two tensors are not a whole number of elements apart")
+    return gap // first.element_size()
+
+
 def _runs_along(t: torch.Tensor, dim: int) -> bool:
     """Whether a 3-D operand's unit stride runs along ``dim`` (1 or 2) and not along the other."""
     other = 3 - dim
@@ -249,7 +288,9 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
-            plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device) -> None:
+            plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
+            batch_strides: tuple[int, int, int] | None = None) -> None:
+    """Launch over 3-D operands; ``batch_strides`` (a, b, out) replace theirs (``bi_matmul_pair``)."""
     z, m, k = a.shape
     n = b.shape[2]
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
@@ -261,11 +302,15 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
     else:
         workspace = counters = out  # never read when SPLIT is off
     bias3 = bias.expand(out.shape) if bias is not None else out
+    strides = [list(t.stride()) for t in (a, b, out)]
+    if batch_strides is not None:
+        for stride, batch in zip(strides, batch_strides, strict=True):
+            stride[0] = batch
     grid = (sched.programs,) if sched.programs else (tiles, plan.num_chunks if split else 1, z)
     _bi_matmul_kernel[grid](
         a, b, bias3, out, workspace, counters,
         m, n, k, z,
-        *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
+        *strides[0], *strides[1], *bias3.stride(), *strides[2],
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
         CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,

@@ -1,4 +1,4 @@
-"""``ascend_bi::mm`` (mm and addmm) and ``ascend_bi::bmm``: batch-invariant matrix products.
+"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_pair`` and ``ascend_bi::bmm``: batch-invariant matrix products.
 
 They are ``torch.library.custom_op`` ops whose real impl launches the Triton template and whose
 fake impl only states the output's shape: a ``triton_op`` fails under torch.compile when the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ascend_compile.kernels.matmul import bi_matmul
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_pair
 
 
 @torch.library.custom_op("ascend_bi::mm", mutates_args=())
@@ -23,6 +23,17 @@ def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "ascend_bi::mm takes 2-D operands")
     torch._check(a.shape[1] == b.shape[0], lambda: f"ascend_bi::mm shape mismatch {a.shape} @ {b.shape}")
     return a.new_empty((a.shape[0], b.shape[1]))
+
+
+@torch.library.custom_op("ascend_bi::mm_pair", mutates_args=())
+def mm_pair(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a @ b1, a @ b2)`` in one launch (``fuse_sibling_matmuls`` inserts it); ``mm``'s bits."""
+    return bi_matmul_pair(a, b1, b2)
+
+
+@mm_pair.register_fake
+def _mm_pair_fake(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _mm_fake(a, b1), _mm_fake(a, b2)
 
 
 @torch.library.custom_op("ascend_bi::bmm", mutates_args=())

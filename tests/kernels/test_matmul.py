@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ascend_compile import devices
-from ascend_compile.kernels.matmul import bi_matmul
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_pair
 from ascend_compile.kernels.plans import MatmulSchedule, UnsupportedPlan, matmul_plan
 from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
 
@@ -78,6 +78,20 @@ def test_bias_broadcasts_from_a_row_and_a_full_matrix() -> None:
     a, b = torch.randn(5, 64), torch.randn(64, 7)
     for bias in (torch.randn(7), torch.randn(1, 7), torch.randn(5, 7)):
         assert rel_error(bi_matmul(a, b, bias), a.double() @ b.double() + bias.double()) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pair_gives_each_products_bits(dtype: torch.dtype) -> None:
+    """Two weights as one launch's batch (addressed by their distance, either sign): each output is
+    bitwise what its own launch gives, and so is invariant like it."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 300, generator=gen).to(dtype)
+    w1, w2 = (torch.randn(200, 300, generator=gen).to(dtype) for _ in range(2))
+    for first, second in ((w1, w2), (w2, w1)):
+        pair = bi_matmul_pair(x, first.t(), second.t())
+        assert torch.equal(pair[0], bi_matmul(x, first.t())) and torch.equal(pair[1], bi_matmul(x, second.t()))
+    with pytest.raises(ValueError, match="two weights of one shape and layout"):
+        bi_matmul_pair(x, w1.t(), w2[:100].t())
 
 
 def test_empty_extents() -> None:

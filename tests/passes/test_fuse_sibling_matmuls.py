@@ -1,0 +1,58 @@
+"""fuse_sibling_matmuls: gate/up and key/value projections share a launch with the same bits;
+different activations, shapes or a bias keep theirs."""
+
+from __future__ import annotations
+
+import torch
+
+from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
+from ascend_compile.passes.rewrite_matmul import rewrite_matmul
+from ascend_compile.settings import Settings
+from tests.passes.graphs import aten_graph, targets
+
+SETTINGS = Settings()
+bi = torch.ops.ascend_bi
+F = torch.nn.functional
+
+
+def _mlp(x, w_gate, w_up, w_down):
+    return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def _fused(fn, *inputs) -> torch.fx.GraphModule:
+    gm = aten_graph(fn, *inputs)
+    rewrite_matmul(gm, SETTINGS)
+    gm.count = fuse_sibling_matmuls(gm, SETTINGS)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def test_gate_and_up_share_a_launch_with_the_same_bits() -> None:
+    gen = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(5, 64, generator=gen), torch.randn(96, 64, generator=gen), torch.randn(96, 64, generator=gen),
+              torch.randn(64, 96, generator=gen))
+    gm = _fused(_mlp, *inputs)
+    assert gm.count == 1
+    assert targets(gm).count(bi.mm_pair.default) == 1 and targets(gm).count(bi.mm.default) == 1  # down stays
+    unpaired = aten_graph(_mlp, *inputs)
+    rewrite_matmul(unpaired, SETTINGS)
+    unpaired.recompile()
+    assert torch.equal(gm(*inputs), unpaired(*inputs))
+
+
+def test_other_activations_shapes_and_biases_stay_apart() -> None:
+    def fn(x, y, w1, w2, w3, bias):
+        return F.linear(x, w1), F.linear(y, w2), F.linear(x, w3), F.linear(x, w1, bias)
+
+    inputs = (torch.randn(3, 16), torch.randn(3, 16), torch.randn(8, 16), torch.randn(8, 16), torch.randn(4, 16),
+              torch.randn(8))
+    gm = _fused(fn, *inputs)
+    assert gm.count == 0 and bi.mm_pair.default not in targets(gm)
+
+
+def test_idempotent() -> None:
+    inputs = (torch.randn(5, 64), torch.randn(96, 64), torch.randn(96, 64), torch.randn(64, 96))
+    gm = _fused(_mlp, *inputs)
+    assert fuse_sibling_matmuls(gm, SETTINGS) == 0
