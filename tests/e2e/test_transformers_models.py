@@ -53,12 +53,33 @@ def _same_bits_in_every_batch(model: torch.nn.Module, batch_sizes: tuple[int, ..
     return equal
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+#: Mistral without a sliding window is Llama op for op (test_mistral_traces_to_llamas_graph): running
+#: both through the invariance check would repeat the same graph.
+@pytest.mark.parametrize("name", [name for name in MODELS if name != "mistral"])
 def test_fx_executor_makes_the_model_bitwise_invariant(name: str) -> None:
     ascend_compile.clear_reports()
     result = _same_bits_in_every_batch(tiny_model(name), backend="ascend_bi", options={"executor": "fx"})
     assert all(result.values()), result
     assert all(r.batch_invariant for r in ascend_compile.reports())
+
+
+def test_mistral_traces_to_llamas_graph() -> None:
+    """Why the invariance test above leaves Mistral out: Dynamo captures the same graph code for both."""
+
+    def traced(name: str) -> list[str]:
+        model, graphs = tiny_model(name), []
+
+        def record(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Callable:
+            graphs.append(gm.code)
+            return gm.forward
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(lambda ids: model(input_ids=ids).logits, dynamic=True, backend=record)(
+                torch.randint(0, VOCAB, (2, SEQ)))
+        return graphs
+
+    assert traced("mistral") == traced("llama")
 
 
 @pytest.mark.parametrize("name", ["qwen3", "gpt2"])

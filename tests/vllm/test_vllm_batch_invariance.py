@@ -85,7 +85,7 @@ def bi_llm(model: Path, dumps: Path) -> Iterator[LLM]:
     _stop(llm)
 
 
-def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 4) -> list[list[int]]:
+def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 6) -> list[list[int]]:
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
                            use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
