@@ -35,8 +35,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.repeat_kv import same_shape, shape_of, sole_user
-from ascend_compile.passes.replace import call, swap, value
+from ascend_compile.passes.replace import call, same_shape, shape_of, sole_user, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -11,29 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from ascend_compile.passes.replace import value
+from ascend_compile.passes.replace import RESHAPES, same_shape, shape_of, sole_user
 
 aten = torch.ops.aten
-
-#: Ops that give the same elements in another shape.
-RESHAPES = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.clone.default)
-
-
-def shape_of(node: object) -> tuple[object, ...] | None:
-    val = value(node)
-    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
-
-
-def same_shape(a: tuple[object, ...] | None, b: tuple[object, ...] | None) -> bool:
-    """Shapes equal for every value of their symbols (no guard is added)."""
-    return a is not None and b is not None and len(a) == len(b) and all(
-        statically_known_true(x == y) for x, y in zip(a, b, strict=True))
-
-
-def sole_user(node: torch.fx.Node) -> bool:
-    return len(node.users) == 1
 
 
 def unrepeated(kv: object) -> object:

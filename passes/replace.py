@@ -1,4 +1,4 @@
-"""What every rewrite pass does to a matched node: read its arguments, insert the template, swap.
+"""What every rewrite pass does to a matched node: read its arguments, walk to it, insert the template, swap.
 
 ``arguments`` gives an aten call's arguments by schema name, defaults filled in; ``call``
 inserts a node and computes its ``meta["val"]`` by running the target on the inputs' fake
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.fx
 from torch._guards import detect_fake_mode
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ascend_compile.kernels.plans import FLOAT_DTYPES
 
@@ -31,6 +32,26 @@ def arguments(node: torch.fx.Node) -> dict[str, Any]:
         if arg.name not in values and arg.has_default_value():
             values[arg.name] = arg.default_value
     return values
+
+
+#: Ops that give the same elements in another shape.
+RESHAPES = (torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
+            torch.ops.aten.clone.default)
+
+
+def shape_of(node: object) -> tuple[object, ...] | None:
+    val = value(node)
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def same_shape(a: tuple[object, ...] | None, b: tuple[object, ...] | None) -> bool:
+    """Shapes equal for every value of their symbols (no guard is added)."""
+    return a is not None and b is not None and len(a) == len(b) and all(
+        statically_known_true(x == y) for x, y in zip(a, b, strict=True))
+
+
+def sole_user(node: torch.fx.Node) -> bool:
+    return len(node.users) == 1
 
 
 def value(arg: object) -> Any:

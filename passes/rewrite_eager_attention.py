@@ -35,8 +35,8 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.repeat_kv import RESHAPES, same_shape, shape_of, sole_user, unrepeated
-from ascend_compile.passes.replace import call, planned_floats, swap, value
+from ascend_compile.passes.repeat_kv import unrepeated
+from ascend_compile.passes.replace import RESHAPES, call, planned_floats, same_shape, shape_of, sole_user, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
