@@ -93,16 +93,20 @@ class GraphSignature:
         """The batch extent of a call (None when the graph has no batch symbol)."""
         return None if self.batch_symbol is None else bindings[self.batch_symbol]
 
+    @functools.cached_property
+    def _shape_env(self) -> Any:
+        """Dynamo's shape environment (its guards grow while the graph compiles: read them late)."""
+        return next((d.node.shape_env for f in self.fakes if isinstance(f, torch.Tensor)
+                     for d in f.shape if isinstance(d, torch.SymInt)), None)
+
     def broken_guard(self, bindings: dict[sympy.Symbol, int], bucket: int) -> str | None:
         """A guard of Dynamo's that ties the batch to another extent and fails when the batch is
         ``bucket`` and the other extents are a call's (e.g. ``s1 <= s0`` for indices gathered from
         a batch): the graph was compiled assuming it, so that bucket must not run this call."""
-        env = next((d.node.shape_env for f in self.fakes if isinstance(f, torch.Tensor)
-                    for d in f.shape if isinstance(d, torch.SymInt)), None)
-        if env is None or self.batch_symbol is None:
+        if self._shape_env is None or self.batch_symbol is None:
             return None
         values = {**bindings, self.batch_symbol: bucket}
-        for guard in env.guards:
+        for guard in self._shape_env.guards:
             symbols = guard.expr.free_symbols
             if self.batch_symbol in symbols and len(symbols) > 1 and symbols <= values.keys():
                 if not bool(guard.expr.xreplace(values)):

@@ -148,7 +148,7 @@ class BucketGraphRunner:
                 kept.append(bucket)
             else:
                 self._tell("guard", "ascend_bi: buckets where the compiled graph's guard %s fails are not captured "
-                           "for these extents (they run uncaptured or at another bucket)", broken)
+                           "for these extents (calls that would use them run uncaptured)", broken)
         return kept
 
     def _output_regions(self, bindings: dict[sympy.Symbol, int]) -> list[tuple[slice, ...]]:

@@ -70,11 +70,22 @@ def _loads(device: Device) -> int:
     return 2 if device.npu is not None and device.npu.multibuffer else 1
 
 
-def launch_options(device: Device, num_warps: int, num_stages: int | None = None) -> dict[str, int]:
-    """Triton launch keywords: none on NPUs (triton-ascend takes no ``num_warps``/``num_stages``)."""
+def launch_options(device: Device, num_warps: int, num_stages: int | None = None,
+                   fp_fusion: bool = True) -> dict[str, int | bool]:
+    """Triton launch keywords: none on NPUs (triton-ascend takes no ``num_warps``/``num_stages``).
+
+    ``fp_fusion=False`` keeps a multiply and the add after it as two roundings on GPUs (no FMA
+    contraction), for kernels whose bits must equal those of separate kernels; the interpreter
+    never contracts.
+    """
     if device.plan_kind == "npu":
         return {}
-    return {"num_warps": num_warps} if num_stages is None else {"num_warps": num_warps, "num_stages": num_stages}
+    options: dict[str, int | bool] = {"num_warps": num_warps}
+    if num_stages is not None:
+        options["num_stages"] = num_stages
+    if not fp_fusion and device.plan_kind == "cuda":
+        options["enable_fp_fusion"] = False
+    return options
 
 
 def grid_programs(work: int, device: Device, *, cube: bool = False) -> int:

@@ -89,9 +89,7 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     total = torch.empty_like(out) if residual is not None else out
     rows = rows_x.shape[0]
     if rows and n:
-        grid, options = row_launch(x, rows, plan)
-        if device.plan_kind == "cuda":
-            options["enable_fp_fusion"] = False
+        grid, options = row_launch(x, rows, plan, fp_fusion=False)
         _rms_norm_kernel[grid](rows_x, rows_r, weight if weight is not None else rows_x, out, total, rows, n,
                                rows_x.stride(0), rows_r.stride(0), out.stride(0), eps,
                                DTYPE=_TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
