@@ -35,7 +35,7 @@ PIPELINE: tuple[Pass, ...] = (
     rewrite_reductions,
     fuse_rms_norm,  # reads rewrite_reductions' mean
     fix_contiguity,
-    fuse_sibling_matmuls,  # after fix_contiguity: the operands it pairs are final
+    fuse_sibling_matmuls,  # after fix_contiguity: the operands it groups are final
     verify_batch_invariance,
 )
 PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)

@@ -55,7 +55,9 @@ def sole_user(node: torch.fx.Node) -> bool:
 
 
 def value(arg: object) -> Any:
-    """The fake tensor (or constant) an argument stands for."""
+    """The fake tensor (or constant) an argument stands for; a list of them for a list."""
+    if isinstance(arg, (list, tuple)):
+        return [value(a) for a in arg] if isinstance(arg, list) else tuple(value(a) for a in arg)
     return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
 
 
@@ -70,7 +72,7 @@ def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[
     with graph.inserting_before(before):
         node = graph.call_function(target, args)
     fake_args = tuple(value(a) for a in args)
-    mode = detect_fake_mode([a for a in fake_args if isinstance(a, torch.Tensor)])
+    mode = detect_fake_mode(fake_args)
     if mode is not None:
         with mode:
             node.meta["val"] = target(*fake_args)

@@ -258,15 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
     args = parser.parse_args(argv)
+    workloads = {}
+    if args.buckets:
+        workloads[Workload("decode", args.context)] = args.buckets
+    if args.prefill_batches:
+        workloads[Workload("prefill", args.prefill_length)] = args.prefill_batches
+    if not workloads:
+        parser.error("nothing to time: give decode --buckets, --prefill-batches or both")
     if not start("bench_decode"):
         return 2
     import transformers
 
     model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
     bandwidth = copy_bandwidth()
-    workloads = {Workload("decode", args.context): args.buckets}
-    if args.prefill_batches:
-        workloads[Workload("prefill", args.prefill_length)] = args.prefill_batches
     points, invariant = measure(model, args.modes, workloads, args.repeats)
     floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
     info = versions() | {"transformers": transformers.__version__}
@@ -279,8 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")
-    if args.plot:
+    if args.plot and args.buckets:
         plot(points, floors, args.plot)
+    elif args.plot:
+        logger.warning("no decode buckets were timed: no plot written to %s", args.plot)
     print(table)
     return 0 if all(ok for (_, mode), ok in invariant.items() if mode.startswith("ascend_bi")) else 1
 

@@ -13,8 +13,9 @@ position (GQA): each key tile is loaded once per group, not once per query head.
 (every row's dot products, sums and folds are its own), so the packing is a schedule, not a plan.
 
 Two schedules fold the same splits in the same order: *serial* (one program per row block walks
-its splits) and *split* (one program per (row block, split) writes the split's state, a second
-launch folds them): decode at small batch has few row blocks, so its splits run in parallel.
+its splits) and *split* (one program per (row block, split) writes the split's state; the last to
+arrive folds them all, ``arrival.py``): decode at small batch has few row blocks, so its splits
+run in parallel.
 NPU schedules launch one program per AI core at most, each looping over (row block, batch x
 key/value head) pairs with serial splits (``PERSISTENT``), and load key tiles along the head dim,
 their unit stride.
@@ -27,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
+from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
 from ascend_compile.kernels.plans import (
     AttentionPlan,
     AttentionSchedule,
@@ -97,7 +99,7 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
 
 
 @triton.jit
-def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
                       Lq, Lk, KVH, BKV, group, num_splits, sm_scale, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
@@ -108,13 +110,13 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
     if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
         blocks = (Lq * group + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
-            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, w % blocks, w // blocks, 0,
-                             Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
+            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
+                             w % blocks, w // blocks, 0, Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                              sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                              False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, True)
     else:
-        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
                          tl.program_id(0), tl.program_id(1), tl.program_id(2),
                          Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
@@ -131,7 +133,7 @@ def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bkv, split_id,
+def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id,
                      Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
@@ -163,6 +165,21 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
         tl.store(ws_m + state, m, mask=live)
         tl.store(ws_l + state, denom, mask=live)
         tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=live[:, None])
+        tl.debug_barrier()
+        tile = block * tl.num_programs(1) + bkv
+        if tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel") == num_splits - 1:  # last to arrive folds
+            big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+            big_l = tl.zeros((BLOCK_M,), tl.float32)
+            big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+            for part in range(0, num_splits):
+                state = (part * tl.num_programs(1) + bkv) * Lq * group + rows
+                m = tl.load(ws_m + state, mask=live, other=float("-inf"), cache_modifier=".cg")
+                denom = tl.load(ws_l + state, mask=live, other=0.0, cache_modifier=".cg")
+                acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=live[:, None], other=0.0,
+                              cache_modifier=".cg")
+                big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
+            _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
+            tl.atomic_xchg(counter_ptr + tile, 0)
     else:
         big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         big_l = tl.zeros((BLOCK_M,), tl.float32)
@@ -184,26 +201,6 @@ def _store_rows(out_ptr, acc, denom, row_offsets, live, dv, so_d, DV):
     out = acc / tl.where(live, denom, 1.0)[:, None]  # padding rows: no 0/0
     tl.store(out_ptr + row_offsets[:, None] + dv[None, :] * so_d, out.to(out_ptr.dtype.element_ty),
              mask=live[:, None] & (dv[None, :] < DV))
-
-
-@triton.jit
-def _fold_splits_kernel(out_ptr, ws_m, ws_l, ws_acc, Lq, KVH, group, num_splits, DV, so_b, so_h, so_l, so_d,
-                        BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
-    block = tl.program_id(0)
-    bkv = tl.program_id(1)
-    rows, pos, g, live = _group_rows(block, Lq, group, BLOCK_M)
-    dv = tl.arange(0, BLOCK_DV)
-    big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    big_l = tl.zeros((BLOCK_M,), tl.float32)
-    big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
-    for split in range(0, num_splits):
-        state = (split * tl.num_programs(1) + bkv) * Lq * group + rows
-        m = tl.load(ws_m + state, mask=live, other=float("-inf"))
-        denom = tl.load(ws_l + state, mask=live, other=0.0)
-        acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=live[:, None], other=0.0)
-        big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
-    h = (bkv % KVH) * group + g
-    _store_rows(out_ptr, big_a, big_l, (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
 
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -238,16 +235,17 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
     splits = plan.num_splits(lk)
     blocks = triton.cdiv(lq * group, sched.block_m)
-    split = sched.split and not sched.programs and splits > 1
+    split = sched.split and not sched.programs and splits > 1 and blocks * batch * kv_heads <= COUNTERS_PER_DEVICE
     if split:
         ws_m = torch.empty(splits * batch * heads * lq, dtype=torch.float32, device=q.device)
         ws_l = torch.empty_like(ws_m)
         ws_acc = torch.empty(splits * batch * heads * lq * plan.block_dv, dtype=torch.float32, device=q.device)
+        counters = arrival_counters(q.device)
     else:
-        ws_m = ws_l = ws_acc = out  # never touched by the serial schedule
+        ws_m = ws_l = ws_acc = counters = out  # never touched by the serial schedule
     grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
     _attention_kernel[grid](
-        q, k, v, mask_arg, out, ws_m, ws_l, ws_acc,
+        q, k, v, mask_arg, out, ws_m, ws_l, ws_acc, counters,
         lq, lk, kv_heads, batch * kv_heads, group, splits, scale if scale is not None else d ** -0.5, d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
@@ -255,8 +253,4 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps),
     )
-    if split:
-        _fold_splits_kernel[(blocks, batch * kv_heads)](out, ws_m, ws_l, ws_acc, lq, kv_heads, group, splits, dv,
-                                                        *out.stride(), BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
-                                                        **launch_options(device, sched.num_warps))
     return out.to(q.dtype)

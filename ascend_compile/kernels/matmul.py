@@ -8,8 +8,8 @@ partials are added in chunk order in fp32.  Two schedules produce exactly those 
   finishes;
 * split (small M, too few tiles to fill the device): one program per (tile, chunk) writes its
   partial to a workspace and bumps the tile's arrival counter; the program that arrives last adds
-  the partials in chunk order -- arrival order never reaches the arithmetic -- applies the bias,
-  writes the tile and resets the counter, so the split costs no second launch.
+  the partials in chunk order, applies the bias and writes the tile (``arrival.py``), so the split
+  costs no second launch.
 
 Operands are read through their strides, so a transposed weight (``linear`` lowers to
 ``mm(x, permute(w))``) is never copied.  NPU schedules (``plans.py``) launch one program per AI
@@ -21,12 +21,14 @@ memory order, then transpose the tile (``A_T``/``B_T``): same values, same bits,
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
 
 from ascend_compile import devices
+from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
 from ascend_compile.kernels.plans import (
     MatmulPlan,
     MatmulSchedule,
@@ -37,20 +39,6 @@ from ascend_compile.kernels.plans import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Arrival counters per output tile, reset to zero by the last program of each tile.  One buffer a
-# device: inference runs one compute stream per device, and a split launch never needs more
-# counters than tiles -- schedules only split when tiles are fewer than compute units.
-_COUNTERS_PER_DEVICE = 1 << 16
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def _arrival_counters(device: torch.device) -> torch.Tensor:
-    counters = _counters.get(device)
-    if counters is None:
-        counters = torch.zeros(_COUNTERS_PER_DEVICE, dtype=torch.int32, device=device)
-        _counters[device] = counters
-    return counters
 
 
 @triton.jit
@@ -66,7 +54,7 @@ def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
     """
     total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    rk = tl.arange(0, BLOCK_K)
+    rk = tl.arange(0, BLOCK_K).to(rm.dtype)  # 64-bit offsets when the rows' are (WIDE_INDEX)
     k0 = first_chunk * CHUNK_BLOCKS * BLOCK_K
     for i in range(num_chunks * CHUNK_BLOCKS):
         k = k0 + i * BLOCK_K + rk
@@ -104,10 +92,12 @@ def _bi_matmul_kernel(
     stride_bz, stride_bk, stride_bn,
     stride_cz, stride_cm, stride_cn,
     stride_oz, stride_om, stride_on,
+    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
+    PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
+    WIDE_INDEX: tl.constexpr,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
@@ -115,15 +105,17 @@ def _bi_matmul_kernel(
             _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, w % tiles, w // tiles, 0, M, N, K,
                          stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                          stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
+                         0, 0, 0, 0, 0, 0, 0, 0,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX)
     else:
         _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
                      tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
                      stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
+                     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX)
 
 
 @triton.jit
@@ -134,12 +126,20 @@ def _matmul_tile(
     stride_bz, stride_bk, stride_bn,
     stride_cz, stride_cm, stride_cn,
     stride_oz, stride_om, stride_on,
+    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    A_T: tl.constexpr, B_T: tl.constexpr,
+    A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr,
 ):
-    """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it)."""
+    """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
+
+    ``SEGMENTED``: the columns are up to three weights side by side (``bi_matmul_group``); from
+    column ``seg_n1`` (``seg_n2``) on, B and the output are shifted by ``seg_b1`` and ``seg_o1``
+    elements to the second weight and output, whose row stride is ``seg_om1``.  A tile never
+    straddles two weights.  ``WIDE_INDEX``: some offset passes 2**31 elements (the logits of a
+    long prefill), so offsets are computed in 64 bits.
+    """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
     tiles_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -150,9 +150,18 @@ def _matmul_tile(
     tile_n = (pid % group) // rows_in_group
     rm = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if WIDE_INDEX:
+        rm = rm.to(tl.int64)
+        rn = rn.to(tl.int64)
+        z = z.to(tl.int64)
 
     a_ptr += z * stride_az
     b_ptr += z * stride_bz
+    if SEGMENTED:
+        n0 = tile_n * BLOCK_N
+        b_ptr += _segment_value(n0, seg_n1, seg_b1, seg_n2, seg_b2, 0)
+        out_ptr += _segment_value(n0, seg_n1, seg_o1, seg_n2, seg_o2, 0)
+        stride_om = _segment_value(n0, seg_n1, seg_om1, seg_n2, seg_om2, stride_om)
 
     if SPLIT:
         partial = _sum_chunks(a_ptr, b_ptr, rm, rn, chunk, 1, M, N, K,
@@ -177,6 +186,12 @@ def _matmul_tile(
                             BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
+
+
+@triton.jit
+def _segment_value(n0, start1, value1, start2, value2, first):
+    """``value2`` from column ``start2`` on, ``value1`` from ``start1``, ``first`` before."""
+    return tl.where(n0 >= start2, value2, tl.where(n0 >= start1, value1, first))
 
 
 @triton.jit
@@ -242,43 +257,65 @@ def bi_matmul(
     return out if batched else out[0]
 
 
-def bi_matmul_pair(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a @ b1, a @ b2)`` in one launch, each with ``bi_matmul``'s bits.
+#: Weights one ``bi_matmul_group`` launch takes side by side (query, key and value).
+MAX_GROUP = 3
+#: Every weight of a group but the last must be this many columns wide (a multiple): a multiple of
+#: any schedule's ``BLOCK_N``, so that no tile straddles two weights.
+GROUP_COLUMNS = 128
 
-    Two projections of one activation (gate and up, key and value) are the launch's batch of two:
-    ``a`` is read with batch stride 0, and the second weight and output are addressed by their
-    distance in memory from the first, so nothing is copied.  The plan is the one each product
-    has alone (K, N, dtype, device); only the schedule sees the doubled tile count.
+
+def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``[a @ b for b in bs]`` in one launch, each with ``bi_matmul``'s bits.
+
+    Projections of one activation (query, key and value; gate and up) run as one matmul over the
+    weights side by side: a tile of columns finds its weight and output by their distance in
+    memory from the first (nothing is concatenated or copied).  The plan is the one each product
+    has alone (K, N, dtype, device); only the schedule sees the summed columns.  Takes 1 to
+    ``MAX_GROUP`` weights of one K, layout and dtype, all but the last ``GROUP_COLUMNS``-aligned.
     """
-    if a.dim() != 2 or b1.dim() != 2 or b1.shape != b2.shape or b1.stride() != b2.stride():
-        raise ValueError(f"bi_matmul_pair takes a 2-D activation and two weights of one shape and layout, got "
-                         f"{tuple(a.shape)}, {tuple(b1.shape)}{b1.stride()}, {tuple(b2.shape)}{b2.stride()}")
-    if not a.dtype == b1.dtype == b2.dtype or b1.device != b2.device:
-        raise ValueError(f"bi_matmul_pair operands must share one dtype and device, got {a.dtype}, {b1.dtype}, "
-                         f"{b2.dtype}")
-    (m, k), n = a.shape, b1.shape[1]
+    if not 1 <= len(bs) <= MAX_GROUP or a.dim() != 2 or any(b.dim() != 2 or b.shape[0] != a.shape[1] for b in bs):
+        raise ValueError(f"bi_matmul_group takes a 2-D activation (M, K) and 1 to {MAX_GROUP} weights (K, N_i), got "
+                         f"{tuple(a.shape)} and {[tuple(b.shape) for b in bs]}")
+    if any(b.stride() != bs[0].stride() or b.dtype != a.dtype or b.device != a.device for b in bs):
+        raise ValueError(f"bi_matmul_group weights must share one layout, dtype and device with the activation, got "
+                         f"{[(b.stride(), b.dtype, str(b.device)) for b in bs]} for {a.dtype} on {a.device}")
+    if any(b.shape[1] % GROUP_COLUMNS for b in bs[:-1]):
+        raise ValueError(f"bi_matmul_group: every weight but the last needs a multiple of {GROUP_COLUMNS} columns, "
+                         f"got {[b.shape[1] for b in bs]}")
+    (m, k), widths = a.shape, [b.shape[1] for b in bs]
     device = devices.of_tensor(a)
-    if m == 0 or n == 0 or k == 0 or a.shape[1] != b1.shape[0] or device.plan_kind == "npu":
-        return bi_matmul(a, b1), bi_matmul(a, b2)  # nothing to pair, a shape error to raise, or NPU tiles
-    plan = matmul_plan(k, n, a.dtype, device)
-    sched = matmul_schedule(plan, m, n, 2, a.element_size(), device, _runs_along(a[None], 1),
-                            _runs_along(b1[None], 1))
-    outs = [torch.empty((m, n), dtype=a.dtype, device=a.device) for _ in range(2)]
-    targets = [torch.empty((m, n), dtype=torch.float32, device=a.device) for _ in range(2)] if plan.fp32_io else outs
-    _launch(a[None].expand(2, m, k), b1[None].expand(2, k, n), None, targets[0][None].expand(2, m, n), plan, sched,
-            device, batch_strides=(0, _distance(b1, b2), _distance(*targets)))
+    plans = {matmul_plan(k, n, a.dtype, device) for n in widths} if m and k and all(widths) else set()
+    if len(bs) == 1 or len(plans) != 1 or device.plan_kind == "npu":
+        return [bi_matmul(a, b) for b in bs]  # one weight, nothing to compute, other plans or NPU tiles
+    plan, n = plans.pop(), sum(widths)
+    sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
+                            _runs_along(bs[0][None], 1))
+    outs = [torch.empty((m, w), dtype=a.dtype, device=a.device) for w in widths]
+    targets = [torch.empty_like(o, dtype=torch.float32) for o in outs] if plan.fp32_io else outs
+    segments: list[int] = []
+    start = widths[0]
+    for b, target, width in zip(bs[1:], targets[1:], widths[1:], strict=True):
+        segments += [start, _distance(bs[0], b) - start * b.stride(1), _distance(targets[0], target) - start, width]
+        start += width
+    segments += [n, 0, 0, 0] * (MAX_GROUP - len(bs))  # absent weights start past the last column
+    _launch(a[None], bs[0][None], None, targets[0][None], plan, sched, device, n=n, segments=tuple(segments))
     if plan.fp32_io:
         for out, target in zip(outs, targets, strict=True):
             out.copy_(target)
-    return outs[0], outs[1]
+    return outs
 
 
 def _distance(first: torch.Tensor, second: torch.Tensor) -> int:
-    """Elements from ``first``'s data to ``second``'s (a batch stride spanning two tensors)."""
+    """Elements from ``first``'s data to ``second``'s."""
     gap = second.data_ptr() - first.data_ptr()
     if gap % first.element_size():
-        raise ValueError("bi_matmul_pair: the two tensors are not a whole number of elements apart")
+        raise ValueError("bi_matmul_group: two weights are not a whole number of elements apart")
     return gap // first.element_size()
+
+
+def _span(t: torch.Tensor) -> int:
+    """Elements between a tensor's first and last addressed element, plus one."""
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True) if size)
 
 
 def _runs_along(t: torch.Tensor, dim: int) -> bool:
@@ -289,32 +326,31 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
             plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
-            batch_strides: tuple[int, int, int] | None = None) -> None:
-    """Launch over 3-D operands; ``batch_strides`` (a, b, out) replace theirs (``bi_matmul_pair``)."""
+            n: int | None = None, segments: tuple[int, ...] | None = None) -> None:
+    """Launch over 3-D operands; ``n`` columns (``b``'s unless given) in the weights that
+    ``segments`` locates (``bi_matmul_group``; one weight when None)."""
     z, m, k = a.shape
-    n = b.shape[2]
+    n = n or b.shape[2]
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
-    split = sched.split and not sched.programs and plan.num_chunks > 1 and z * tiles <= _COUNTERS_PER_DEVICE
+    split = sched.split and not sched.programs and plan.num_chunks > 1 and z * tiles <= COUNTERS_PER_DEVICE
     if split:
         workspace = torch.empty(z * tiles * plan.num_chunks * sched.block_m * sched.block_n,
                                 dtype=torch.float32, device=a.device)
-        counters = _arrival_counters(a.device)
+        counters = arrival_counters(a.device)
     else:
         workspace = counters = out  # never read when SPLIT is off
     bias3 = bias.expand(out.shape) if bias is not None else out
-    strides = [list(t.stride()) for t in (a, b, out)]
-    if batch_strides is not None:
-        for stride, batch in zip(strides, batch_strides, strict=True):
-            stride[0] = batch
     grid = (sched.programs,) if sched.programs else (tiles, plan.num_chunks if split else 1, z)
     _bi_matmul_kernel[grid](
         a, b, bias3, out, workspace, counters,
         m, n, k, z,
-        *strides[0], *strides[1], *bias3.stride(), *strides[2],
+        *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
+        *(segments or (0,) * 8),
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
         CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
-        A_T=sched.a_transposed, B_T=sched.b_transposed,
+        A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
+        WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
         **launch_options(device, sched.num_warps, sched.num_stages),
     )

@@ -414,7 +414,7 @@ def attention_plan(head_dim: int, value_dim: int, dtype: torch.dtype, device: De
 @dataclass(frozen=True)
 class AttentionSchedule:
     block_m: int
-    #: Splits run in parallel programs and a second launch folds them (decode, few programs),
+    #: Splits run in parallel programs and the last to finish folds them (decode, few programs),
     #: instead of one program folding them as it goes.
     split: bool
     num_warps: int

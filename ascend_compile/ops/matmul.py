@@ -1,4 +1,4 @@
-"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_pair`` and ``ascend_bi::bmm``: batch-invariant matrix products.
+"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_group`` and ``ascend_bi::bmm``: batch-invariant matrix products.
 
 They are ``torch.library.custom_op`` ops whose real impl launches the Triton template and whose
 fake impl only states the output's shape: a ``triton_op`` fails under torch.compile when the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_pair
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group
 
 
 @torch.library.custom_op("ascend_bi::mm", mutates_args=())
@@ -25,15 +25,15 @@ def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
-@torch.library.custom_op("ascend_bi::mm_pair", mutates_args=())
-def mm_pair(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a @ b1, a @ b2)`` in one launch (``fuse_sibling_matmuls`` inserts it); ``mm``'s bits."""
-    return bi_matmul_pair(a, b1, b2)
+@torch.library.custom_op("ascend_bi::mm_group", mutates_args=())
+def mm_group(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[a @ b for b in bs]`` in one launch (``fuse_sibling_matmuls`` inserts it); ``mm``'s bits."""
+    return bi_matmul_group(a, bs)
 
 
-@mm_pair.register_fake
-def _mm_pair_fake(a: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _mm_fake(a, b1), _mm_fake(a, b2)
+@mm_group.register_fake
+def _mm_group_fake(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [_mm_fake(a, b) for b in bs]
 
 
 @torch.library.custom_op("ascend_bi::bmm", mutates_args=())

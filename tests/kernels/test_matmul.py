@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ascend_compile import devices
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_pair
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group
 from ascend_compile.kernels.plans import MatmulSchedule, UnsupportedPlan, matmul_plan
 from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
 
@@ -81,17 +81,20 @@ def test_bias_broadcasts_from_a_row_and_a_full_matrix() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pair_gives_each_products_bits(dtype: torch.dtype) -> None:
-    """Two weights as one launch's batch (addressed by their distance, either sign): each output is
-    bitwise what its own launch gives, and so is invariant like it."""
+def test_group_gives_each_products_bits(dtype: torch.dtype) -> None:
+    """Weights of different widths side by side in one launch (found by their distance, either
+    sign; the last one ragged): each output is bitwise what its own launch gives, and so is
+    invariant like it."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(7, 300, generator=gen).to(dtype)
-    w1, w2 = (torch.randn(200, 300, generator=gen).to(dtype) for _ in range(2))
-    for first, second in ((w1, w2), (w2, w1)):
-        pair = bi_matmul_pair(x, first.t(), second.t())
-        assert torch.equal(pair[0], bi_matmul(x, first.t())) and torch.equal(pair[1], bi_matmul(x, second.t()))
-    with pytest.raises(ValueError, match="two weights of one shape and layout"):
-        bi_matmul_pair(x, w1.t(), w2[:100].t())
+    q, k, v = (torch.randn(n, 300, generator=gen).to(dtype) for n in (256, 128, 100))
+    for weights in ((q, k, v), (k, q), (v,)):
+        outs = bi_matmul_group(x, [w.t() for w in weights])
+        assert all(torch.equal(out, bi_matmul(x, w.t())) for out, w in zip(outs, weights, strict=True))
+    with pytest.raises(ValueError, match="multiple of 128 columns"):
+        bi_matmul_group(x, [v.t(), q.t()])
+    with pytest.raises(ValueError, match="1 to 3 weights"):
+        bi_matmul_group(x, [k.t()] * 4)
 
 
 def test_empty_extents() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ascend_compile import devices
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_pair
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group
 from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
 
 pytestmark = pytest.mark.gpu
@@ -73,10 +73,23 @@ def test_compiled_mlp_is_invariant_on_gpu(executor: str) -> None:
 
 
 @pytest.mark.parametrize("rows", [1, 8, 32, 200])
-def test_pair_gives_each_products_bits_on_gpu(rows: int) -> None:
-    """The pair's schedule sees twice the tiles (it may split where one product would not): bits unchanged."""
+def test_group_gives_each_products_bits_on_gpu(rows: int) -> None:
+    """A group's schedule sees the summed columns (it may split where one product would not): bits
+    unchanged, for query/key/value and gate/up shapes."""
     gen = torch.Generator("cuda").manual_seed(rows)
     x = torch.randn(rows, 1024, device="cuda", generator=gen).bfloat16()
-    gate, up = (torch.randn(3072, 1024, device="cuda", generator=gen).bfloat16() for _ in range(2))
-    pair = bi_matmul_pair(x, gate.t(), up.t())
-    assert torch.equal(pair[0], bi_matmul(x, gate.t())) and torch.equal(pair[1], bi_matmul(x, up.t()))
+    for widths in ((2048, 1024, 1024), (3072, 3072)):
+        weights = [torch.randn(n, 1024, device="cuda", generator=gen).bfloat16() for n in widths]
+        outs = bi_matmul_group(x, [w.t() for w in weights])
+        assert all(torch.equal(out, bi_matmul(x, w.t())) for out, w in zip(outs, weights, strict=True))
+
+
+def test_outputs_past_two_billion_elements_on_gpu() -> None:
+    """The logits of a long prefill (16384 rows x 151936 columns, past 2**31 elements) need 64-bit
+    offsets: the last rows equal the same rows computed alone, and no access goes out of bounds."""
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(16384, 1024, device="cuda", generator=gen).bfloat16()
+    head = torch.randn(151936, 1024, device="cuda", generator=gen).bfloat16()
+    full = bi_matmul(x, head.t())
+    assert full.numel() > 2**31
+    assert torch.equal(full[-3:], bi_matmul(x[-3:], head.t()))
