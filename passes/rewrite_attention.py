@@ -6,6 +6,11 @@ decode kernels.  The template splits keys by a fixed *size*, so neither happens.
 that transformers' ``repeat_kv`` copied per query head are read before the copy (``repeat_kv``).  (Attention
 written out as matmul-softmax-matmul is ``rewrite_eager_attention``'s.)
 
+SDPA turns a boolean mask into an additive one, ``where(mask, 0, -inf)``, at every call: one such
+node per layer, which Inductor recomputes per layer (a kernel launch each).  The template takes the
+boolean mask itself (the same bits: a masked key contributes an exact zero either way), so the
+conversions go and one mask serves every layer.
+
 Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
 dropout)::
 
@@ -72,11 +77,32 @@ def _supported(match: Match) -> bool:
     return _unsupported(match.output_node()) is None
 
 
+def _constant(arg: object) -> float | None:
+    """The value of a Python number or a 0-dim ``full``/``scalar_tensor`` node; None otherwise."""
+    if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        return float(arg)
+    if isinstance(arg, torch.fx.Node) and arg.op == "call_function":
+        if arg.target is aten.full.default and list(arg.args[0]) == []:
+            return float(arg.args[1])
+        if arg.target is aten.scalar_tensor.default:
+            return float(arg.args[0])
+    return None
+
+
+def _boolean(mask: object) -> object:
+    """The boolean mask behind SDPA's ``where(mask, 0, -inf)`` conversion, else ``mask`` itself."""
+    if (isinstance(mask, torch.fx.Node) and mask.target is aten.where.self
+            and value(mask.args[0]).dtype == torch.bool
+            and _constant(mask.args[1]) == 0.0 and _constant(mask.args[2]) == float("-inf")):
+        return mask.args[0]
+    return mask
+
+
 def _rewrite(match: Match, *_: object, **__: object) -> None:
     node = match.output_node()
     args = arguments(node)
     mask_name = _VARIANTS[node.target]
-    mask = args.get(mask_name) if mask_name else None
+    mask = _boolean(args.get(mask_name)) if mask_name else None
     out = node.meta["val"][0]
     heads_inner = out.dim() == 4 and out.shape[1] > 1 and out.stride(1) < out.stride(2)
     key, values = unrepeated(args["key"]), unrepeated(args["value"])

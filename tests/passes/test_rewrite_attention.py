@@ -34,6 +34,28 @@ def test_sdpa_becomes_the_template_with_its_layout() -> None:
         assert got.stride() == want.stride()
 
 
+def test_boolean_mask_is_read_as_it_is() -> None:
+    """SDPA's per-call ``where(mask, 0, -inf)`` conversion is dropped: the template reads the
+    boolean mask, with the bits of the additive one (which the stock kernel gets)."""
+    def fn(q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+    mask = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(3)) > 0.3
+    mask[..., 0] = True
+    inputs = (*_qkv(), mask)
+    gm = aten_graph(fn, *inputs)
+    assert torch.ops.aten.where.self in targets(gm)
+    assert rewrite_attention(gm, SETTINGS) == 1
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    (attention,) = [n for n in gm.graph.nodes if n.target is bi.attention.default]
+    assert attention.args[3].meta["val"].dtype == torch.bool and torch.ops.aten.where.self not in targets(gm)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    q, k, v = inputs[:3]
+    assert torch.equal(gm(*inputs), bi.attention(q, k, v, additive, False, None, False))
+    torch.testing.assert_close(gm(*inputs), fn(*inputs))
+
+
 def test_repeat_kv_copy_is_undone() -> None:
     """transformers repeats key/value heads before SDPA when there is a mask: the template reads the
     key/value heads before that copy, and the copy goes."""
