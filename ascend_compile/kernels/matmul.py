@@ -37,6 +37,7 @@ from ascend_compile.kernels.plans import (
     matmul_plan,
     matmul_schedule,
 )
+from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,12 @@ def _bi_matmul_kernel(
     stride_bz, stride_bk, stride_bn,
     stride_cz, stride_cm, stride_cn,
     stride_oz, stride_om, stride_on,
-    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
+    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
-    WIDE_INDEX: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
@@ -105,17 +106,19 @@ def _bi_matmul_kernel(
             _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, w % tiles, w // tiles, 0, M, N, K,
                          stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                          stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
-                         0, 0, 0, 0, 0, 0, 0, 0,
+                         0, 0, 0, 0, 0, 0, 0, 0, up_off,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX)
+                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
+                         GATED, DTYPE, EMULATE_BF16)
     else:
         _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
                      tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
                      stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
-                     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
+                     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX)
+                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
+                     GATED, DTYPE, EMULATE_BF16)
 
 
 @triton.jit
@@ -126,11 +129,12 @@ def _matmul_tile(
     stride_bz, stride_bk, stride_bn,
     stride_cz, stride_cm, stride_cn,
     stride_oz, stride_om, stride_on,
-    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2,
+    seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
 ):
     """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
 
@@ -138,7 +142,9 @@ def _matmul_tile(
     column ``seg_n1`` (``seg_n2``) on, B and the output are shifted by ``seg_b1`` and ``seg_o1``
     elements to the second weight and output, whose row stride is ``seg_om1``.  A tile never
     straddles two weights.  ``WIDE_INDEX``: some offset passes 2**31 elements (the logits of a
-    long prefill), so offsets are computed in 64 bits.
+    long prefill), so offsets are computed in 64 bits.  ``GATED``: the tile is ``silu(a @ gate) *
+    (a @ up)`` with the up weight ``up_off`` elements after the gate weight, rounded to ``DTYPE``
+    where eager rounds (never split).
     """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
@@ -184,6 +190,12 @@ def _matmul_tile(
         total = _sum_chunks(a_ptr, b_ptr, rm, rn, 0, NUM_CHUNKS, M, N, K,
                             stride_am, stride_ak, stride_bk, stride_bn,
                             BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+        if GATED:  # silu(gate) * up as eager and Inductor write it: gate, up and the SiLU rounded to DTYPE
+            up = _sum_chunks(a_ptr, b_ptr + up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
+                             stride_am, stride_ak, stride_bk, stride_bn,
+                             BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+            gate = round_to(total, DTYPE, EMULATE_BF16)
+            total = round_to(gate / (1.0 + tl.exp(-gate)), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
 
@@ -305,11 +317,38 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     return outs
 
 
+def bi_matmul_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(a @ gate) * (a @ up)`` in one launch: a gated MLP's activation.
+
+    Each program computes a tile of both products (``bi_matmul``'s plan and bits for each) and
+    combines them as eager's three ops would, rounding the two products and the SiLU to the
+    dtype; neither product is written to memory.  ``gate`` and ``up`` are (K, N) of one layout;
+    the up weight is found by its distance in memory from the gate weight.
+    """
+    if a.dim() != 2 or gate.dim() != 2 or gate.shape != up.shape or gate.stride() != up.stride() \
+            or gate.shape[0] != a.shape[1]:
+        raise ValueError(f"bi_matmul_silu_mul takes a 2-D activation (M, K) and two weights (K, N) of one layout, got "
+                         f"{tuple(a.shape)}, {tuple(gate.shape)}{gate.stride()}, {tuple(up.shape)}{up.stride()}")
+    if not a.dtype == gate.dtype == up.dtype or not a.device == gate.device == up.device:
+        raise ValueError(f"bi_matmul_silu_mul operands must share one dtype and device, got {a.dtype}, {gate.dtype}, "
+                         f"{up.dtype} on {a.device}, {gate.device}, {up.device}")
+    (m, k), n = a.shape, gate.shape[1]
+    device = devices.of_tensor(a)
+    if m == 0 or n == 0 or k == 0 or device.plan_kind == "npu":  # nothing to compute, or NPU tiles
+        return torch.nn.functional.silu(bi_matmul(a, gate)) * bi_matmul(a, up)
+    plan = matmul_plan(k, n, a.dtype, device)
+    sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
+                            _runs_along(gate[None], 1))
+    out = torch.empty((m, n), dtype=torch.float32 if plan.fp32_io else a.dtype, device=a.device)
+    _launch(a[None], gate[None], None, out[None], plan, sched, device, up=up[None], dtype=a.dtype)
+    return out.to(a.dtype)
+
+
 def _distance(first: torch.Tensor, second: torch.Tensor) -> int:
     """Elements from ``first``'s data to ``second``'s."""
     gap = second.data_ptr() - first.data_ptr()
     if gap % first.element_size():
-        raise ValueError("bi_matmul_group: two weights are not a whole number of elements apart")
+        raise ValueError("ascend_bi matmul: two weights are not a whole number of elements apart")
     return gap // first.element_size()
 
 
@@ -326,13 +365,17 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
             plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
-            n: int | None = None, segments: tuple[int, ...] | None = None) -> None:
+            n: int | None = None, segments: tuple[int, ...] | None = None, up: torch.Tensor | None = None,
+            dtype: torch.dtype | None = None) -> None:
     """Launch over 3-D operands; ``n`` columns (``b``'s unless given) in the weights that
-    ``segments`` locates (``bi_matmul_group``; one weight when None)."""
+    ``segments`` locates (``bi_matmul_group``; one weight when None); with ``up``, ``silu(a @ b) *
+    (a @ up)`` rounded as eager rounds in ``dtype`` (``bi_matmul_silu_mul``)."""
     z, m, k = a.shape
     n = n or b.shape[2]
+    dtype = dtype or out.dtype
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
-    split = sched.split and not sched.programs and plan.num_chunks > 1 and z * tiles <= COUNTERS_PER_DEVICE
+    split = (sched.split and not sched.programs and plan.num_chunks > 1 and up is None
+             and z * tiles <= COUNTERS_PER_DEVICE)
     if split:
         workspace = torch.empty(z * tiles * plan.num_chunks * sched.block_m * sched.block_n,
                                 dtype=torch.float32, device=a.device)
@@ -345,12 +388,13 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         a, b, bias3, out, workspace, counters,
         m, n, k, z,
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
-        *(segments or (0,) * 8),
+        *(segments or (0,) * 8), _distance(b, up) if up is not None else 0,
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
         CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
         A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
+        GATED=up is not None, DTYPE=TL_DTYPES[dtype], EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
         **launch_options(device, sched.num_warps, sched.num_stages),
     )

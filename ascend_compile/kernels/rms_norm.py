@@ -20,16 +20,8 @@ import triton.language as tl
 from ascend_compile import devices
 from ascend_compile.kernels.plans import row_plan
 from ascend_compile.kernels.reduce import row_launch
+from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum
-
-
-@triton.jit
-def _round(x, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr):
-    """``x`` (fp32) rounded to ``DTYPE`` and back: eager's rounding between two ops."""
-    if EMULATE_BF16:  # the interpreter's fp32 -> bf16 cast truncates: round to nearest even by hand
-        bits = x.to(tl.int32, bitcast=True)
-        return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-    return x.to(DTYPE).to(tl.float32)
 
 
 @triton.jit
@@ -37,7 +29,7 @@ def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: 
                 EMULATE_BF16: tl.constexpr):
     h = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        h = _round(h + tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32), DTYPE, EMULATE_BF16)
+        h = round_to(h + tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32), DTYPE, EMULATE_BF16)
     return h
 
 
@@ -61,13 +53,11 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
             mask = start + cols < n
             h = _row_values(x_ptr + row * stride_x, r_ptr + row * stride_r, start + cols, mask, DTYPE,
                             HAS_RESIDUAL, EMULATE_BF16)
-            y = _round(h * scale, DTYPE, EMULATE_BF16)
+            y = round_to(h * scale, DTYPE, EMULATE_BF16)
             if HAS_WEIGHT:
-                y = _round(tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32) * y, DTYPE, EMULATE_BF16)
+                weight = tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
+                y = round_to(weight * y, DTYPE, EMULATE_BF16)
             tl.store(out_ptr + row * stride_out + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -92,7 +82,7 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
         grid, options = row_launch(x, rows, plan, fp_fusion=False)
         _rms_norm_kernel[grid](rows_x, rows_r, weight if weight is not None else rows_x, out, total, rows, n,
                                rows_x.stride(0), rows_r.stride(0), out.stride(0), eps,
-                               DTYPE=_TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
+                               DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
                                HAS_WEIGHT=weight is not None,
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, **options)
     out = out.to(x.dtype).reshape(x.shape)

@@ -1,4 +1,5 @@
-"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_group`` and ``ascend_bi::bmm``: batch-invariant matrix products.
+"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_group``, ``ascend_bi::mm_silu_mul`` and ``ascend_bi::bmm``:
+batch-invariant matrix products.
 
 They are ``torch.library.custom_op`` ops whose real impl launches the Triton template and whose
 fake impl only states the output's shape: a ``triton_op`` fails under torch.compile when the
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
 
 
 @torch.library.custom_op("ascend_bi::mm", mutates_args=())
@@ -34,6 +35,17 @@ def mm_group(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor]:
 @mm_group.register_fake
 def _mm_group_fake(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [_mm_fake(a, b) for b in bs]
+
+
+@torch.library.custom_op("ascend_bi::mm_silu_mul", mutates_args=())
+def mm_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(a @ gate) * (a @ up)`` in one launch (``fuse_silu_mul`` inserts it); each product has ``mm``'s bits."""
+    return bi_matmul_silu_mul(a, gate, up)
+
+
+@mm_silu_mul.register_fake
+def _mm_silu_mul_fake(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _mm_fake(a, gate)
 
 
 @torch.library.custom_op("ascend_bi::bmm", mutates_args=())

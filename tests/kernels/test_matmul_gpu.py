@@ -6,10 +6,12 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ascend_compile import devices
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
 from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
+from tests.helpers import rel_error
 
 pytestmark = pytest.mark.gpu
 
@@ -93,3 +95,16 @@ def test_outputs_past_two_billion_elements_on_gpu() -> None:
     full = bi_matmul(x, head.t())
     assert full.numel() > 2**31
     assert torch.equal(full[-3:], bi_matmul(x[-3:], head.t()))
+
+
+@pytest.mark.parametrize("rows", [1, 8, 32, 200])
+def test_silu_mul_is_invariant_on_gpu(rows: int) -> None:
+    """silu(x @ gate) * (x @ up) in one launch: each row alone equals the row in the batch, close
+    to float64."""
+    gen = torch.Generator("cuda").manual_seed(rows)
+    x = torch.randn(rows, 1024, device="cuda", generator=gen).bfloat16()
+    gate, up = (torch.randn(3072, 1024, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    fused = bi_matmul_silu_mul(x, gate.t(), up.t())
+    assert all(torch.equal(bi_matmul_silu_mul(x[r:r + 1], gate.t(), up.t()), fused[r:r + 1]) for r in (0, rows - 1))
+    reference = F.silu(x.double() @ gate.double().t()) * (x.double() @ up.double().t())
+    assert rel_error(fused, reference) < 2e-2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ascend_compile import devices
@@ -13,8 +14,11 @@ from ascend_compile.report import CompileReport
 
 
 def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
-               static_positions: frozenset[int] = frozenset()) -> torch.fx.GraphModule:
-    gm = make_fx(fn, tracing_mode="fake")(*inputs)
+               static_positions: frozenset[int] = frozenset(),
+               decompose: tuple[object, ...] = ()) -> torch.fx.GraphModule:
+    """``fn`` traced to aten ops (``decompose``: ops written out as Inductor's decompositions do)."""
+    table = select_decomp_table()
+    gm = make_fx(fn, decomposition_table={op: table[op] for op in decompose}, tracing_mode="fake")(*inputs)
     report = CompileReport(graph="test_graph", device="cpu", executor="fx")
     attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions, report=report))
     return gm
