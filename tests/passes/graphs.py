@@ -11,6 +11,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ascend_compile import devices
 from ascend_compile.passes.graph_facts import GraphFacts, attach
 from ascend_compile.report import CompileReport
+from ascend_compile.settings import Settings
 
 
 def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
@@ -21,6 +22,17 @@ def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     gm = make_fx(fn, decomposition_table={op: table[op] for op in decompose}, tracing_mode="fake")(*inputs)
     report = CompileReport(graph="test_graph", device="cpu", executor="fx")
     attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions, report=report))
+    return gm
+
+
+def after_passes(gm: torch.fx.GraphModule, *passes: Callable[..., int]) -> torch.fx.GraphModule:
+    """``gm`` after ``passes`` in order, dead code removed; ``gm.count``: the last pass's count."""
+    settings = Settings()
+    for run in passes:
+        gm.count = run(gm, settings)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
     return gm
 
 

@@ -8,7 +8,7 @@ import torch
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, targets
+from tests.passes.graphs import after_passes, aten_graph, targets
 
 SETTINGS = Settings()
 aten = torch.ops.aten
@@ -28,13 +28,7 @@ def _layer(x, residual, weight):
 
 
 def _fused(fn, *inputs) -> torch.fx.GraphModule:
-    gm = aten_graph(fn, *inputs)
-    rewrite_reductions(gm, SETTINGS)
-    count = fuse_rms_norm(gm, SETTINGS)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    gm.count = count
-    return gm
+    return after_passes(aten_graph(fn, *inputs), rewrite_reductions, fuse_rms_norm)
 
 
 def test_norms_with_residual_weight_and_casts_fuse_and_compute_the_same() -> None:

@@ -8,7 +8,7 @@ import torch
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, targets
+from tests.passes.graphs import after_passes, aten_graph, targets
 
 SETTINGS = Settings()
 bi = torch.ops.ascend_bi
@@ -20,13 +20,7 @@ def _mlp(x, w_gate, w_up, w_down):
 
 
 def _fused(fn, *inputs) -> torch.fx.GraphModule:
-    gm = aten_graph(fn, *inputs)
-    rewrite_matmul(gm, SETTINGS)
-    gm.count = fuse_sibling_matmuls(gm, SETTINGS)
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
-    return gm
+    return after_passes(aten_graph(fn, *inputs), rewrite_matmul, fuse_sibling_matmuls)
 
 
 def test_gate_and_up_share_a_launch_with_the_same_bits() -> None:

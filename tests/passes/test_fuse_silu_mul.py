@@ -9,7 +9,7 @@ from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_silu_mul import fuse_silu_mul
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, targets
+from tests.passes.graphs import after_passes, aten_graph, targets
 
 SETTINGS = Settings()
 aten = torch.ops.aten
@@ -18,14 +18,8 @@ F = torch.nn.functional
 
 
 def _fused(fn, *inputs, decompose: tuple[object, ...] = ()) -> torch.fx.GraphModule:
-    gm = aten_graph(fn, *inputs, decompose=decompose)
-    rewrite_matmul(gm, SETTINGS)
-    fuse_sibling_matmuls(gm, SETTINGS)
-    gm.count = fuse_silu_mul(gm, SETTINGS)
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
-    return gm
+    return after_passes(aten_graph(fn, *inputs, decompose=decompose), rewrite_matmul, fuse_sibling_matmuls,
+                        fuse_silu_mul)
 
 
 def _inputs(*shapes: tuple[int, ...], dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, ...]:
