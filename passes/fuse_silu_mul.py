@@ -31,7 +31,7 @@ import torch
 import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import RESHAPES, call, sole_user, value
+from ascend_compile.passes.replace import RESHAPES, call, same_shape, shape_of, sole_user, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,10 @@ def _silu_input(node: object) -> object | None:
     neg = exp.args[0]
     if not (_is(neg, aten.neg.default) and neg.args[0] is x32 and sole_user(neg) and set(x32.users) == {neg, div}):
         return None
+    if value(x32).dtype != torch.float32:  # the kernel's SiLU is fp32 arithmetic
+        return None
     x = _unconvert(x32)
-    if x is x32:  # fp32: no converts
+    if x is x32:  # an fp32 model: no converts
         return x
     return x if sole_user(x) and value(x).dtype == value(node).dtype else None
 
@@ -98,9 +100,10 @@ def _match(mul: torch.fx.Node) -> tuple[torch.fx.Node, int, list[torch.fx.Node]]
         gate_input = _silu_input(silu)
         if gate_input is None:
             continue
-        gate, up = _chain(gate_input), _chain(other) if sole_user(other) else None
-        if gate is None or up is None:
-            continue
+        gate = _chain(gate_input)
+        up = _chain(other) if isinstance(other, torch.fx.Node) and sole_user(other) else None
+        if gate is None or up is None or not same_shape(shape_of(silu), shape_of(other)):
+            continue  # (equal shapes: no broadcasting, the product has the up factor's shape)
         (group, index), (up_group, up_index) = gate[0].args, up[0].args
         if group is up_group and index != up_index and value(mul).dtype == value(silu).dtype:
             return group, index, up
