@@ -131,8 +131,10 @@ def test_stock_decode_differs_from_prefill() -> None:
 def test_decode_steps_equal_prefill_with_eager_attention(name: str, executor: str) -> None:
     ascend_compile.clear_reports()
     assert _decode_matches_prefill(tiny_model(name), backend="ascend_bi", options={"executor": executor})
-    # Every layer's attention rewritten, in the prefill graph and in the decode graph.
-    assert all(r.rewrites["rewrite_eager_attention"] == LAYERS and r.batch_invariant for r in ascend_compile.reports())
+    # Every layer's attention rewritten and its MLP's SiLU in the gate/up launch, in the prefill
+    # graph and in the decode graph.
+    assert all(r.rewrites["rewrite_eager_attention"] == r.rewrites["fuse_silu_mul"] == LAYERS and r.batch_invariant
+               for r in ascend_compile.reports())
 
 
 def test_stock_eager_attention_decode_differs_from_prefill() -> None:
