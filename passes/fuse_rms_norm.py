@@ -35,7 +35,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import call, same_shape, shape_of, sole_user, swap, value
+from ascend_compile.passes.replace import call, converted_to, same_shape, shape_of, sole_user, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,15 +60,6 @@ class _Norm:
 def _dtype(node: object) -> torch.dtype | None:
     val = value(node)
     return val.dtype if isinstance(val, torch.Tensor) else None
-
-
-def _converted_to(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node | None:
-    """The input of ``node`` when ``node`` only casts it to ``dtype``."""
-    if node.target is prims.convert_element_type.default and node.args[1] == dtype:
-        return node.args[0]
-    if node.target is aten._to_copy.default and node.kwargs.keys() <= {"dtype"} and node.kwargs.get("dtype") == dtype:
-        return node.args[0]
-    return None
 
 
 def _sole(node: torch.fx.Node, *targets: object) -> torch.fx.Node | None:
@@ -133,13 +124,13 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
         return None
     if _dtype(h32) != torch.float32:
         return None
-    x = _converted_to(h32, torch.float32)
+    x = converted_to(h32, torch.float32)
     y = normed
     if x is None:  # a float32 input: the norm reads it, others may too
         x = h32
     elif _dtype(x) in _LOW_PRECISION and set(h32.users) == {square, normed}:  # the upcast is the norm's own
         y = _sole(normed, prims.convert_element_type.default, aten._to_copy.default)
-        if y is None or _converted_to(y, _dtype(x)) is not normed:
+        if y is None or converted_to(y, _dtype(x)) is not normed:
             return None
     else:
         return None

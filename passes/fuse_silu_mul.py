@@ -31,14 +31,13 @@ import torch
 import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import RESHAPES, call, same_shape, shape_of, sole_user, value
+from ascend_compile.passes.replace import RESHAPES, call, converted_to, same_shape, shape_of, sole_user, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 bi = torch.ops.ascend_bi
-_CONVERTS = (torch.ops.prims.convert_element_type.default, aten._to_copy.default)
 
 
 def _chain(node: object) -> list[torch.fx.Node] | None:
@@ -61,17 +60,12 @@ def _is(node: object, target: object) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is target
 
 
-def _unconvert(node: object) -> object:
-    """What a dtype conversion converts (``node`` itself when it is none)."""
-    return node.args[0] if any(_is(node, op) for op in _CONVERTS) else node
-
-
 def _silu_input(node: object) -> object | None:
     """``x`` when ``node`` is ``silu(x)``, written as one op or decomposed, and ``x`` and the
     SiLU's nodes are used only by it."""
     if _is(node, aten.silu.default):
         return node.args[0] if sole_user(node.args[0]) else None
-    div = _unconvert(node)
+    div = converted_to(node, value(node).dtype) or node  # bf16/fp16: the SiLU's result cast back
     if div is not node and not sole_user(div):
         return None
     if not (_is(div, aten.div.Tensor) and isinstance(div.args[1], torch.fx.Node) and sole_user(div.args[1])):
@@ -85,7 +79,7 @@ def _silu_input(node: object) -> object | None:
         return None
     if value(x32).dtype != torch.float32:  # the kernel's SiLU is fp32 arithmetic
         return None
-    x = _unconvert(x32)
+    x = converted_to(x32, torch.float32) or x32
     if x is x32:  # an fp32 model: no converts
         return x
     return x if sole_user(x) and value(x).dtype == value(node).dtype else None

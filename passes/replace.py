@@ -54,6 +54,17 @@ def sole_user(node: torch.fx.Node) -> bool:
     return len(node.users) == 1
 
 
+def converted_to(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node | None:
+    """The input of ``node`` when ``node`` only casts it to ``dtype`` (Inductor's
+    ``convert_element_type``, or ``_to_copy`` with nothing but a dtype in ``fx``-executor graphs)."""
+    if node.target is torch.ops.prims.convert_element_type.default and node.args[1] == dtype:
+        return node.args[0]
+    if (node.target is torch.ops.aten._to_copy.default and node.kwargs.keys() <= {"dtype"}
+            and node.kwargs.get("dtype") == dtype):
+        return node.args[0]
+    return None
+
+
 def value(arg: object) -> Any:
     """The fake tensor (or constant) an argument stands for; a list of them for a list."""
     if isinstance(arg, (list, tuple)):

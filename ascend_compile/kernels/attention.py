@@ -50,6 +50,13 @@ def _fold(big_m, big_l, big_a, m, denom, a):
 
 
 @triton.jit
+def _empty_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """The state nothing was folded into yet: max -inf, denominator and weighted values zero."""
+    return (tl.full((BLOCK_M,), float("-inf"), tl.float32), tl.zeros((BLOCK_M,), tl.float32),
+            tl.zeros((BLOCK_M, BLOCK_DV), tl.float32))
+
+
+@triton.jit
 def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
                  stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV,
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -168,9 +175,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
         tl.debug_barrier()
         tile = block * tl.num_programs(1) + bkv
         if tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel") == num_splits - 1:  # last to arrive folds
-            big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-            big_l = tl.zeros((BLOCK_M,), tl.float32)
-            big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+            big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
             for part in range(0, num_splits):
                 state = (part * tl.num_programs(1) + bkv) * Lq * group + rows
                 m = tl.load(ws_m + state, mask=live, other=float("-inf"), cache_modifier=".cg")
@@ -181,9 +186,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
             _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
             tl.atomic_xchg(counter_ptr + tile, 0)
     else:
-        big_m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        big_l = tl.zeros((BLOCK_M,), tl.float32)
-        big_a = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+        big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
         last = num_splits
         if IS_CAUSAL:  # splits past the block's last query hold only masked keys: folding them is a no-op
             last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)

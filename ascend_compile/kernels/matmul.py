@@ -302,6 +302,8 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     plan, n = plans.pop(), sum(widths)
     sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
                             _runs_along(bs[0][None], 1))
+    if GROUP_COLUMNS % sched.block_n:  # tiles would straddle two weights
+        return [bi_matmul(a, b) for b in bs]
     outs = [torch.empty((m, w), dtype=a.dtype, device=a.device) for w in widths]
     targets = [torch.empty_like(o, dtype=torch.float32) for o in outs] if plan.fp32_io else outs
     segments: list[int] = []

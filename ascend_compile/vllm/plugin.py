@@ -33,17 +33,16 @@ from ascend_compile.settings import FALSE_WORDS, TRUE_WORDS
 logger = logging.getLogger(__name__)
 
 ENV = "ASCEND_BI"
-_TRUE = TRUE_WORDS
-_FALSE = ("", *FALSE_WORDS)  # unset is off
+_OFF_WORDS = ("", *FALSE_WORDS)  # unset is off
 
 
 def requested(env: Mapping[str, str] = os.environ) -> bool:
     """True when the environment asks for ascend_bi; a value that is neither true nor false is an error."""
     raw = env.get(ENV, "").strip().lower()
-    if raw not in _TRUE + _FALSE:
+    if raw not in TRUE_WORDS + _OFF_WORDS:
         raise ValueError(f"ascend_bi: environment variable {ENV}={env[ENV]!r} is not valid; "
-                         f"accepted values: {', '.join(v for v in _TRUE + _FALSE if v)}")
-    return raw in _TRUE
+                         f"accepted values: {', '.join(v for v in TRUE_WORDS + _OFF_WORDS if v)}")
+    return raw in TRUE_WORDS
 
 
 def register() -> None:
