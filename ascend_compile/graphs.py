@@ -7,10 +7,12 @@ cut back to n rows, and inputs the graph wrote into get their n real rows back. 
 plans never look at the batch, so padding cannot change a real row's bits.
 
 Capture happens on the first call, for every bucket, largest first, into one shared memory pool,
-each after a warm-up run on a side stream (Triton compiles, workspaces are allocated).  A key
-of the other size symbols' values (e.g. a cache length) gets its own set of graphs, up to
-``MAX_SHAPE_KEYS``; beyond that, and above the largest bucket, calls run uncaptured (still
-batch-invariant).  Parameters and buffers are never copied: graphs read them in place.
+each after a warm-up run on a side stream (Triton compiles, workspaces are allocated).  A bucket
+that runs out of device memory there is skipped with a warning (an error under ``graphs="on"``)
+and its batches run uncaptured.  A key of the other size symbols' values (e.g. a cache length)
+gets its own set of graphs, up to ``MAX_SHAPE_KEYS``; beyond that, and above the largest bucket,
+calls run uncaptured (still batch-invariant).  Parameters and buffers are never copied: graphs
+read them in place.
 """
 
 from __future__ import annotations
@@ -209,24 +211,44 @@ class BucketGraphRunner:
         api = self.api
         if self._pool is None:
             self._pool = api.pool()
-        stream = api.side_stream()
-        total = time.perf_counter()
+        stream, total, captured = api.side_stream(), time.perf_counter(), 0
         for n, bucket in enumerate(sorted(buckets, reverse=True), 1):
             start, before = time.perf_counter(), api.memory_allocated()
-            inputs = self._static_inputs(args, batch, bucket)
-            with api.on(stream):
-                self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
-            api.join(stream)
-            api.synchronize()
-            graph = api.new_graph()
-            with api.capture(graph, self._pool, stream):
-                outputs = self.fn(*inputs)
-            api.synchronize()
-            addresses = {s.position: args[s.position].data_ptr() for s in self.signature.inputs if s.fixed_address}
-            self.graphs[(bucket, shape_key)] = _Bucket(bucket, graph, inputs, outputs, addresses)
+            try:
+                self.graphs[(bucket, shape_key)] = self._capture_bucket(args, batch, bucket, stream)
+            except torch.OutOfMemoryError as error:
+                self._out_of_memory(bucket, shape_key, error)
+                continue
+            captured += 1
             logger.info("ascend_bi: captured bucket %d (%d/%d) in %.2f s, %.1f MiB of device memory", bucket, n,
                         len(buckets), time.perf_counter() - start, (api.memory_allocated() - before) / 2**20)
-        logger.info("ascend_bi: %d graphs captured in %.1f s", len(buckets), time.perf_counter() - total)
+        logger.info("ascend_bi: %d graphs captured in %.1f s", captured, time.perf_counter() - total)
+
+    def _capture_bucket(self, args: Sequence[Any], batch: int | None, bucket: int, stream: Any) -> _Bucket:
+        api = self.api
+        inputs = self._static_inputs(args, batch, bucket)
+        with api.on(stream):
+            self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
+        api.join(stream)
+        api.synchronize()
+        graph = api.new_graph()
+        with api.capture(graph, self._pool, stream):
+            outputs = self.fn(*inputs)
+        api.synchronize()
+        addresses = {s.position: args[s.position].data_ptr() for s in self.signature.inputs if s.fixed_address}
+        return _Bucket(bucket, graph, inputs, outputs, addresses)
+
+    def _out_of_memory(self, bucket: int, shape_key: tuple[int, ...], error: torch.OutOfMemoryError) -> None:
+        """A bucket whose warm-up or capture ran out of device memory: an error under
+        ``graphs="on"``; otherwise its batches run uncaptured and smaller buckets are still tried."""
+        advice = "bound the buckets with max_capture_size or capture_sizes"
+        if self.settings.graphs == "on":
+            raise RuntimeError(f"ascend_bi: graphs='on' but bucket {bucket} does not fit in device memory while it is "
+                               f"captured; {advice}") from error
+        self._refused.add((bucket, shape_key))
+        self.api.synchronize()
+        logger.warning("ascend_bi: bucket %d does not fit in device memory while it is captured (%s); batches that "
+                       "would use it run uncaptured; %s", bucket, str(error).splitlines()[0], advice)
 
     def _replay(self, bucket: _Bucket, args: Sequence[Any], batch: int | None,
                 regions: list[tuple[slice, ...]]) -> Any:

@@ -282,3 +282,37 @@ def test_buckets_that_break_a_guard_are_not_captured(runners: list[BucketGraphRu
         out = compiled(x[:batch], targets[:batch])
         assert all(torch.equal(out[i], alone[i]) for i in range(batch))
     assert {bucket for r in runners for bucket, _ in r._refused} == {2, 4}  # below the 8 gathered rows
+
+
+def _out_of_memory_at(batch: int, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, raising out of memory when it runs on a batch of ``batch`` rows."""
+    def call(*args: Any) -> Any:
+        if any(isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == batch for a in args):
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {batch}")
+        return fn(*args)
+
+    return call
+
+
+@pytest.mark.parametrize("setting", ["auto", "on"])
+def test_a_bucket_that_does_not_fit_runs_uncaptured(monkeypatch: pytest.MonkeyPatch, runners: list[BucketGraphRunner],
+                                                    caplog: pytest.LogCaptureFixture, setting: str) -> None:
+    """Capture (largest bucket first) runs out of memory at bucket 8: buckets 2 and 4 are still
+    captured and a batch of 5 runs uncaptured, with a warning naming the bucket and the options
+    that bound it, every row with its alone bits; under ``graphs="on"`` it is an error."""
+    collect = graphs.BucketGraphRunner
+    monkeypatch.setattr(graphs, "BucketGraphRunner", lambda fn, *rest: collect(_out_of_memory_at(8, fn), *rest))
+    compiled = _compile(_Step(), graphs=setting)
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    alone = [compiled(x[i:i + 1], torch.zeros(1, 3, 48))[0] for i in range(5)]
+    if setting == "on":
+        with pytest.raises(RuntimeError, match="bucket 8 does not fit in device memory.*max_capture_size"):
+            compiled(x[:3], torch.zeros(3, 3, 48))
+        return
+    with caplog.at_level("WARNING", logger="ascend_compile.graphs"):
+        for batch in (3, 5):
+            out = compiled(x[:batch], torch.zeros(batch, 3, 48))
+            assert all(torch.equal(out[i], alone[i]) for i in range(batch))
+    assert caplog.text.count("bucket 8 does not fit in device memory") == 1 and "max_capture_size" in caplog.text
+    (dynamic,) = [r for r in runners if r.signature.batch_symbol is not None]
+    assert sorted(b for b, _ in dynamic.graphs) == [2, 4] and {b for b, _ in dynamic._refused} == {8}
