@@ -13,6 +13,7 @@ import torch.fx
 from ascend_compile.passes.fix_contiguity import fix_contiguity
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
+from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
 from ascend_compile.passes.fuse_silu_mul import fuse_silu_mul
 from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.rewrite_eager_attention import rewrite_eager_attention
@@ -38,6 +39,7 @@ PIPELINE: tuple[Pass, ...] = (
     fix_contiguity,
     fuse_sibling_matmuls,  # after fix_contiguity: the operands it groups are final
     fuse_silu_mul,  # reads fuse_sibling_matmuls' gate/up groups
+    fuse_sibling_norms,  # reads fuse_rms_norm's norms and fuse_sibling_matmuls' query/key/value groups
     verify_batch_invariance,
 )
 PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)

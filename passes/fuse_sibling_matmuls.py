@@ -33,7 +33,7 @@ import torch.fx
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.matmul import GROUP_COLUMNS, MAX_GROUP
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import call, swap, value
+from ascend_compile.passes.replace import call, hoist, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -58,19 +58,6 @@ def _weight_key(b: object) -> tuple[object, ...] | None:
     if not isinstance(b, torch.fx.Node) or not isinstance(val, torch.Tensor) or val.dim() != 2:
         return None
     return str(val.shape[0]), str(val.stride()), val.dtype, val.device
-
-
-def _hoist(node: torch.fx.Node, before: torch.fx.Node, order: dict[torch.fx.Node, int]) -> bool:
-    """Make ``node`` come before ``before``, moving its chain of views if needed; False if it can't."""
-    if order[node] < order[before]:
-        return True
-    if node.op != "call_function" or node.target not in _WEIGHT_VIEWS:
-        return False
-    if not all(_hoist(a, before, order) for a in node.all_input_nodes):
-        return False
-    before.prepend(node)
-    order[node] = order[before] - 0.5
-    return True
 
 
 def _activation_key(a: object) -> tuple[object, ...] | None:
@@ -119,7 +106,7 @@ def fuse_sibling_matmuls(gm: torch.fx.GraphModule, settings: Settings) -> int:
     count = 0
     for nodes in _groups(gm):
         first = nodes[0]
-        members = [first] + [node for node in nodes[1:] if _hoist(node.args[1], first, order)]
+        members = [first] + [node for node in nodes[1:] if hoist(node.args[1], first, order, _WEIGHT_VIEWS)]
         if len(members) < 2:
             continue
         group = call(gm.graph, first, bi.mm_group.default, (first.args[0], [node.args[1] for node in members]))

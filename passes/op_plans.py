@@ -37,6 +37,8 @@ def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | N
     """(plan family, the extents the plan takes, dtype) of a template node; None for other nodes."""
     target = node.target
     x = _fake(node, 0)
+    if target == _ops.rms_norm_pair.default:  # one plan for both inputs (bi_rms_norm_pair)
+        x = node.args[0][0].meta["val"]
     if not isinstance(x, torch.Tensor):
         return None
     if target in (_ops.mm.default, _ops.mm_silu_mul.default):
@@ -55,7 +57,7 @@ def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | N
         return "row", {"n": x.shape[node.args[1] % x.dim()] if x.dim() else 1}, dtype
     if target == _ops.layer_norm.default:
         return "row", {"n": math.prod(node.args[1])}, x.dtype
-    if target in (_ops.rms_norm.default, _ops.add_rms_norm.default):
+    if target in (_ops.rms_norm.default, _ops.add_rms_norm.default, _ops.rms_norm_pair.default):
         return "row", {"n": x.shape[-1]}, x.dtype
     if target == _ops.attention.default:
         return "attention", {"head_dim": x.shape[-1], "value_dim": _fake(node, 2).shape[-1]}, x.dtype

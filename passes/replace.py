@@ -91,6 +91,20 @@ def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[
     return node
 
 
+def hoist(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, float], views: tuple[Any, ...]) -> bool:
+    """Make ``node`` come before ``before`` in ``order`` (graph positions, kept up to date),
+    moving it and the chain of ``views`` it is made by if needed; False if it cannot."""
+    if not isinstance(node, torch.fx.Node) or order[node] < order[before]:
+        return True
+    if node.op != "call_function" or node.target not in views:
+        return False
+    if not all(hoist(a, before, order, views) for a in node.all_input_nodes):
+        return False
+    before.prepend(node)
+    order[node] = order[before] - 0.5
+    return True
+
+
 def swap(old: torch.fx.Node, new: torch.fx.Node) -> None:
     """Route every user of ``old`` to ``new`` and drop ``old``."""
     old.replace_all_uses_with(new)

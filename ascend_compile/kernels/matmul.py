@@ -309,7 +309,8 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     segments: list[int] = []
     start = widths[0]
     for b, target, width in zip(bs[1:], targets[1:], widths[1:], strict=True):
-        segments += [start, _distance(bs[0], b) - start * b.stride(1), _distance(targets[0], target) - start, width]
+        segments += [start, element_distance(bs[0], b) - start * b.stride(1),
+                     element_distance(targets[0], target) - start, width]
         start += width
     segments += [n, 0, 0, 0] * (MAX_GROUP - len(bs))  # absent weights start past the last column
     _launch(a[None], bs[0][None], None, targets[0][None], plan, sched, device, n=n, segments=tuple(segments))
@@ -346,7 +347,7 @@ def bi_matmul_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
     return out.to(a.dtype)
 
 
-def _distance(first: torch.Tensor, second: torch.Tensor) -> int:
+def element_distance(first: torch.Tensor, second: torch.Tensor) -> int:
     """Elements from ``first``'s data to ``second``'s."""
     gap = second.data_ptr() - first.data_ptr()
     if gap % first.element_size():
@@ -390,7 +391,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         a, b, bias3, out, workspace, counters,
         m, n, k, z,
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
-        *(segments or (0,) * 8), _distance(b, up) if up is not None else 0,
+        *(segments or (0,) * 8), element_distance(b, up) if up is not None else 0,
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
         CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,

@@ -13,11 +13,14 @@ square is rounded before it is added, as it is when the kernels are separate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import triton
 import triton.language as tl
 
 from ascend_compile import devices
+from ascend_compile.kernels.matmul import element_distance
 from ascend_compile.kernels.plans import row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
@@ -35,29 +38,39 @@ def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, stride_r, stride_out, eps,
+                     rows1, x_off2, w_off2, out_off2, stride_x2, eps2,
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr):
+                     EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     for program_row in range(tl.program_id(0), rows, tl.num_programs(0)):  # one row per program off NPUs
         row = tl.cast(program_row, tl.int64)
+        x_row = x_ptr + row * stride_x
+        w_row = w_ptr
+        out_row = out_ptr + row * stride_out
+        row_eps = eps
+        if PAIR:  # rows from rows1 on are the second input's, found by their distance from the first's
+            second = row >= rows1
+            local = tl.where(second, row - rows1, row)
+            x_row = x_ptr + tl.where(second, x_off2 + local * stride_x2, local * stride_x)
+            w_row = w_ptr + tl.where(second, w_off2, 0)
+            out_row = out_ptr + tl.where(second, out_off2, 0) + local * stride_out
+            row_eps = tl.where(second, eps2, eps)
         lanes = tl.zeros((BLOCK,), dtype=tl.float32)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_ptr + row * stride_x, r_ptr + row * stride_r, start + cols, mask, DTYPE,
-                            HAS_RESIDUAL, EMULATE_BF16)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16)
             if HAS_RESIDUAL:
                 tl.store(sum_ptr + row * stride_out + start + cols, h.to(sum_ptr.dtype.element_ty), mask=mask)
             lanes += h * h
-        scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + eps)
+        scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + row_eps)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_ptr + row * stride_x, r_ptr + row * stride_r, start + cols, mask, DTYPE,
-                            HAS_RESIDUAL, EMULATE_BF16)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16)
             y = round_to(h * scale, DTYPE, EMULATE_BF16)
             if HAS_WEIGHT:
-                weight = tl.load(w_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
+                weight = tl.load(w_row + start + cols, mask=mask, other=0.0).to(tl.float32)
                 y = round_to(weight * y, DTYPE, EMULATE_BF16)
-            tl.store(out_ptr + row * stride_out + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_row + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -81,9 +94,48 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     if rows and n:
         grid, options = row_launch(x, rows, plan, fp_fusion=False)
         _rms_norm_kernel[grid](rows_x, rows_r, weight if weight is not None else rows_x, out, total, rows, n,
-                               rows_x.stride(0), rows_r.stride(0), out.stride(0), eps,
+                               rows_x.stride(0), rows_r.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps,
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
                                HAS_WEIGHT=weight is not None,
-                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, **options)
+                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=False,
+                               **options)
     out = out.to(x.dtype).reshape(x.shape)
     return out, (total.to(x.dtype).reshape(x.shape) if residual is not None else None)
+
+
+def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                     eps: Sequence[float]) -> list[torch.Tensor]:
+    """``[bi_rms_norm(x, None, w, e)[0] for x, w, e in zip(xs, weights, eps)]`` in one launch.
+
+    Two norms of one length and dtype that depend on nothing but their inputs -- a layer's query
+    and key norms, one head per row -- run as one launch over both inputs' rows; the second
+    input, weight and output are found by their distance in memory from the first's (nothing is
+    copied).  Each row is computed exactly as ``bi_rms_norm`` computes it.
+    """
+    if not len(xs) == len(weights) == len(eps) == 2:
+        raise ValueError(f"bi_rms_norm_pair takes two inputs, weights and epsilons, got {len(xs)}, {len(weights)} "
+                         f"and {len(eps)}")
+    n = xs[0].shape[-1]
+    if any(x.shape[-1] != n or x.dtype != xs[0].dtype or x.device != xs[0].device for x in xs) \
+            or any(w.shape != (n,) or w.stride() != (1,) or w.dtype != weights[0].dtype or w.device != xs[0].device
+                   for w in weights):
+        raise ValueError(f"bi_rms_norm_pair: inputs must share their last dim, dtype and device, and weights be "
+                         f"contiguous ({n},) of one dtype; got {[(tuple(x.shape), x.dtype) for x in xs]} and "
+                         f"{[(tuple(w.shape), w.dtype) for w in weights]}")
+    x = xs[0]
+    device = devices.of_tensor(x)
+    plan = row_plan(n, x.dtype, device)
+    rows_x = [_rows(t, n) for t in xs]
+    store = plan.store_dtype(x.dtype)
+    outs = [torch.empty(r.shape, dtype=store, device=x.device) for r in rows_x]
+    rows = rows_x[0].shape[0] + rows_x[1].shape[0]
+    if rows and n:
+        grid, options = row_launch(x, rows, plan, fp_fusion=False)
+        _rms_norm_kernel[grid](rows_x[0], rows_x[0], weights[0], outs[0], outs[0], rows, n,
+                               rows_x[0].stride(0), 0, n, eps[0], rows_x[0].shape[0],
+                               element_distance(rows_x[0], rows_x[1]), element_distance(weights[0], weights[1]),
+                               element_distance(outs[0], outs[1]), rows_x[1].stride(0), eps[1],
+                               DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=False, HAS_WEIGHT=True,
+                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=True,
+                               **options)
+    return [out.to(t.dtype).reshape(t.shape) for out, t in zip(outs, xs, strict=True)]

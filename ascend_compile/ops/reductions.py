@@ -1,5 +1,5 @@
 """``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm, cumsum,
-rms_norm and add_rms_norm.
+rms_norm, add_rms_norm and rms_norm_pair.
 
 Each op computes what its aten counterpart computes, with the summation order fixed by a row
 plan.  Every output is contiguous, in the real and the fake impl alike, so Inductor's layout for
@@ -13,7 +13,7 @@ import torch
 
 from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
-from ascend_compile.kernels.rms_norm import bi_rms_norm
+from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
 from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 
@@ -121,6 +121,20 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor |
 def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
       eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("ascend_bi::rms_norm_pair", mutates_args=())
+def rms_norm_pair(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
+                  eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """``[rms_norm(x, w, e) for x, w, e in zip(xs, weights, eps)]`` for two inputs in one launch (a
+    layer's query and key norms); ``eps_tensors`` as ``rms_norm``'s ``eps_tensor``, one per input."""
+    return bi_rms_norm_pair(xs, weights, [_eps(e, t) for e, t in zip(eps, eps_tensors, strict=True)])
+
+
+@rms_norm_pair.register_fake
+def _(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
+      eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    return [x.new_empty(x.shape) for x in xs]
 
 
 def _eps(eps: float, eps_tensor: torch.Tensor | None) -> float:

@@ -120,6 +120,8 @@ def test_decode_steps_equal_prefill_with_sdpa(name: str) -> None:
     assert _decode_matches_prefill(model, backend="ascend_bi", options={"executor": "fx"})
     assert all(r.batch_invariant for r in ascend_compile.reports())  # SDPA rewritten too: nothing left
     assert all(r.rewrites["fuse_rms_norm"] == r.rewrites["rewrite_reductions"] > 0 for r in ascend_compile.reports())
+    # Qwen3's query and key norms share one launch per layer (Llama has none).
+    assert all(r.rewrites["fuse_sibling_norms"] == (LAYERS if name == "qwen3" else 0) for r in ascend_compile.reports())
 
 
 def test_stock_decode_differs_from_prefill() -> None:

@@ -9,7 +9,8 @@ import torch
 LAYERS = 1
 #: model name -> (config class name, model class name, extra config fields)
 MODELS: dict[str, tuple[str, str, dict[str, object]]] = {
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    # Query heads 128 wide in all: the query and key projections share a launch, so do their norms.
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}),
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
     "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": 16, "sliding_window": 64}),

@@ -57,3 +57,16 @@ def test_fused_rms_norm_equals_written_out_norm_on_gpu(dtype: torch.dtype) -> No
         assert torch.equal(total, want_total) and torch.equal(out, want_out), unfused
     for m in ROWS:
         assert torch.equal(torch.ops.ascend_bi.add_rms_norm(x[:m], residual[:m], weight, 1e-6)[0], out[:m])
+
+
+def test_query_and_key_norms_in_one_launch_keep_their_bits_on_gpu() -> None:
+    """``rms_norm_pair`` at Qwen3-0.6B's query/key shapes (16 and 8 heads of 128, views of the
+    projections' outputs): each output equals its own ``rms_norm``, at every row count."""
+    gen = torch.Generator("cuda").manual_seed(1)
+    q, k = (torch.randn(max(ROWS), heads * 128, device="cuda", generator=gen).to(torch.bfloat16)
+            .view(max(ROWS), 1, heads, 128) for heads in (16, 8))
+    weights = [torch.rand(128, device="cuda", generator=gen).to(torch.bfloat16) + 0.5 for _ in range(2)]
+    for m in ROWS:
+        got = torch.ops.ascend_bi.rms_norm_pair([q[:m], k[:m]], weights, [1e-6, 1e-6], [None, None])
+        assert torch.equal(got[0], torch.ops.ascend_bi.rms_norm(q[:m], weights[0], 1e-6))
+        assert torch.equal(got[1], torch.ops.ascend_bi.rms_norm(k[:m], weights[1], 1e-6))

@@ -55,3 +55,19 @@ def test_stock_compiled_rms_norm_differs() -> None:
                           dynamic=True)
     probes = [next(_inputs(4097 + s, torch.float32)) for s in range(3)]
     assert any(not all_bitwise_equal(*rows_in_batches(stock, probe)) for probe in probes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pair_gives_each_norm_its_own_bits(dtype: torch.dtype) -> None:
+    """A layer's query and key norms in one launch (16 and 8 heads of 128 per token, views of
+    the projections' outputs, each with its epsilon): each output equals its own ``rms_norm`` bit
+    for bit."""
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(3, 1, heads * 128, generator=gen).to(dtype).view(3, 1, heads, 128) for heads in (16, 8))
+    q_weight, k_weight = (torch.rand(128, generator=gen).to(dtype) + 0.5 for _ in range(2))
+    got = bi.rms_norm_pair([q, k], [q_weight, k_weight], [EPS, 0.5], [None, None])
+    assert [g.shape for g in got] == [q.shape, k.shape]
+    assert torch.equal(got[0], bi.rms_norm(q, q_weight, EPS)) and torch.equal(got[1], bi.rms_norm(k, k_weight, 0.5))
+    assert not torch.equal(got[1], bi.rms_norm(k, k_weight, EPS))  # the second epsilon is the one used
+    with pytest.raises(ValueError, match="inputs must share their last dim"):
+        bi.rms_norm_pair([q, k[..., :64]], [q_weight, k_weight[:64]], [EPS, EPS], [None, None])
