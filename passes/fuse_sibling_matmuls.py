@@ -24,7 +24,6 @@ Rewrites to::
 from __future__ import annotations
 
 import logging
-import operator
 from collections import defaultdict
 
 import torch
@@ -33,7 +32,7 @@ import torch.fx
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.matmul import GROUP_COLUMNS, MAX_GROUP
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import call, hoist, swap, value
+from ascend_compile.passes.replace import call, hoist, swap_items, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -110,11 +109,7 @@ def fuse_sibling_matmuls(gm: torch.fx.GraphModule, settings: Settings) -> int:
         if len(members) < 2:
             continue
         group = call(gm.graph, first, bi.mm_group.default, (first.args[0], [node.args[1] for node in members]))
-        for index, old in enumerate(members):
-            with gm.graph.inserting_after(group):
-                item = gm.graph.call_function(operator.getitem, (group, index))
-            item.meta.update(old.meta)
-            swap(old, item)
+        swap_items(members, group)
         count += 1
     logger.debug("fuse_sibling_matmuls: %d groups of matmuls share a launch", count)
     return count

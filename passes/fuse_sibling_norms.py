@@ -32,7 +32,7 @@ import torch
 import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import call, hoist, swap, value
+from ascend_compile.passes.replace import call, hoist, swap_items, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,7 @@ def fuse_sibling_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
             pair = call(gm.graph, first, bi.rms_norm_pair.default,
                         ([first.args[0], second.args[0]], [first.args[1], second.args[1]],
                          [first.args[2], second.args[2]], tensors))
-            for index, old in enumerate((first, second)):
-                with gm.graph.inserting_after(pair):
-                    item = gm.graph.call_function(operator.getitem, (pair, index))
-                item.meta.update(old.meta)
-                swap(old, item)
+            swap_items((first, second), pair)
             count += 1
     logger.debug("fuse_sibling_norms: %d pairs of norms share a launch", count)
     return count

@@ -7,6 +7,8 @@ values, so later passes and Inductor see true shapes, dtypes and strides.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -109,3 +111,12 @@ def swap(old: torch.fx.Node, new: torch.fx.Node) -> None:
     """Route every user of ``old`` to ``new`` and drop ``old``."""
     old.replace_all_uses_with(new)
     old.graph.erase_node(old)
+
+
+def swap_items(olds: Sequence[torch.fx.Node], new: torch.fx.Node) -> None:
+    """Route the users of each ``olds[i]`` to ``new[i]`` (``new`` returns a list) and drop ``olds``."""
+    for index, old in enumerate(olds):
+        with new.graph.inserting_after(new):
+            item = new.graph.call_function(operator.getitem, (new, index))
+        item.meta.update(old.meta)
+        swap(old, item)
