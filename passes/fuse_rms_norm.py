@@ -35,13 +35,12 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import call, converted_to, same_shape, shape_of, sole_user, swap, value
+from ascend_compile.passes.replace import CASTS, call, converted_to, same_shape, shape_of, sole_user, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
-prims = torch.ops.prims
 bi = torch.ops.ascend_bi
 _PATTERNS = PatternMatcherPass(pass_name="ascend_bi_fuse_rms_norm")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -129,7 +128,7 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
     if x is None:  # a float32 input: the norm reads it, others may too
         x = h32
     elif _dtype(x) in _LOW_PRECISION and set(h32.users) == {square, normed}:  # the upcast is the norm's own
-        y = _sole(normed, prims.convert_element_type.default, aten._to_copy.default)
+        y = _sole(normed, *CASTS)
         if y is None or converted_to(y, _dtype(x)) is not normed:
             return None
     else:

@@ -32,7 +32,7 @@ import torch.fx
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.matmul import GROUP_COLUMNS, MAX_GROUP
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import call, hoist, swap_items, value
+from ascend_compile.passes.replace import VIEWS, call, hoist, swap_items, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,9 @@ logger = logging.getLogger(__name__)
 aten = torch.ops.aten
 bi = torch.ops.ascend_bi
 #: Ops through which two linear layers see one activation (each makes its own view of it).
-_ACTIVATION_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
+_ACTIVATION_VIEWS = VIEWS
 #: Ops a weight operand may pass through on its way from the graph input (moved with it).
-_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.transpose.int, aten.view.default,
-                 aten.reshape.default, aten._unsafe_view.default)
+_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.transpose.int, *VIEWS)
 
 
 def _layout(t: torch.Tensor) -> tuple[str, str]:

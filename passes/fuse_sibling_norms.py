@@ -32,7 +32,7 @@ import torch
 import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.passes.replace import call, hoist, swap_items, value
+from ascend_compile.passes.replace import CASTS, VIEWS, call, hoist, swap_items, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,8 +40,7 @@ logger = logging.getLogger(__name__)
 aten = torch.ops.aten
 bi = torch.ops.ascend_bi
 #: Ops between a projection's output and the per-head view a norm reads.
-_VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.transpose.int,
-          aten.permute.default, operator.getitem)
+_VIEWS = (*VIEWS, aten.transpose.int, aten.permute.default, operator.getitem)
 
 
 def _producer(x: object) -> torch.fx.Node | None:
@@ -51,10 +50,6 @@ def _producer(x: object) -> torch.fx.Node | None:
     while x.op == "call_function" and x.target in _VIEWS:
         x = x.args[0]
     return x
-
-
-#: Casts of a lifted epsilon on its way to its norm (moved with it).
-_CASTS = (torch.ops.prims.convert_element_type.default, aten._to_copy.default)
 
 
 def _eps_tensor(norm: torch.fx.Node) -> object:
@@ -86,7 +81,7 @@ def fuse_sibling_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
             if not (hoist(second.args[0], first, order, _VIEWS) and hoist(second.args[1], first, order, ())):
                 continue
             tensors = [_eps_tensor(first), _eps_tensor(second)]
-            if not hoist(tensors[1], first, order, _CASTS):
+            if not hoist(tensors[1], first, order, CASTS):  # a lifted epsilon's casts move with it
                 continue
             pair = call(gm.graph, first, bi.rms_norm_pair.default,
                         ([first.args[0], second.args[0]], [first.args[1], second.args[1]],

@@ -36,9 +36,12 @@ def arguments(node: torch.fx.Node) -> dict[str, Any]:
     return values
 
 
+#: Ops that view the same elements in another shape.
+VIEWS = (torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default)
 #: Ops that give the same elements in another shape.
-RESHAPES = (torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
-            torch.ops.aten.clone.default)
+RESHAPES = (*VIEWS, torch.ops.aten.clone.default)
+#: Ops that cast a tensor's dtype: Inductor's ``convert_element_type``; ``_to_copy`` in ``fx``-executor graphs.
+CASTS = (torch.ops.prims.convert_element_type.default, torch.ops.aten._to_copy.default)
 
 
 def shape_of(node: object) -> tuple[object, ...] | None:
@@ -59,9 +62,10 @@ def sole_user(node: torch.fx.Node) -> bool:
 def converted_to(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node | None:
     """The input of ``node`` when ``node`` only casts it to ``dtype`` (Inductor's
     ``convert_element_type``, or ``_to_copy`` with nothing but a dtype in ``fx``-executor graphs)."""
-    if node.target is torch.ops.prims.convert_element_type.default and node.args[1] == dtype:
+    convert, to_copy = CASTS
+    if node.target is convert and node.args[1] == dtype:
         return node.args[0]
-    if (node.target is torch.ops.aten._to_copy.default and node.kwargs.keys() <= {"dtype"}
+    if (node.target is to_copy and node.kwargs.keys() <= {"dtype"}
             and node.kwargs.get("dtype") == dtype):
         return node.args[0]
     return None

@@ -6,10 +6,12 @@ decode kernels.  The template splits keys by a fixed *size*, so neither happens.
 that transformers' ``repeat_kv`` copied per query head are read before the copy (``repeat_kv``).  (Attention
 written out as matmul-softmax-matmul is ``rewrite_eager_attention``'s.)
 
-SDPA turns a boolean mask into an additive one, ``where(mask, 0, -inf)``, at every call: one such
-node per layer, which Inductor recomputes per layer (a kernel launch each).  The template takes the
-boolean mask itself (the same bits: a masked key contributes an exact zero either way), so the
-conversions go and one mask serves every layer.
+SDPA turns a boolean mask into an additive one, ``where(mask, 0, -inf)`` on the CPU, at every
+call: one such node per layer, which Inductor recomputes per layer (a kernel launch each).  The
+template takes the boolean mask itself (the same bits: a masked key contributes an exact zero either
+way), so the conversions go and one mask serves every layer.  The GPU forms
+(``where(logical_not(mask), -inf, 0)``, -65504 for cuDNN) are read as additive masks for now
+(docs/BENCHMARKS.md: reading them failed decode == prefill on an H200).
 
 Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
 dropout)::

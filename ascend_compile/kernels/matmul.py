@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
+from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
 from ascend_compile.kernels.plans import (
     MatmulPlan,
@@ -345,14 +346,6 @@ def bi_matmul_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
     out = torch.empty((m, n), dtype=torch.float32 if plan.fp32_io else a.dtype, device=a.device)
     _launch(a[None], gate[None], None, out[None], plan, sched, device, up=up[None], dtype=a.dtype)
     return out.to(a.dtype)
-
-
-def element_distance(first: torch.Tensor, second: torch.Tensor) -> int:
-    """Elements from ``first``'s data to ``second``'s."""
-    gap = second.data_ptr() - first.data_ptr()
-    if gap % first.element_size():
-        raise ValueError("ascend_bi matmul: two weights are not a whole number of elements apart")
-    return gap // first.element_size()
 
 
 def _span(t: torch.Tensor) -> int:

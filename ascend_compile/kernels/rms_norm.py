@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.matmul import element_distance
+from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.plans import row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
