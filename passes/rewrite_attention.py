@@ -6,12 +6,10 @@ decode kernels.  The template splits keys by a fixed *size*, so neither happens.
 that transformers' ``repeat_kv`` copied per query head are read before the copy (``repeat_kv``).  (Attention
 written out as matmul-softmax-matmul is ``rewrite_eager_attention``'s.)
 
-SDPA turns a boolean mask into an additive one, ``where(mask, 0, -inf)`` on the CPU, at every
-call: one such node per layer, which Inductor recomputes per layer (a kernel launch each).  The
-template takes the boolean mask itself (the same bits: a masked key contributes an exact zero either
-way), so the conversions go and one mask serves every layer.  The GPU forms
-(``where(logical_not(mask), -inf, 0)``, -65504 for cuDNN) are read as additive masks for now
-(docs/BENCHMARKS.md: reading them failed decode == prefill on an H200).
+SDPA turns a boolean mask into an additive one at every call (``where(mask, 0, -inf)`` on the CPU;
+``where(logical_not(mask), -inf, 0)`` on GPUs, -65504 for cuDNN): one such node per layer, one
+kernel launch each.  The template takes the boolean mask itself with the score a masked key gets
+(the bits of the additive mask), so the conversions go and one mask serves every layer.
 
 Matches (whichever backend variant SDPA lowered to, when only the output is used and there is no
 dropout)::
@@ -91,25 +89,42 @@ def _constant(arg: object) -> float | None:
     return None
 
 
-def _boolean(mask: object) -> object:
-    """The boolean mask behind SDPA's ``where(mask, 0, -inf)`` conversion, else ``mask`` itself."""
-    if (isinstance(mask, torch.fx.Node) and mask.target is aten.where.self
-            and value(mask.args[0]).dtype == torch.bool
-            and _constant(mask.args[1]) == 0.0 and _constant(mask.args[2]) == float("-inf")):
-        return mask.args[0]
-    return mask
+#: ``torch.where`` overloads SDPA's mask conversion may trace to.
+_WHERE = (aten.where.self, aten.where.ScalarSelf, aten.where.ScalarOther, aten.where.Scalar)
+
+
+def _boolean(mask: object) -> tuple[object, float | None]:
+    """The boolean mask behind SDPA's conversion of it to an additive one, and the score a masked
+    key gets (rounded as the conversion rounds it; None for -inf); else ``(mask, None)``.
+
+    The conversion is ``where(mask, 0, -inf)`` on the CPU, ``where(logical_not(mask), -inf, 0)``
+    on GPUs, with -65504 in place of -inf for cuDNN.
+    """
+    if not (isinstance(mask, torch.fx.Node) and mask.target in _WHERE):
+        return mask, None
+    condition, if_true, if_false = mask.args[:3]
+    if isinstance(condition, torch.fx.Node) and condition.target is aten.logical_not.default:
+        condition, if_true, if_false = condition.args[0], if_false, if_true
+    score = _constant(if_false)
+    if (not isinstance(condition, torch.fx.Node) or value(condition).dtype != torch.bool
+            or _constant(if_true) != 0.0 or score is None):
+        return mask, None
+    score = torch.tensor(score, dtype=value(mask).dtype).item()
+    return condition, None if score == float("-inf") else score
 
 
 def _rewrite(match: Match, *_: object, **__: object) -> None:
     node = match.output_node()
     args = arguments(node)
     mask_name = _VARIANTS[node.target]
-    mask = _boolean(args.get(mask_name)) if mask_name else None
+    mask, masked_score = _boolean(args.get(mask_name)) if mask_name else (None, None)
     out = node.meta["val"][0]
     heads_inner = out.dim() == 4 and out.shape[1] > 1 and out.stride(1) < out.stride(2)
     key, values = unrepeated(args["key"]), unrepeated(args["value"])
+    extra = () if masked_score is None else (None, masked_score)
     new = call(node.graph, node, torch.ops.ascend_bi.attention.default,
-               (args["query"], key, values, mask, bool(args.get("is_causal", False)), args.get("scale"), heads_inner))
+               (args["query"], key, values, mask, bool(args.get("is_causal", False)), args.get("scale"), heads_inner,
+                *extra))
     for user in list(node.users):
         if user.args[1] == 0:
             swap(user, new)

@@ -82,12 +82,14 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
     return points
 
 
-def sweep_candidates(m: int) -> list[tuple[int, int, bool, int]]:
-    """(block_m, block_n, split, num_stages) to try at ``m`` rows."""
-    if m <= 16:
-        return [(16, bn, split, stages) for bn in (32, 64, 128) for split in (True, False) for stages in (3, 5)]
-    block_ms = (16, 32) if m <= 32 else (32, 64) if m <= 64 else (64, 128)
-    return [(bm, bn, split, 3) for bm in block_ms for bn in (64, 128, 256) for split in (True, False)]
+def sweep_candidates(m: int) -> list[tuple[int, int, bool, int, int]]:
+    """(block_m, block_n, split, num_stages, num_warps) to try at ``m`` rows."""
+    if m <= 32:  # decode rows: narrow tiles, few warps, deep pipelines
+        return [(16, bn, split, stages, warps) for bn in (16, 32, 64) for split in (True, False)
+                for stages in (3, 5, 7) for warps in (2, 4, 8)]
+    block_ms = (32, 64) if m <= 64 else (64, 128)
+    return [(bm, bn, split, 3, 8 if bm * bn >= 128 * 128 else 4) for bm in block_ms for bn in (64, 128, 256)
+            for split in (True, False)]
 
 
 def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
@@ -103,12 +105,11 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
     for m in rows:
         x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
         cublas = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
-        for bm, bn, split, stages in sweep_candidates(m):
+        for bm, bn, split, stages, warps in sweep_candidates(m):
             tiles = -(-m // bm) * -(-n // bn)
             if split and tiles >= 4 * device.compute_units:
                 continue
-            sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
-                                   num_stages=stages, group_m=8)
+            sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=warps, num_stages=stages, group_m=8)
             try:
                 us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s) for wi in weights])
             except Exception as error:  # out of shared memory for this tile: not a candidate

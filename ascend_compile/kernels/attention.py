@@ -16,6 +16,13 @@ Two schedules fold the same splits in the same order: *serial* (one program per 
 its splits) and *split* (one program per (row block, split) writes the split's state; the last to
 arrive folds them all, ``arrival.py``): decode at small batch has few row blocks, so its splits
 run in parallel.
+
+Multiplies and adds are never contracted into FMAs (``fp_fusion=False``): which pairs the compiler
+contracts depends on the code around them (the fold runs in different code in the two schedules,
+the score in different code per mask kind), and one contraction more or less changes a bit.  With
+every product rounded on its own, a boolean mask, the additive mask made of it and ``is_causal``
+give one result, and a decode step (split schedule) gives its prefill row (serial schedule).
+
 NPU schedules launch one program per AI core at most, each looping over (row block, batch x
 key/value head) pairs with serial splits (``PERSISTENT``), and load key tiles along the head dim,
 their unit stride.
@@ -57,7 +64,22 @@ def _empty_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
 
 
 @triton.jit
-def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+def _visible(keys, Lk, live, pos, IS_CAUSAL: tl.constexpr):
+    """(row, key) pairs that exist and, when ``IS_CAUSAL``, lie at or before the row's position."""
+    visible = (keys[None, :] < Lk) & live[:, None]
+    if IS_CAUSAL:
+        visible = visible & (keys[None, :] <= pos[:, None])
+    return visible
+
+
+@triton.jit
+def _mask_tile(mask_rows, keys, stride_mk, visible):
+    """The mask's (row, key) entries where ``visible``, zero elsewhere."""
+    return tl.load(mask_rows[:, None] + keys[None, :] * stride_mk, mask=visible, other=0)
+
+
+@triton.jit
+def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
                  stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV,
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -65,14 +87,25 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
                  INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
     values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
-    ``mask_rows[r]``."""
+    ``mask_rows[r]``.  A boolean mask adds ``masked_score`` where it is False (-inf: the key is
+    skipped)."""
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     denom = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     dk = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
+    if HAS_MASK and not K_T:  # GPUs read mask tiles a tile ahead: the pipeliner prefetches dot operands only
+        keys = split * SPLIT_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
+        bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL))
     for t in range(SPLIT_TILES):
         keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        visible = _visible(keys, Lk, live, pos, IS_CAUSAL)
+        if HAS_MASK and not K_T:
+            bias = bias_next
+            bias_next = _mask_tile(mask_rows, keys + BLOCK_N, stride_mk,
+                                   _visible(keys + BLOCK_N, Lk, live, pos, IS_CAUSAL) & (t + 1 < SPLIT_TILES))
+        elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
+            bias = _mask_tile(mask_rows, keys, stride_mk, visible)
         if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
             k = tl.trans(tl.load(k_base + keys[:, None] * stride_kl + dk[None, :] * stride_kd,
                                  mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
@@ -85,13 +118,9 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, k, input_precision=INPUT_PRECISION) * sm_scale
-        visible = (keys[None, :] < Lk) & live[:, None]
-        if IS_CAUSAL:
-            visible = visible & (keys[None, :] <= pos[:, None])
         if HAS_MASK:
-            bias = tl.load(mask_rows[:, None] + keys[None, :] * stride_mk, mask=visible, other=0)
-            if MASK_IS_BOOL:
-                visible = visible & (bias != 0)
+            if MASK_IS_BOOL:  # the additive mask where(mask, 0, masked_score), never materialized
+                s = tl.where(bias != 0, s, s + masked_score)
             else:
                 s = s + bias.to(tl.float32)
         s = tl.where(visible, s, float("-inf"))
@@ -107,7 +136,7 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
-                      Lq, Lk, KVH, BKV, group, num_splits, sm_scale, D, DV,
+                      Lq, Lk, KVH, BKV, group, num_splits, sm_scale, masked_score, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                       HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -118,14 +147,14 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
         blocks = (Lq * group + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
             _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
-                             w % blocks, w // blocks, 0, Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
+                             w % blocks, w // blocks, 0, Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                              sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                              False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, True)
     else:
         _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
                          tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
+                         Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                          sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                          SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, False)
@@ -141,7 +170,7 @@ def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id,
-                     Lq, Lk, KVH, group, num_splits, sm_scale, D, DV,
+                     Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -165,7 +194,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
     mask_rows = mask_ptr + b * sm_b + h * sm_h + pos * sm_q
     if SPLIT:
         split = split_id
-        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
                                      sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                                      SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, K_T)
         state = (split * tl.num_programs(1) + bkv) * Lq * group + rows
@@ -191,7 +220,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
         if IS_CAUSAL:  # splits past the block's last query hold only masked keys: folding them is a no-op
             last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)
         for split in range(0, last):
-            m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale,
+            m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
                                          sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
                                          SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
                                          K_T)
@@ -208,9 +237,13 @@ def _store_rows(out_ptr, acc, denom, row_offsets, live, dv, so_d, DV):
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                  is_causal: bool = False, scale: float | None = None, *, heads_inner: bool = False,
-                 schedule: AttentionSchedule | None = None) -> torch.Tensor:
+                 masked_score: float = float("-inf"), schedule: AttentionSchedule | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, mask, is_causal=..., scale=...)`` for 4-D
     (batch, heads, length, dim) inputs, GQA when k/v have fewer heads, batch-invariantly.
+
+    A boolean ``mask`` stands for the additive mask ``where(mask, 0, masked_score)``: -inf (SDPA's
+    meaning) skips the key; a finite score (cuDNN's conversion uses -65504) gives the bits of that
+    additive mask, rows with every key masked included.
 
     ``heads_inner`` lays the output out in memory as (batch, length, heads, dim), as the CPU and
     flash SDPA kernels do (graphs traced on them view it that way).
@@ -249,11 +282,12 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
     _attention_kernel[grid](
         q, k, v, mask_arg, out, ws_m, ws_l, ws_acc, counters,
-        lq, lk, kv_heads, batch * kv_heads, group, splits, scale if scale is not None else d ** -0.5, d, dv,
+        lq, lk, kv_heads, batch * kv_heads, group, splits, scale if scale is not None else d ** -0.5, masked_score,
+        d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
         SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
-        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps),
+        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False),
     )
     return out.to(q.dtype)

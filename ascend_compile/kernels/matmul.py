@@ -342,7 +342,7 @@ def bi_matmul_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) ->
         return torch.nn.functional.silu(bi_matmul(a, gate)) * bi_matmul(a, up)
     plan = matmul_plan(k, n, a.dtype, device)
     sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
-                            _runs_along(gate[None], 1))
+                            _runs_along(gate[None], 1), gated=True)
     out = torch.empty((m, n), dtype=torch.float32 if plan.fp32_io else a.dtype, device=a.device)
     _launch(a[None], gate[None], None, out[None], plan, sched, device, up=up[None], dtype=a.dtype)
     return out.to(a.dtype)

@@ -263,18 +263,22 @@ class MatmulSchedule:
 _SMEM_FOR_STAGES = 160 * 1024
 #: Above this many rows a split's partials cost more than the weight reads it spreads out.
 _SPLIT_MAX_ROWS = 128
+#: Rows of a decode step's matmuls (batch sizes up to here) and their column tile.
+_DECODE_ROWS = 32
+_DECODE_BLOCK_N = 32
 
 
 @functools.lru_cache(maxsize=4096)
 def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device,
-                    a_transposed: bool = False, b_transposed: bool = False) -> MatmulSchedule:
+                    a_transposed: bool = False, b_transposed: bool = False, gated: bool = False) -> MatmulSchedule:
     """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``.
 
-    Chosen from a sweep of tiles x split x stages on an H200 (tools/bench_matmul.py --sweep,
-    docs/BENCHMARKS.md): narrow tiles and deep pipelines for decode rows, which are bound by
-    weight reads; the split whenever the output has fewer tiles than the device has SMs.
-    ``a_transposed``/``b_transposed`` (an operand's unit stride is along K for B, along M for A)
-    only change NPU schedules, whose UB must hold the transposing loads.
+    Chosen from sweeps of tiles x split x warps x stages on an H200 (tools/bench_matmul.py
+    --sweep, docs/BENCHMARKS.md): narrow tiles and deep pipelines for decode rows, which are bound
+    by weight reads; the split whenever the output has fewer tiles than the device has SMs and K
+    has chunks enough to spread.  ``gated``: the tile computes two products (``GATED``), so it
+    is half as wide.  ``a_transposed``/``b_transposed`` (an operand's unit stride is along K for
+    B, along M for A) only change NPU schedules, whose UB must hold the transposing loads.
     """
     if device.plan_kind == "npu":
         return _npu_matmul_schedule(plan, m, n, batch, itemsize, device, a_transposed, b_transposed)
@@ -282,6 +286,12 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
         # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
         return MatmulSchedule(block_m=32, block_n=128, split=False, num_warps=4, num_stages=1, group_m=1)
     units = device.compute_units
+    if m <= _DECODE_ROWS and not (plan.num_chunks >= 8 and not gated) \
+            and batch * -(-n // _DECODE_BLOCK_N) < 4 * units:
+        # Decode rows of short K (or a gated pair): one pass over K per tile, many small tiles in
+        # flight, deep pipelines (1.1-1.8x the split schedules at 8 and 32 rows).
+        return MatmulSchedule(block_m=16, block_n=_DECODE_BLOCK_N // (2 if gated else 1), split=False,
+                              num_warps=2, num_stages=7, group_m=8)
     block_m = 16 if m <= 32 else 32 if m <= 64 else 64
     block_n = 32 if m <= 16 else 64
 

@@ -9,19 +9,23 @@ from ascend_compile.kernels.attention import bi_attention
 
 @torch.library.custom_op("ascend_bi::attention", mutates_args=())
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-              scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None) -> torch.Tensor:
+              scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None,
+              masked_score: float | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` on (batch, heads, length, dim) inputs; GQA when k/v have
     fewer heads; boolean or additive ``mask``; output stored as (batch, length, heads, dim) when
     ``heads_inner`` (the layout of the SDPA kernel it replaces), else contiguous.  ``scale_tensor``
-    (a CPU scalar, as Dynamo passes a model's float attributes) overrides ``scale``."""
+    (a CPU scalar, as Dynamo passes a model's float attributes) overrides ``scale``; a boolean mask
+    adds ``masked_score`` where False (None: -inf, the key is skipped)."""
     if scale_tensor is not None:
         scale = float(scale_tensor)
-    return bi_attention(q, k, v, mask, is_causal, scale, heads_inner=heads_inner)
+    return bi_attention(q, k, v, mask, is_causal, scale, heads_inner=heads_inner,
+                        masked_score=float("-inf") if masked_score is None else masked_score)
 
 
 @attention.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-      scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None) -> torch.Tensor:
+      scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None,
+      masked_score: float | None = None) -> torch.Tensor:
     batch, heads, length, _ = q.shape
     if heads_inner:
         return q.new_empty((batch, length, heads, v.shape[-1])).transpose(1, 2)

@@ -1,5 +1,5 @@
 """The attention template on a CUDA GPU: decode == prefill, both schedules agree, a GQA group's packed
-heads equal each head alone; bf16 and fp32."""
+heads equal each head alone, every mask form gives one result; bf16 and fp32."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_boolean_additive_and_causal_masks_give_one_result_on_gpu() -> None:
     assert torch.equal(bi_attention(q, k, v, additive), causal)
     decode = bi_attention(q[:, :, 290:291], k[:, :, :291], v[:, :, :291], keep[:, :, :1, :291] | True)
     assert torch.equal(decode[:, :, 0], causal[:, :, 290])
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_mask_forms_agree_in_a_static_cache_decode_on_gpu(batch: int) -> None:
+    """A decode step over a 520-key static cache with 513 keys written (the decode bench's shape):
+    the boolean mask, the additive masks SDPA's conversions make of it (-inf; cuDNN's -65504,
+    which the template takes as ``masked_score``) and the keys cut at 513 give one result.  The
+    boolean and additive paths once differed by an ulp at batches 8 and 32: the compiler
+    contracted different products into FMAs in the two."""
+    gen = torch.Generator("cuda").manual_seed(batch)
+    q = torch.randn(batch, 16, 1, 128, device="cuda", generator=gen).to(torch.bfloat16)
+    k, v = (torch.randn(batch, 8, 520, 128, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+    keep = (torch.arange(520, device="cuda") < 513).expand(batch, 1, 1, 520).contiguous()
+    expected = bi_attention(q, k[:, :, :513], v[:, :, :513])
+    assert torch.equal(bi_attention(q, k, v, keep), expected)
+    assert torch.equal(bi_attention(q, k, v, torch.where(keep, 0.0, float("-inf")).to(torch.bfloat16)), expected)
+    cudnn_form = torch.where(keep, 0.0, -65504.0).to(torch.bfloat16)  # rounds to -65536
+    assert torch.equal(bi_attention(q, k, v, keep, masked_score=-65536.0), bi_attention(q, k, v, cudnn_form))

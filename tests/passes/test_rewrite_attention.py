@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.verify_batch_invariance import NotBatchInvariantError, verify_batch_invariance
 from ascend_compile.settings import Settings
-from tests.passes.graphs import aten_graph, repeat_kv, targets
+from tests.passes.graphs import after_passes, aten_graph, repeat_kv, targets
 
 SETTINGS = Settings()
 bi = torch.ops.ascend_bi
@@ -52,6 +52,30 @@ def test_boolean_mask_is_read_as_it_is() -> None:
     assert attention.args[3].meta["val"].dtype == torch.bool and torch.ops.aten.where.self not in targets(gm)
     additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
     q, k, v = inputs[:3]
+    assert torch.equal(gm(*inputs), bi.attention(q, k, v, additive, False, None, False))
+    torch.testing.assert_close(gm(*inputs), fn(*inputs))
+
+
+@pytest.mark.parametrize("score", [float("-inf"), -65504.0])
+def test_gpu_mask_conversions_are_read_as_the_boolean_mask(score: float) -> None:
+    """On GPUs SDPA converts with ``where(logical_not(mask), -inf, 0)`` (cuDNN: -65504): the
+    template reads the boolean mask with that score, and gives the converted mask's bits, a query
+    that sees no key included (cuDNN's finite score averages the masked keys)."""
+    def fn(q, k, v, mask):
+        additive = torch.where(mask.logical_not(), score, torch.scalar_tensor(0.0))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=additive, enable_gqa=True)
+
+    mask = torch.rand(1, 1, 5, 5, generator=torch.Generator().manual_seed(4)) > 0.3
+    mask[..., 0] = True
+    if score != float("-inf"):
+        mask[..., 2, :] = False
+    inputs = (*_qkv(), mask)
+    gm = after_passes(aten_graph(fn, *inputs), rewrite_attention)
+    (attention,) = [n for n in gm.graph.nodes if n.target is bi.attention.default]
+    assert attention.args[3].meta["val"].dtype == torch.bool and torch.ops.aten.where.self not in targets(gm)
+    assert attention.args[8:] == (() if score == float("-inf") else (score,))
+    q, k, v = inputs[:3]
+    additive = torch.where(mask, 0.0, score)
     assert torch.equal(gm(*inputs), bi.attention(q, k, v, additive, False, None, False))
     torch.testing.assert_close(gm(*inputs), fn(*inputs))
 
