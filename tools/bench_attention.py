@@ -5,7 +5,11 @@ Qwen3-0.6B attention shapes (16 query heads, 8 key/value heads, head dim 128), b
 * decode: one query per sequence, batch 1..32, context 512..4096 keys; checks that every
   sequence's output equals, bitwise, the same sequence computed alone, and that it equals the
   last row of a causal prefill over the same keys (decode == prefill);
-* prefill: one causal sequence of 512..4096 tokens.
+* prefill: one causal sequence of 512..4096 tokens;
+* masks: a decode step over a static cache (``context + 8`` keys, ``context + 1`` written: the
+  shape ``bench_decode`` runs) with the mask forms SDPA hands over -- boolean, and the additive
+  masks its CPU/CUDA (-inf) and cuDNN (-65504) conversions make -- each checked to equal the keys
+  cut at the written length.
 
 Stock is ``F.scaled_dot_product_attention`` with ``enable_gqa=True`` and with the key/value heads
 repeated beforehand; the faster of the two is the baseline.  Every time is a CUDA-graph replay
@@ -17,6 +21,7 @@ Usage: ``python -m ascend_compile.tools.bench_attention [--json PATH] [--markdow
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -112,6 +117,62 @@ def prefill(length: int) -> Point:
                  _time(_stock_gqa, inputs, True), _time(_stock_repeated, repeated, True))
 
 
+@dataclasses.dataclass
+class MaskPoint:
+    batch: int
+    keys: int
+    form: str
+    #: The result equals attention over the written keys alone (None: this form is that reference).
+    equals_cut: bool | None
+    bi_us: float
+    kind: str = "mask"
+
+
+def _mask_forms(keep: torch.Tensor) -> dict[str, tuple[torch.Tensor | None, float | None]]:
+    """SDPA's mask forms for the boolean ``keep``: (mask, masked_score) per form; None: the keys
+    cut at the written length instead of a mask."""
+    return {
+        "none (keys cut)": (None, None),
+        "boolean": (keep, None),
+        "additive -inf": (torch.where(keep, 0.0, float("-inf")).to(torch.bfloat16), None),
+        "additive -65504 (cuDNN)": (torch.where(keep, 0.0, -65504.0).to(torch.bfloat16), None),
+        "boolean, masked score -65536": (keep, -65536.0),
+    }
+
+
+def _masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, written: int, mask: torch.Tensor | None,
+            score: float | None) -> torch.Tensor:
+    if mask is None:
+        return _ours(q, k[:, :, :written], v[:, :, :written], False)
+    return torch.ops.ascend_bi.attention(q, k, v, mask, False, None, False, None, score)
+
+
+def masks(batch: int, context: int) -> list[MaskPoint]:
+    gen = torch.Generator(device="cuda").manual_seed(batch * 7 + context)
+    keys, written = context + 8, context + 1
+    q = _randn(batch, HEADS, 1, HEAD_DIM, gen=gen)
+    k, v = (_randn(batch, KV_HEADS, keys, HEAD_DIM, gen=gen) for _ in range(2))
+    caches = [(k, v)] + [(k.clone(), v.clone()) for _ in range(_copies(q, k, v) - 1)]
+    keep = (torch.arange(keys, device="cuda") < written).expand(batch, 1, 1, keys).contiguous()
+    cut = _masked(q, k, v, written, None, None)
+    points = []
+    for form, (mask, score) in _mask_forms(keep).items():
+        equal = None if mask is None else torch.equal(_masked(q, k, v, written, mask, score), cut)
+        us = graph_time_us([functools.partial(_masked, q, kk, vv, written, mask, score) for kk, vv in caches])
+        points.append(MaskPoint(batch, keys, form, equal, us))
+    return points
+
+
+def mask_markdown(points: list[MaskPoint]) -> str:
+    lines = ["| batch | cache keys | mask | equals the keys cut | ascend_bi µs |", "|---:|---:|---|:---:|---:|"]
+    lines += [f"| {p.batch} | {p.keys} | {p.form} | {_yes(p.equals_cut)} | {p.bi_us:.1f} |" for p in points]
+    return "\n".join(lines)
+
+
+def _yes(check: bool | None) -> str:
+    return "—" if check is None else "yes" if check else "NO"
+
+
 def markdown(points: list[Point], info: dict[str, str]) -> str:
     lines = [
         card_line(info),
@@ -121,8 +182,7 @@ def markdown(points: list[Point], info: dict[str, str]) -> str:
         "|---|---:|---:|:---:|:---:|---:|---:|---:|---:|",
     ]
     for p in points:
-        dp = "—" if p.decode_equals_prefill is None else ("yes" if p.decode_equals_prefill else "NO")
-        lines.append(f"| {p.kind} | {p.batch} | {p.context} | {'yes' if p.invariant else 'NO'} | {dp} "
+        lines.append(f"| {p.kind} | {p.batch} | {p.context} | {_yes(p.invariant)} | {_yes(p.decode_equals_prefill)} "
                      f"| {p.bi_us:.1f} | {p.stock_gqa_us:.1f} | {p.stock_repeated_us:.1f} "
                      f"| {p.bi_us / p.stock_us:.2f}× |")
     for kind in ("decode", "prefill"):
@@ -149,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     for length in args.contexts:
         points.append(prefill(length))
         logger.info("%s", points[-1])
+    mask_points = [p for batch in args.rows for p in masks(batch, args.contexts[0])]
     info = versions()
-    finish(args, info, points, markdown(points, info))
-    return 0 if all(p.invariant and p.decode_equals_prefill is not False for p in points) else 1
+    finish(args, info, [*points, *mask_points], markdown(points, info) + "\n\n" + mask_markdown(mask_points))
+    return 0 if all(p.invariant and p.decode_equals_prefill is not False for p in points) \
+        and all(p.equals_cut is not False for p in mask_points) else 1
 
 
 if __name__ == "__main__":
