@@ -84,6 +84,11 @@ def test_boolean_and_additive_masks_and_scale() -> None:
     keep = torch.rand(1, 1, 70, 70, generator=torch.Generator().manual_seed(1)) > 0.3
     keep[..., 0] = True
     assert rel_error(bi_attention(q, k, v, keep), _reference(q, k, v, attn_mask=keep)) < 1e-5
+    # A boolean mask is the additive mask where(keep, 0, masked_score), bit for bit, across tiles
+    # (the kernel reads each tile's mask a tile ahead).
+    for score in (float("-inf"), -1e4):
+        additive = torch.where(keep, 0.0, score)
+        assert torch.equal(bi_attention(q, k, v, keep, masked_score=score), bi_attention(q, k, v, additive))
     bias = torch.randn(1, HEADS, 70, 70, generator=torch.Generator().manual_seed(2))
     want = _reference(q, k, v, attn_mask=bias.double(), scale=0.3)
     assert rel_error(bi_attention(q, k, v, bias, scale=0.3), want) < 1e-5
