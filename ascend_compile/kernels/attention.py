@@ -57,6 +57,25 @@ def _fold(big_m, big_l, big_a, m, denom, a):
 
 
 @triton.jit
+def _fold_if(cond, big_m, big_l, big_a, m, denom, a):
+    """``_fold`` where ``cond`` holds, else the running state unchanged."""
+    new_m, new_l, new_a = _fold(big_m, big_l, big_a, m, denom, a)
+    return tl.where(cond, new_m, big_m), tl.where(cond, new_l, big_l), tl.where(cond, new_a, big_a)
+
+
+@triton.jit
+def _stored_state(ws_m, ws_l, ws_acc, part, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV: tl.constexpr):
+    """The state split ``part``'s program stored (an empty one past the last split)."""
+    state = (part * tl.num_programs(1) + bkv) * Lq * group + rows
+    # The split test as a vector: Triton's interpreter takes no mask made of a vector & a scalar.
+    keep = live & (tl.zeros_like(rows) + part < num_splits)
+    m = tl.load(ws_m + state, mask=keep, other=float("-inf"), cache_modifier=".cg")
+    denom = tl.load(ws_l + state, mask=keep, other=0.0, cache_modifier=".cg")
+    acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=keep[:, None], other=0.0, cache_modifier=".cg")
+    return m, denom, acc
+
+
+@triton.jit
 def _empty_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
     """The state nothing was folded into yet: max -inf, denominator and weighted values zero."""
     return (tl.full((BLOCK_M,), float("-inf"), tl.float32), tl.zeros((BLOCK_M,), tl.float32),
@@ -205,13 +224,17 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
         tile = block * tl.num_programs(1) + bkv
         if tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel") == num_splits - 1:  # last to arrive folds
             big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
-            for part in range(0, num_splits):
-                state = (part * tl.num_programs(1) + bkv) * Lq * group + rows
-                m = tl.load(ws_m + state, mask=live, other=float("-inf"), cache_modifier=".cg")
-                denom = tl.load(ws_l + state, mask=live, other=0.0, cache_modifier=".cg")
-                acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=live[:, None], other=0.0,
-                              cache_modifier=".cg")
-                big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
+            # Four splits' states are loaded at once, then folded one by one in split order: the
+            # loads' latency is paid once per four splits, not once per split.
+            for first in range(0, num_splits, 4):
+                s0 = _stored_state(ws_m, ws_l, ws_acc, first, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
+                s1 = _stored_state(ws_m, ws_l, ws_acc, first + 1, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
+                s2 = _stored_state(ws_m, ws_l, ws_acc, first + 2, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
+                s3 = _stored_state(ws_m, ws_l, ws_acc, first + 3, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
+                big_m, big_l, big_a = _fold(big_m, big_l, big_a, s0[0], s0[1], s0[2])
+                big_m, big_l, big_a = _fold_if(first + 1 < num_splits, big_m, big_l, big_a, s1[0], s1[1], s1[2])
+                big_m, big_l, big_a = _fold_if(first + 2 < num_splits, big_m, big_l, big_a, s2[0], s2[1], s2[2])
+                big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
             _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
             tl.atomic_xchg(counter_ptr + tile, 0)
     else:

@@ -72,8 +72,11 @@ def test_group_packing_leaves_each_head_unchanged() -> None:
             assert torch.equal(grouped[:, h:h + 1], alone), f"head {h}, {queries.shape[2]} queries"
 
 
-def test_split_and_serial_schedules_agree() -> None:
-    q, k, v = _qkv(1)
+@pytest.mark.parametrize("length", [LENGTH, 2600])
+def test_split_and_serial_schedules_agree(length: int) -> None:
+    """The split schedule's last program folds the stored states four at a time: 2600 keys are
+    six splits (one group of four, one short group)."""
+    q, k, v = _qkv(1, length=length)
     serial = bi_attention(q[:, :, -3:], k, v, schedule=AttentionSchedule(block_m=16, split=False, num_warps=4))
     split = bi_attention(q[:, :, -3:], k, v, schedule=AttentionSchedule(block_m=16, split=True, num_warps=4))
     assert torch.equal(serial, split)
