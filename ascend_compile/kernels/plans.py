@@ -263,6 +263,8 @@ class MatmulSchedule:
 _SMEM_FOR_STAGES = 160 * 1024
 #: Above this many rows a split's partials cost more than the weight reads it spreads out.
 _SPLIT_MAX_ROWS = 128
+#: Decode rows split K only when it has this many chunks (fewer gain nothing from the split).
+_SPLIT_MIN_CHUNKS = 8
 #: Rows of a decode step's matmuls (batch sizes up to here) and their column tile.
 _DECODE_ROWS = 32
 _DECODE_BLOCK_N = 32
@@ -286,7 +288,7 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
         # One fixed tile keeps the interpreter's numpy dot on one shape; few programs keep it fast.
         return MatmulSchedule(block_m=32, block_n=128, split=False, num_warps=4, num_stages=1, group_m=1)
     units = device.compute_units
-    if m <= _DECODE_ROWS and not (plan.num_chunks >= 8 and not gated) \
+    if m <= _DECODE_ROWS and (gated or plan.num_chunks < _SPLIT_MIN_CHUNKS) \
             and batch * -(-n // _DECODE_BLOCK_N) < 4 * units:
         # Decode rows of short K (or a gated pair): one pass over K per tile, many small tiles in
         # flight, deep pipelines (1.1-1.8x the earlier schedules at 8 and 32 rows on an H200).
@@ -300,10 +302,9 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
 
     if m > 16 and tiles() >= 4 * units:  # wide outputs (the LM head): bigger tiles, fewer re-reads
         block_m, block_n = min(64, 2 * block_m), 128 if m > 64 else block_n
-    # Decode rows split only long K (short K gains nothing from 4 chunks); wider rows whenever the
-    # output alone leaves SMs idle.
+    # Decode rows split only long K; wider rows whenever the output alone leaves SMs idle.
     split = (plan.num_chunks > 1 and tiles() < units and m <= _SPLIT_MAX_ROWS
-             and (m > 16 or plan.num_chunks >= 8))
+             and (m > 16 or plan.num_chunks >= _SPLIT_MIN_CHUNKS))
     stage_bytes = (block_m + block_n) * plan.block_k * itemsize
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
     return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8)
