@@ -29,6 +29,8 @@ NPU_UB_BYTES = 192 * 1024
 UB_BYTES_ENV = "ASCEND_BI_NPU_UB_BYTES"
 #: Set to 1 to give CPU tensors the NPU's plans and schedules (see ``simulate_npu``).
 SIMULATE_NPU_ENV = "ASCEND_BI_SIMULATE_NPU"
+#: Set to 0 to launch every kernel serialized on GPUs that could overlap launches (read once per device).
+OVERLAP_LAUNCHES_ENV = "ASCEND_BI_OVERLAP_LAUNCHES"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class Device:
     triton_interpreted: bool
     #: Set on NPUs, and on CPU tensors under ``simulate_npu``: kernels then use the NPU's plans.
     npu: NpuFacts | None = None
+    #: Kernels may start while the previous one finishes (programmatic dependent launch: compiled
+    #: Triton on sm_90+, unless ``ASCEND_BI_OVERLAP_LAUNCHES=0``; ``kernels/overlap.py``).
+    overlapped_launches: bool = False
 
     @property
     def default_executor(self) -> str:
@@ -170,8 +175,27 @@ def _describe(kind: str, index: int) -> Device:
     else:
         units = os.cpu_count() or 1
     interpreted = kind == "cpu" or triton_interpreted()
+    overlapped = kind == "cuda" and not interpreted and _overlaps_launches(index)
     return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted,  # type: ignore[arg-type]
-                  npu=npu)
+                  npu=npu, overlapped_launches=overlapped)
+
+
+def _overlaps_launches(index: int) -> bool:
+    """Programmatic dependent launch: sm_90+, a Triton with ``launch_pdl``, not turned off."""
+    raw = os.environ.get(OVERLAP_LAUNCHES_ENV, "1")
+    if raw not in ("0", "1"):
+        raise ValueError(f"ascend_bi: {OVERLAP_LAUNCHES_ENV}={raw!r} is not accepted; use 1 (overlap kernel "
+                         "launches where the GPU can, the default) or 0 (serialized launches)")
+    if raw == "0" or torch.cuda.get_device_capability(index) < (9, 0):
+        return False
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    if not hasattr(CUDAOptions, "launch_pdl"):
+        logger.info("cuda:%d could overlap kernel launches, but this Triton has no launch_pdl", index)
+        return False
+    logger.info("cuda:%d: template kernels launch overlapped (programmatic dependent launch; %s=0 turns it off)",
+                index, OVERLAP_LAUNCHES_ENV)
+    return True
 
 
 #: The NPU a simulated run plans for: an Atlas A2 with 24 AI cores and 48 vector cores.

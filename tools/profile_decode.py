@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ascend_compile import devices
 from ascend_compile.tools.bench_decode import MODES, Step, Workload, _modes
 from ascend_compile.tools.benchmarking import card_line, start, versions
 from ascend_compile.tools.models import qwen3_0_6b
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
     available = _modes(model)
     sections = [card_line(versions()) + f" Bucket {args.bucket}, context {args.context}, {args.layers} layers."]
+    if devices.of_tensor(torch.empty(0, device="cuda")).overlapped_launches:
+        sections[0] += (" Template kernels launched overlapped: each one's time includes its wait for the kernel "
+                        f"before it, so the sum exceeds the step; {devices.OVERLAP_LAUNCHES_ENV}=0 gives the "
+                        "one-at-a-time breakdown.")
     for mode in args.modes:
         step, context_manager = available[mode]
         ids, cache, position = Workload("decode", args.context).inputs(model, args.bucket)

@@ -36,6 +36,7 @@ import triton.language as tl
 
 from ascend_compile import devices
 from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
+from ascend_compile.kernels.overlap import wait_for_inputs
 from ascend_compile.kernels.plans import (
     AttentionPlan,
     AttentionSchedule,
@@ -161,7 +162,10 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
                       HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
                       SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr):
+                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr,
+                      OVERLAP: tl.constexpr = False):
+    if OVERLAP:  # launched early (overlap.py)
+        wait_for_inputs()
     if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
         blocks = (Lq * group + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
@@ -311,6 +315,6 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
         SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
-        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False),
+        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     return out.to(q.dtype)

@@ -30,6 +30,7 @@ import triton.language as tl
 from ascend_compile import devices
 from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
+from ascend_compile.kernels.overlap import PREFETCH_BYTES, prefetch_rows, wait_for_inputs
 from ascend_compile.kernels.plans import (
     MatmulPlan,
     MatmulSchedule,
@@ -100,6 +101,7 @@ def _bi_matmul_kernel(
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
     WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr = False,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
@@ -110,7 +112,7 @@ def _bi_matmul_kernel(
                          0, 0, 0, 0, 0, 0, 0, 0, up_off,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                          CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
-                         GATED, DTYPE, EMULATE_BF16)
+                         GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False)
     else:
         _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
                      tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
@@ -119,7 +121,7 @@ def _bi_matmul_kernel(
                      seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                      CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
-                     GATED, DTYPE, EMULATE_BF16)
+                     GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, OVERLAP)
 
 
 @triton.jit
@@ -136,6 +138,7 @@ def _matmul_tile(
     CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr,
     GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
 
@@ -145,7 +148,8 @@ def _matmul_tile(
     straddles two weights.  ``WIDE_INDEX``: some offset passes 2**31 elements (the logits of a
     long prefill), so offsets are computed in 64 bits.  ``GATED``: the tile is ``silu(a @ gate) *
     (a @ up)`` with the up weight ``up_off`` elements after the gate weight, rounded to ``DTYPE``
-    where eager rounds (never split).
+    where eager rounds (never split).  ``OVERLAP``: launched early (``overlap.py``); a weight whose
+    unit stride runs along K is requested into L2 before the wait for the previous kernel.
     """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
@@ -169,6 +173,13 @@ def _matmul_tile(
         b_ptr += _segment_value(n0, seg_n1, seg_b1, seg_n2, seg_b2, 0)
         out_ptr += _segment_value(n0, seg_n1, seg_o1, seg_n2, seg_o2, 0)
         stride_om = _segment_value(n0, seg_n1, seg_om1, seg_n2, seg_om2, stride_om)
+    if OVERLAP:
+        if B_T:
+            _prefetch_weight(b_ptr, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K, PREFETCH_STEP)
+            if GATED:
+                _prefetch_weight(b_ptr + up_off, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K,
+                                 PREFETCH_STEP)
+        wait_for_inputs()
 
     if SPLIT:
         partial = _sum_chunks(a_ptr, b_ptr, rm, rn, chunk, 1, M, N, K,
@@ -199,6 +210,18 @@ def _matmul_tile(
             total = round_to(gate / (1.0 + tl.exp(-gate)), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
+
+
+@triton.jit
+def _prefetch_weight(b_ptr, rn, chunk, N, K, stride_bn, SPLIT: tl.constexpr, CHUNK_K: tl.constexpr,
+                     STEP: tl.constexpr):
+    """L2 requests for the K range this program reads of its columns' weight rows (unit stride along K)."""
+    k_lo = 0
+    k_hi = K
+    if SPLIT:
+        k_lo = chunk * CHUNK_K
+        k_hi = tl.minimum(k_lo + CHUNK_K, K)
+    prefetch_rows(b_ptr, tl.minimum(rn, N - 1), stride_bn, k_lo, k_hi, STEP)
 
 
 @triton.jit
@@ -392,5 +415,6 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
         GATED=up is not None, DTYPE=TL_DTYPES[dtype], EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
-        **launch_options(device, sched.num_warps, sched.num_stages),
+        PREFETCH_STEP=PREFETCH_BYTES // b.element_size(),
+        **launch_options(device, sched.num_warps, sched.num_stages, overlap=True),
     )

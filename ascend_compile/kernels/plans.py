@@ -71,12 +71,13 @@ def _loads(device: Device) -> int:
 
 
 def launch_options(device: Device, num_warps: int, num_stages: int | None = None,
-                   fp_fusion: bool = True) -> dict[str, int | bool]:
+                   fp_fusion: bool = True, overlap: bool = False) -> dict[str, int | bool]:
     """Triton launch keywords: none on NPUs (triton-ascend takes no ``num_warps``/``num_stages``).
 
     ``fp_fusion=False`` keeps a multiply and the add after it as two roundings on GPUs (no FMA
     contraction), for kernels whose bits must equal those of separate kernels; the interpreter
-    never contracts.
+    never contracts.  ``overlap=True`` is for kernels with an ``OVERLAP`` flag (``overlap.py``):
+    where the device overlaps launches, the kernel launches early and waits for its inputs.
     """
     if device.plan_kind == "npu":
         return {}
@@ -85,6 +86,8 @@ def launch_options(device: Device, num_warps: int, num_stages: int | None = None
         options["num_stages"] = num_stages
     if not fp_fusion and device.plan_kind == "cuda":
         options["enable_fp_fusion"] = False
+    if overlap and device.overlapped_launches:
+        options["launch_pdl"] = options["OVERLAP"] = True
     return options
 
 

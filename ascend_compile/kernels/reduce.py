@@ -59,12 +59,14 @@ def _plan(x: torch.Tensor, n: int) -> RowPlan:
     return row_plan(n, x.dtype, devices.of_tensor(x))
 
 
-def row_launch(x: torch.Tensor, work: int, plan: RowPlan,
-               fp_fusion: bool = True) -> tuple[tuple[int], dict[str, int | bool]]:
+def row_launch(x: torch.Tensor, work: int, plan: RowPlan, fp_fusion: bool = True,
+               overlap: bool = False) -> tuple[tuple[int], dict[str, int | bool]]:
     """(grid, launch options) of a row kernel over ``work`` rows (or row chunks): one program each
-    on GPUs and the CPU, one per vector core at most on NPUs, which loop over the rest."""
+    on GPUs and the CPU, one per vector core at most on NPUs, which loop over the rest.
+    ``overlap``: the kernel takes an ``OVERLAP`` flag (``launch_options``)."""
     device = devices.of_tensor(x)
-    return (grid_programs(work, device),), launch_options(device, row_warps(plan), fp_fusion=fp_fusion)
+    return (grid_programs(work, device),), launch_options(device, row_warps(plan), fp_fusion=fp_fusion,
+                                                          overlap=overlap)
 
 
 def _empty_rows(rows: int, dtype: torch.dtype, plan: RowPlan, device: torch.device) -> torch.Tensor:

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ascend_compile import devices
 from ascend_compile.kernels.addresses import element_distance
+from ascend_compile.kernels.overlap import wait_for_inputs
 from ascend_compile.kernels.plans import row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
@@ -40,7 +41,10 @@ def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: 
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, stride_r, stride_out, eps,
                      rows1, x_off2, w_off2, out_off2, stride_x2, eps2,
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                     EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr):
+                     EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr,
+                     OVERLAP: tl.constexpr = False):
+    if OVERLAP:  # launched early (overlap.py)
+        wait_for_inputs()
     cols = tl.arange(0, BLOCK)
     for program_row in range(tl.program_id(0), rows, tl.num_programs(0)):  # one row per program off NPUs
         row = tl.cast(program_row, tl.int64)
@@ -92,7 +96,7 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     total = torch.empty_like(out) if residual is not None else out
     rows = rows_x.shape[0]
     if rows and n:
-        grid, options = row_launch(x, rows, plan, fp_fusion=False)
+        grid, options = row_launch(x, rows, plan, fp_fusion=False, overlap=True)
         _rms_norm_kernel[grid](rows_x, rows_r, weight if weight is not None else rows_x, out, total, rows, n,
                                rows_x.stride(0), rows_r.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps,
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
@@ -130,7 +134,7 @@ def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
     outs = [torch.empty(r.shape, dtype=store, device=x.device) for r in rows_x]
     rows = rows_x[0].shape[0] + rows_x[1].shape[0]
     if rows and n:
-        grid, options = row_launch(x, rows, plan, fp_fusion=False)
+        grid, options = row_launch(x, rows, plan, fp_fusion=False, overlap=True)
         _rms_norm_kernel[grid](rows_x[0], rows_x[0], weights[0], outs[0], outs[0], rows, n,
                                rows_x[0].stride(0), 0, n, eps[0], rows_x[0].shape[0],
                                element_distance(rows_x[0], rows_x[1]), element_distance(weights[0], weights[1]),
