@@ -9,6 +9,9 @@ softmax (its prim hides the softmax's sum from our rewrites), and its own
 bf16/fp16 intermediates wherever eager would (``emulate_precision_casts``): Inductor fuses a
 one-token decode graph differently from a prefill graph, and without the casts where it fuses
 decides where values are rounded, so decode and prefill would differ in the last bits.
+
+Our ops reach Inductor as fallbacks, registered up front (``allow_fallbacks``) so that lowering a
+deep graph does not stall on formatting a log line.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 import torch._functorch.config as functorch_config
 import torch._inductor.config as inductor_config
 import torch.fx
+from torch._inductor import lowering
 from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
@@ -69,12 +73,30 @@ class AscendBIPostGradPass(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         run_pipeline(graph.owning_module, self.settings, self.facts)
+        allow_fallbacks(graph)
 
     def uuid(self) -> str:
         digest = hashlib.sha256(repr(self.settings).encode())
         for source in sorted(_PASSES_DIR.glob("*.py")):
             digest.update(source.read_bytes())
         return digest.hexdigest()
+
+
+def allow_fallbacks(graph: torch.fx.Graph) -> None:
+    """Put the ``ascend_bi`` ops of ``graph`` on Inductor's fallback allow list.
+
+    The first time Inductor lowers an op that has no lowering, it logs the op with its arguments,
+    and torch 2.11 formats that line even when the log is off.  An IR node's string holds its
+    inputs' strings, so for an op deep in a decoder graph, whose nodes reach back along two paths
+    (the residual and the hidden states), the string doubles with every layer: a Qwen3-0.6B decode
+    graph whose first ``add_rms_norm`` sat after its 28 layers stalled compilation for minutes on
+    an H200 (torch 2.11).  An allow-listed op gets the same fallback without the log line; its
+    layout constraint comes from its tag (``ops/library.py``), as it would without the list.
+    """
+    for node in graph.nodes:
+        target = node.target
+        if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == "ascend_bi":
+            lowering.FALLBACK_ALLOW_LIST.add(target.name().split(".")[0])  # the name Inductor looks up
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], settings: Settings,

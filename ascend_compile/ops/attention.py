@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from ascend_compile.kernels.attention import bi_attention
+from ascend_compile.ops.library import bi_op
 
 
-@torch.library.custom_op("ascend_bi::attention", mutates_args=())
+@bi_op("attention")
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
               scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None,
               masked_score: float | None = None) -> torch.Tensor:

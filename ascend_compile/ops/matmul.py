@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
+from ascend_compile.ops.library import bi_op
 
 
-@torch.library.custom_op("ascend_bi::mm", mutates_args=())
+@bi_op("mm")
 def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``bias + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``bias`` broadcasts to (M, N)."""
     return bi_matmul(a, b, bias)
@@ -26,7 +27,7 @@ def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None)
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
-@torch.library.custom_op("ascend_bi::mm_group", mutates_args=())
+@bi_op("mm_group")
 def mm_group(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor]:
     """``[a @ b for b in bs]`` in one launch (``fuse_sibling_matmuls`` inserts it); ``mm``'s bits."""
     return bi_matmul_group(a, bs)
@@ -37,7 +38,7 @@ def _mm_group_fake(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor
     return [_mm_fake(a, b) for b in bs]
 
 
-@torch.library.custom_op("ascend_bi::mm_silu_mul", mutates_args=())
+@bi_op("mm_silu_mul")
 def mm_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(a @ gate) * (a @ up)`` in one launch (``fuse_silu_mul`` inserts it); each product has ``mm``'s bits."""
     return bi_matmul_silu_mul(a, gate, up)
@@ -48,7 +49,7 @@ def _mm_silu_mul_fake(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> 
     return _mm_fake(a, gate)
 
 
-@torch.library.custom_op("ascend_bi::bmm", mutates_args=())
+@bi_op("bmm")
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for 3-D ``a`` (B, M, K) and ``b`` (B, K, N)."""
     return bi_matmul(a, b)

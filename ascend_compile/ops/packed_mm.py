@@ -15,6 +15,7 @@ import logging
 import torch
 
 from ascend_compile.kernels.matmul import bi_matmul
+from ascend_compile.ops.library import bi_op
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def packed_weight(handler_tensor: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
-@torch.library.custom_op("ascend_bi::packed_mm", mutates_args=())
+@bi_op("packed_mm")
 def packed_mm(a: torch.Tensor, handler_tensor: torch.Tensor, bias: torch.Tensor | None, n: int) -> torch.Tensor:
     """``a @ W + bias`` for 2-D ``a`` (M, K), with ``W`` (K, N) the weight recorded for ``handler_tensor``."""
     weight = packed_weight(handler_tensor)

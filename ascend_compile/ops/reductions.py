@@ -16,6 +16,7 @@ from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
 from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
 from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
+from ascend_compile.ops.library import bi_op
 
 aten = torch.ops.aten
 
@@ -24,7 +25,7 @@ def _like(ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(ref.shape, dtype=ref.dtype)
 
 
-@torch.library.custom_op("ascend_bi::sum", mutates_args=())
+@bi_op("sum")
 def sum_(x: torch.Tensor, dims: list[int], keepdim: bool, dtype: torch.dtype | None, mean: bool) -> torch.Tensor:
     """``aten.sum.dim_IntList`` (``mean=False``) or ``aten.mean.dim`` (``mean=True``)."""
     return bi_sum(x, dims, keepdim, dtype, mean=mean).contiguous()
@@ -36,7 +37,7 @@ def _(x: torch.Tensor, dims: list[int], keepdim: bool, dtype: torch.dtype | None
     return _like(reduce(x, dims, keepdim, dtype=dtype), x)
 
 
-@torch.library.custom_op("ascend_bi::var_mean", mutates_args=())
+@bi_op("var_mean")
 def var_mean(x: torch.Tensor, dims: list[int], correction: float, keepdim: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``aten.var_mean.correction``; ``var``/``std`` are this op's first output (square-rooted)."""
     var, mean = bi_var_mean(x, dims, correction, keepdim)
@@ -49,7 +50,7 @@ def _(x: torch.Tensor, dims: list[int], correction: float, keepdim: bool) -> tup
     return _like(var, x), _like(mean, x)
 
 
-@torch.library.custom_op("ascend_bi::logsumexp", mutates_args=())
+@bi_op("logsumexp")
 def logsumexp(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     return bi_logsumexp(x, dims, keepdim).contiguous()
 
@@ -59,7 +60,7 @@ def _(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
     return _like(aten.logsumexp.default(x, dims, keepdim), x)
 
 
-@torch.library.custom_op("ascend_bi::softmax", mutates_args=())
+@bi_op("softmax")
 def softmax(x: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
     """``aten._softmax`` (``log=False``) or ``aten._log_softmax`` (``log=True``)."""
     return bi_softmax(x, dim, log=log).contiguous()
@@ -70,7 +71,7 @@ def _(x: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("ascend_bi::layer_norm", mutates_args=())
+@bi_op("layer_norm")
 def layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``aten.native_layer_norm``: (output, mean, rstd), statistics in fp32 (as aten's meta says)."""
@@ -85,7 +86,7 @@ def _(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
     return _like(out, x), _like(mean, x), _like(rstd, x)
 
 
-@torch.library.custom_op("ascend_bi::cumsum", mutates_args=())
+@bi_op("cumsum")
 def cumsum(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
     return bi_cumsum(x, dim, dtype).contiguous()
 
@@ -95,7 +96,7 @@ def _(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
     return _like(aten.cumsum.default(x, dim, dtype=dtype), x)
 
 
-@torch.library.custom_op("ascend_bi::rms_norm", mutates_args=())
+@bi_op("rms_norm")
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
              eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
     """transformers' RMSNorm over the last dim: ``weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``,
@@ -109,7 +110,7 @@ def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torc
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("ascend_bi::add_rms_norm", mutates_args=())
+@bi_op("add_rms_norm")
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
                  eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch."""
@@ -123,7 +124,7 @@ def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps:
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-@torch.library.custom_op("ascend_bi::rms_norm_pair", mutates_args=())
+@bi_op("rms_norm_pair")
 def rms_norm_pair(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
                   eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
     """``[rms_norm(x, w, e) for x, w, e in zip(xs, weights, eps)]`` for two inputs in one launch (a
