@@ -66,6 +66,6 @@ def test_our_ops_lower_without_formatting_their_arguments(monkeypatch: pytest.Mo
 def test_without_the_allow_list_they_are_formatted(monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control."""
     monkeypatch.setattr(inductor_executor, "allow_fallbacks", lambda graph: None)
-    monkeypatch.setattr(lowering, "FALLBACK_ALLOW_LIST", type(lowering.FALLBACK_ALLOW_LIST)())
+    monkeypatch.setattr(lowering, "FALLBACK_ALLOW_LIST", set())
     monkeypatch.setattr(inductor_graph, "FALLBACK_ALLOW_LIST", lowering.FALLBACK_ALLOW_LIST, raising=False)
     assert _formatted_ops(monkeypatch)
