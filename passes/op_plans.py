@@ -21,6 +21,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from ascend_compile.devices import Device
 from ascend_compile.kernels.plans import UnsupportedPlan, attention_plan, matmul_plan, row_plan
 from ascend_compile.kernels.rows import normalize_dims
+from ascend_compile.ops.library import is_bi_op
 from ascend_compile.passes.graph_facts import source_line
 
 logger = logging.getLogger(__name__)
@@ -80,9 +81,7 @@ def op_plans(gm: torch.fx.GraphModule, device: Device) -> list[dict[str, Any]]:
     """One entry per template node: op, extents, dtype, plan (or why it is chosen at run time)."""
     entries = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        if node.target.namespace != "ascend_bi":
+        if node.op != "call_function" or not is_bi_op(node.target):
             continue
         found = _extents(node)
         if found is None:

@@ -14,10 +14,17 @@ from typing import Any
 
 import torch
 
+#: The ops' namespace (``torch.ops.ascend_bi``).
+NAMESPACE = "ascend_bi"
 #: Inputs arrive with exactly the strides they were traced with.
 TAGS = (torch.Tag.needs_exact_strides,)
 
 
 def bi_op(name: str) -> Callable[[Callable[..., Any]], Any]:
     """Decorator registering a functional op ``ascend_bi::name`` (no input is mutated)."""
-    return torch.library.custom_op(f"ascend_bi::{name}", mutates_args=(), tags=TAGS)
+    return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=(), tags=TAGS)
+
+
+def is_bi_op(target: object) -> bool:
+    """Whether an FX node's target is one of these ops."""
+    return isinstance(target, torch._ops.OpOverload) and target.namespace == NAMESPACE
