@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch.fx
 
 from ascend_compile.passes.fix_contiguity import fix_contiguity
+from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
@@ -40,6 +41,7 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_sibling_matmuls,  # after fix_contiguity: the operands it groups are final
     fuse_silu_mul,  # reads fuse_sibling_matmuls' gate/up groups
     fuse_sibling_norms,  # reads fuse_rms_norm's norms and fuse_sibling_matmuls' query/key/value groups
+    fuse_norm_rope,  # reads fuse_sibling_norms' pairs
     verify_batch_invariance,
 )
 PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)

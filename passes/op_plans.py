@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 import torch.fx
+from torch._higher_order_ops.auto_functionalize import auto_functionalized
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from ascend_compile.devices import Device
 from ascend_compile.kernels.plans import UnsupportedPlan, attention_plan, matmul_plan, row_plan
 from ascend_compile.kernels.rows import normalize_dims
-from ascend_compile.ops.library import is_bi_op
+from ascend_compile.ops.library import bi_op_of
 from ascend_compile.passes.graph_facts import source_line
 
 logger = logging.getLogger(__name__)
@@ -30,13 +31,16 @@ _ops = torch.ops.ascend_bi
 
 
 def _fake(node: torch.fx.Node, index: int) -> Any:
-    arg = node.args[index] if index < len(node.args) else None
+    """The op's argument ``index`` (by keyword under ``auto_functionalized``), fake value for a node."""
+    if node.target is auto_functionalized:
+        arg = node.kwargs.get(node.args[0]._schema.arguments[index].name)
+    else:
+        arg = node.args[index] if index < len(node.args) else None
     return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
 
 
-def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | None:
+def _extents(node: torch.fx.Node, target: torch._ops.OpOverload) -> tuple[str, dict[str, Any], torch.dtype] | None:
     """(plan family, the extents the plan takes, dtype) of a template node; None for other nodes."""
-    target = node.target
     x = _fake(node, 0)
     if target == _ops.rms_norm_pair.default:  # one plan for both inputs (bi_rms_norm_pair)
         x = node.args[0][0].meta["val"]
@@ -58,7 +62,8 @@ def _extents(node: torch.fx.Node) -> tuple[str, dict[str, Any], torch.dtype] | N
         return "row", {"n": x.shape[node.args[1] % x.dim()] if x.dim() else 1}, dtype
     if target == _ops.layer_norm.default:
         return "row", {"n": math.prod(node.args[1])}, x.dtype
-    if target in (_ops.rms_norm.default, _ops.add_rms_norm.default, _ops.rms_norm_pair.default):
+    if target in (_ops.rms_norm.default, _ops.add_rms_norm.default, _ops.rms_norm_pair.default,
+                  _ops.rms_norm_rope.default, _ops.rms_norm_rope_cache.default):
         return "row", {"n": x.shape[-1]}, x.dtype
     if target == _ops.attention.default:
         return "attention", {"head_dim": x.shape[-1], "value_dim": _fake(node, 2).shape[-1]}, x.dtype
@@ -81,14 +86,13 @@ def op_plans(gm: torch.fx.GraphModule, device: Device) -> list[dict[str, Any]]:
     """One entry per template node: op, extents, dtype, plan (or why it is chosen at run time)."""
     entries = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or not is_bi_op(node.target):
-            continue
-        found = _extents(node)
+        op = bi_op_of(node)
+        found = _extents(node, op) if op is not None else None
         if found is None:
             continue
         family, extents, dtype = found
         entry: dict[str, Any] = {
-            "node": node.name, "op": str(node.target), "family": family,
+            "node": node.name, "op": str(op), "family": family,
             "extents": {k: str(v) for k, v in extents.items()}, "dtype": str(dtype).removeprefix("torch."),
             "source": source_line(node),
         }

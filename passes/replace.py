@@ -84,15 +84,18 @@ def planned_floats(*args: object) -> bool:
     return bool(tensors) and all(t.dtype == tensors[0].dtype and t.dtype in FLOAT_DTYPES for t in tensors)
 
 
-def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[Any, ...]) -> torch.fx.Node:
-    """Insert ``target(*args)`` before ``before``, with fake metadata."""
+def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[Any, ...],
+         kwargs: dict[str, Any] | None = None) -> torch.fx.Node:
+    """Insert ``target(*args, **kwargs)`` before ``before``, with fake metadata."""
+    kwargs = kwargs or {}
     with graph.inserting_before(before):
-        node = graph.call_function(target, args)
+        node = graph.call_function(target, args, kwargs)
     fake_args = tuple(value(a) for a in args)
-    mode = detect_fake_mode(fake_args)
+    fake_kwargs = {name: value(a) for name, a in kwargs.items()}
+    mode = detect_fake_mode((*fake_args, *fake_kwargs.values()))
     if mode is not None:
         with mode:
-            node.meta["val"] = target(*fake_args)
+            node.meta["val"] = target(*fake_args, **fake_kwargs)
     node.meta.update({k: v for k, v in before.meta.items() if k in _PROVENANCE})
     return node
 
@@ -118,9 +121,13 @@ def swap(old: torch.fx.Node, new: torch.fx.Node) -> None:
 
 
 def swap_items(olds: Sequence[torch.fx.Node], new: torch.fx.Node) -> None:
-    """Route the users of each ``olds[i]`` to ``new[i]`` (``new`` returns a list) and drop ``olds``."""
+    """Route the users of each ``olds[i]`` to ``new[i]`` (``new`` returns a list) and drop ``olds``;
+    the item's fake value is ``new``'s, its provenance ``olds[i]``'s."""
+    vals = new.meta.get("val")
     for index, old in enumerate(olds):
         with new.graph.inserting_after(new):
             item = new.graph.call_function(operator.getitem, (new, index))
         item.meta.update(old.meta)
+        if isinstance(vals, (list, tuple)):
+            item.meta["val"] = vals[index]
         swap(old, item)

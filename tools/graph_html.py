@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from ascend_compile.ops.library import is_bi_op
+from ascend_compile.ops.library import bi_op_of
 from ascend_compile.passes.graph_facts import source_line
 from ascend_compile.report import CompileReport
 
@@ -140,7 +140,7 @@ def node_views(gm: torch.fx.GraphModule, report: CompileReport) -> list[NodeView
             kind, note = "uncovered", uncovered[node.name]
         elif node.name in clones:
             kind, note = "copy", clones[node.name]
-        elif is_bi_op(node.target):
+        elif bi_op_of(node) is not None:
             kind, note = "rewritten", templates.get(node.name, "")
         elif node.op in ("placeholder", "output"):
             kind = "input" if node.op == "placeholder" else "output"

@@ -31,7 +31,7 @@ from torch._inductor.compile_fx import compile_fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 import ascend_compile.passes
-from ascend_compile.ops.library import is_bi_op
+from ascend_compile.ops.library import bi_op_of
 from ascend_compile.passes.graph_facts import GraphFacts
 from ascend_compile.passes.pipeline import run_pipeline
 from ascend_compile.settings import Settings
@@ -95,8 +95,9 @@ def allow_fallbacks(graph: torch.fx.Graph) -> None:
     layout constraint comes from its tag (``ops/library.py``), as it would without the list.
     """
     for node in graph.nodes:
-        if node.op == "call_function" and is_bi_op(node.target):
-            lowering.FALLBACK_ALLOW_LIST.add(node.target.name().split(".")[0])  # the name Inductor looks up
+        op = bi_op_of(node)
+        if op is not None:
+            lowering.FALLBACK_ALLOW_LIST.add(op.name().split(".")[0])  # the name Inductor looks up
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any], settings: Settings,

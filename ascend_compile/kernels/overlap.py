@@ -11,7 +11,11 @@ the previous kernel writes or reads.  Our kernels that take ``OVERLAP`` do exact
   write the previous kernel makes to such a line still lands there, and the matmul reads the
   line only after the wait;
 * ``wait_for_inputs`` then waits for the previous kernel (which itself waited for its own, so
-  every earlier kernel is done) and lets the next kernel start.
+  every earlier kernel is done) and lets the next kernel start.  A short kernel followed by a
+  large one waits (``wait_for_previous``) and lets the next start only after its last store
+  (``release_dependents``): the next kernel's programs, once placed, hold their SM slots while
+  they wait, and at attention's size (hundreds of programs at batch 32) that cost more than the
+  launch it hid (H200, docs/BENCHMARKS.md).
 
 Nothing is written and nothing produced by another kernel is read before the wait, so results
 (and bits) are those of serialized launches.  The launch option and the kernel flag always come
@@ -43,6 +47,20 @@ PREFETCH_BYTES = 128
 def wait_for_inputs():
     """Wait until the previous kernel of the stream is done; let the next one start launching."""
     gdc_wait()
+    gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_previous():
+    """Wait until the previous kernel of the stream is done; the next one launches at this one's
+    ``release_dependents`` (or its end)."""
+    gdc_wait()
+
+
+@triton.jit
+def release_dependents():
+    """Let the next kernel of the stream start launching: for short kernels followed by a large
+    one, whose programs would otherwise sit on the SMs waiting (``kernels/rope.py``)."""
     gdc_launch_dependents()
 
 

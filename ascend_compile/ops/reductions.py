@@ -102,7 +102,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     """transformers' RMSNorm over the last dim: ``weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``,
     ``h = x.float()`` (``fuse_rms_norm`` inserts it).  ``eps_tensor``, a CPU scalar, replaces
     ``eps`` when Dynamo made the epsilon a graph input (``dynamic=True`` lifts float attributes)."""
-    return bi_rms_norm(x, None, weight, _eps(eps, eps_tensor))[0]
+    return bi_rms_norm(x, None, weight, eps_value(eps, eps_tensor))[0]
 
 
 @rms_norm.register_fake
@@ -114,7 +114,7 @@ def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torc
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
                  eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch."""
-    out, total = bi_rms_norm(x, residual, weight, _eps(eps, eps_tensor))
+    out, total = bi_rms_norm(x, residual, weight, eps_value(eps, eps_tensor))
     return out, total
 
 
@@ -129,7 +129,7 @@ def rms_norm_pair(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list
                   eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
     """``[rms_norm(x, w, e) for x, w, e in zip(xs, weights, eps)]`` for two inputs in one launch (a
     layer's query and key norms); ``eps_tensors`` as ``rms_norm``'s ``eps_tensor``, one per input."""
-    return bi_rms_norm_pair(xs, weights, [_eps(e, t) for e, t in zip(eps, eps_tensors, strict=True)])
+    return bi_rms_norm_pair(xs, weights, [eps_value(e, t) for e, t in zip(eps, eps_tensors, strict=True)])
 
 
 @rms_norm_pair.register_fake
@@ -138,5 +138,6 @@ def _(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
     return [x.new_empty(x.shape) for x in xs]
 
 
-def _eps(eps: float, eps_tensor: torch.Tensor | None) -> float:
+def eps_value(eps: float, eps_tensor: torch.Tensor | None) -> float:
+    """``eps``, or the lifted epsilon tensor's value when Dynamo made it a graph input."""
     return float(eps_tensor) if eps_tensor is not None else eps

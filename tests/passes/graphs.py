@@ -16,11 +16,13 @@ from ascend_compile.settings import Settings
 
 def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
                static_positions: frozenset[int] = frozenset(),
-               decompose: tuple[object, ...] = ()) -> torch.fx.GraphModule:
-    """``fn`` traced to aten ops (``decompose``: ops written out as Inductor's decompositions do)."""
+               decompose: tuple[object, ...] = (), executor: str = "fx") -> torch.fx.GraphModule:
+    """``fn`` traced to aten ops (``decompose``: ops written out as Inductor's decompositions do),
+    functionalized as AOTAutograd does: an input ``fn`` mutates is written back by a ``copy_`` at the end."""
     table = select_decomp_table()
-    gm = make_fx(fn, decomposition_table={op: table[op] for op in decompose}, tracing_mode="fake")(*inputs)
-    report = CompileReport(graph="test_graph", device="cpu", executor="fx")
+    gm = make_fx(torch.func.functionalize(fn), decomposition_table={op: table[op] for op in decompose},
+                 tracing_mode="fake")(*inputs)
+    report = CompileReport(graph="test_graph", device="cpu", executor=executor)
     attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions, report=report))
     return gm
 

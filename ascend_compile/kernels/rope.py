@@ -1,0 +1,191 @@
+"""A layer's query/key norms, rotary embedding and key/value cache writes in one launch.
+
+Between the query/key/value projections and attention, a Qwen3-style layer normalises every head
+of the query and the key (RMSNorm), rotates both by the position's angles (RoPE, transformers'
+``x * cos + rotate_half(x) * sin``) and writes the key and the value into the static cache.
+Traced, that is our norm pair and three Inductor kernels: four launches of a microsecond or two
+around a few kilobytes each, and Inductor's do not overlap with ours.  This kernel does all of it
+in one launch, a program taking the query, the key or the value heads of one position:
+
+* query and key heads: the norm exactly as ``kernels/rms_norm.py`` computes it (same lanes, same
+  ``tree_sum``, same roundings), then the rotation with each product and the sum rounded to the
+  tensor dtype as eager rounds them (no FMA contraction).  ``rotate_half`` needs the element half
+  a row away: the program normalises the row twice, once at the partner columns -- the same
+  arithmetic on the same inputs, so the same bits -- instead of moving values between lanes;
+* value heads (with a cache): copied into the cache;
+* key heads go to the cache at the step's slots (``index``) when there is one, else to an output.
+
+A row's reduction order is the norm's, fixed by the head dim, dtype and device kind; rows never
+mix, so how many heads a program takes is a schedule.  Nothing here depends on the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ascend_compile import devices
+from ascend_compile.devices import Device
+from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
+from ascend_compile.kernels.plans import UnsupportedPlan, row_plan
+from ascend_compile.kernels.reduce import row_launch
+from ascend_compile.kernels.rounding import TL_DTYPES, round_to
+from ascend_compile.kernels.tree import tree_sum_rows
+
+
+@triton.jit
+def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """``weight * (h * scale).to(dtype)`` at columns ``cols`` of head rows ``rows``, rounded as the
+    RMSNorm kernel rounds it."""
+    h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
+    y = round_to(h * scale[:, None], DTYPE, EMULATE_BF16)
+    weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
+    return round_to(weight[None, :] * y, DTYPE, EMULATE_BF16)
+
+
+@triton.jit
+def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
+                     DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
+    """Norm and rotation of ``BLOCK_H`` head rows of one position (``live`` ones), into ``out_rows``."""
+    cols = tl.arange(0, BLOCK)
+    mask = live[:, None] & (cols[None, :] < n)
+    h = tl.load(rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
+    lanes += h * h
+    scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
+    half = n // 2
+    first = cols < half
+    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16)
+    rotated = _normalized(rows, w_ptr, tl.where(first, cols + half, cols - half), n, live, scale, DTYPE, EMULATE_BF16)
+    rotated = tl.where(first[None, :], -rotated, rotated)
+    cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
+    sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
+    out = round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
+                   DTYPE, EMULATE_BF16)
+    tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, vo_ptr, index_ptr,
+                      B, L, HQ, HK, n, eps_q, eps_k,
+                      sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
+                      sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
+                      DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
+                      CACHE: tl.constexpr, OVERLAP: tl.constexpr = False):
+    """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
+    ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
+    grid's stride."""
+    if OVERLAP:  # launched early; attention, next, launches after the last store (overlap.py)
+        wait_for_previous()
+    query_items = tl.cdiv(HQ, BLOCK_H)
+    key_items = tl.cdiv(HK, BLOCK_H)
+    per_position = query_items + key_items * (2 if CACHE else 1)
+    heads = tl.arange(0, BLOCK_H)
+    cols = tl.arange(0, BLOCK)
+    for item in range(tl.program_id(0), B * L * per_position, tl.num_programs(0)):
+        position = item // per_position
+        b = tl.cast(position // L, tl.int64)
+        pos = position % L
+        part = item % per_position
+        cos_row = cos_ptr + b * sc_b + pos * sc_l
+        sin_row = sin_ptr + b * sc_b + pos * sc_l
+        if part < query_items:
+            h = part * BLOCK_H + heads
+            _norm_rope_heads(q_ptr + b * sq_b + pos * sq_l + h * sq_h, h < HQ, wq_ptr, eps_q, cos_row, sin_row,
+                             qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK)
+        else:
+            part -= query_items
+            is_value = part >= key_items
+            h = tl.where(is_value, part - key_items, part) * BLOCK_H + heads
+            slot = pos
+            if CACHE:
+                slot = tl.load(index_ptr + pos)
+            if is_value:  # only with a cache: the value heads as they are, into the slot
+                mask = (h < HK)[:, None] & (cols[None, :] < n)
+                rows = tl.load(v_ptr + b * sv_b + pos * sv_l + h[:, None] * sv_h + cols[None, :], mask=mask)
+                tl.store(vo_ptr + b * svo_b + h[:, None] * svo_h + slot * svo_l + cols[None, :], rows, mask=mask)
+            else:
+                _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, h < HK, wk_ptr, eps_k, cos_row, sin_row,
+                                 ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
+                                 BLOCK_H, BLOCK)
+    if OVERLAP:
+        release_dependents()
+
+
+#: Elements of the (heads, head dim) tile one program normalises and rotates at most.
+_TILE_ELEMENTS = 4096
+
+
+def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
+    """``cos`` or ``sin`` as (batch, length, n) with the last dim at unit stride (broadcast dims at stride 0)."""
+    if t.dim() == 4:
+        if t.shape[1] != 1:
+            raise ValueError(f"rotary angles must broadcast over heads (dim 1 of size 1), got shape {tuple(t.shape)}")
+        t = t.squeeze(1)
+    t = t.expand(batch, length, n)
+    return t if t.stride(2) == 1 else t.contiguous()
+
+
+def rope_plan_block(n: int, dtype: torch.dtype, device: Device) -> int:
+    """Lanes of the norm-and-rotate row: the RMSNorm row plan's, which must hold a whole head."""
+    block = row_plan(n, dtype, device).block
+    if n % 2 or n > block:
+        raise UnsupportedPlan(f"norm + rotary embedding needs an even head dim of at most {block} elements, got {n}")
+    return block
+
+
+def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor],
+                     eps: tuple[float, float], cos: torch.Tensor, sin: torch.Tensor,
+                     cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
+    kv heads, dim): ``(q_rot, k_rot)``, each (batch, heads, length, dim) contiguous, as transformers'
+    ``apply_rotary_pos_emb(q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2), cos, sin)`` computes
+    them.  With ``cache = (v, k_cache, v_cache, index)`` the rotated key and the value ``v`` (batch,
+    length, kv heads, dim) are written in place to ``k_cache``/``v_cache`` (batch, kv heads, slots,
+    dim) at slots ``index`` (one per position) instead, and ``k_rot`` is ``None``.
+    """
+    batch, length, heads, n = q.shape
+    kv_heads = k.shape[2]
+    if k.shape != (batch, length, kv_heads, n) or k.dtype != q.dtype:
+        raise ValueError(f"bi_rms_norm_rope: key {tuple(k.shape)} {k.dtype} does not match query "
+                         f"{tuple(q.shape)} {q.dtype} (batch, length, heads, dim)")
+    device = devices.of_tensor(q)
+    block = rope_plan_block(n, q.dtype, device)
+    plan = row_plan(n, q.dtype, device)
+    q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
+    cos, sin = _angles(cos, batch, length, n), _angles(sin, batch, length, n)
+    if cos.stride() != sin.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    # Under the interpreter outputs are stored in fp32 (``RowPlan.store_dtype``); the caches keep
+    # their dtype, which its truncating cast reaches exactly: every value is already rounded to it.
+    q_out = torch.empty((batch, heads, length, n), dtype=plan.store_dtype(q.dtype), device=q.device)
+    if cache is None:
+        k_out = torch.empty((batch, kv_heads, length, n), dtype=plan.store_dtype(q.dtype), device=q.device)
+        v, v_out, index = k, k_out, k_out  # never read without a cache
+    else:
+        v, k_out, v_out, index = cache
+        if v.shape != k.shape or k_out.shape[:2] != (batch, kv_heads) or k_out.shape[3] != n \
+                or v_out.shape != k_out.shape or index.shape != (length,):
+            raise ValueError(f"bi_rms_norm_rope: value {tuple(v.shape)}, caches {tuple(k_out.shape)} and "
+                             f"{tuple(v_out.shape)}, index {tuple(index.shape)} do not fit key {tuple(k.shape)}")
+        if v.stride(3) != 1 or k_out.stride(3) != 1 or v_out.stride(3) != 1:
+            raise ValueError("bi_rms_norm_rope: the value and the caches need a unit-stride last dim")
+    # A schedule: the heads of a position one program takes (rows never mix, so any count gives the same bits).
+    block_h = min(triton.next_power_of_2(max(heads, kv_heads)), max(1, _TILE_ELEMENTS // block))
+    kv_items = triton.cdiv(kv_heads, block_h) * (2 if cache is not None else 1)
+    items = batch * length * (triton.cdiv(heads, block_h) + kv_items)
+    if items and n:
+        grid, options = row_launch(q, items, plan, fp_fusion=False, overlap=True)
+        _norm_rope_kernel[grid](
+            q, k, v, weights[0], weights[1], cos, sin, q_out, k_out, v_out, index,
+            batch, length, heads, kv_heads, n, eps[0], eps[1],
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
+            q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
+            v_out.stride(0), v_out.stride(1), v_out.stride(2),
+            DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
+            BLOCK=block, CACHE=cache is not None, **options,
+        )
+    return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)

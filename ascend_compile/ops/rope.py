@@ -1,0 +1,61 @@
+"""``ascend_bi::rms_norm_rope`` and ``ascend_bi::rms_norm_rope_cache``: a layer's query/key norms and
+rotary embedding in one launch, with the key/value cache writes in it when there is a static cache.
+
+Inputs are the projections viewed per head, (batch, length, heads, dim), as the norms read them;
+``cos``/``sin`` broadcast as (batch or 1, 1, length, dim), as ``apply_rotary_pos_emb`` uses them.
+Rotated outputs are (batch, heads, length, dim), contiguous in the real and the fake impl.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ascend_compile.kernels.rope import bi_rms_norm_rope
+from ascend_compile.ops.library import bi_op
+from ascend_compile.ops.reductions import eps_value
+
+
+def _rotated(x: torch.Tensor) -> torch.Tensor:
+    batch, length, heads, dim = x.shape
+    return x.new_empty((batch, heads, length, dim))
+
+
+@bi_op("rms_norm_rope")
+def rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
+                  eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
+                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``apply_rotary_pos_emb(rms_norm(q).transpose(1, 2), rms_norm(k).transpose(1, 2), cos, sin)``
+    with the weights and epsilons of ``rms_norm_pair``."""
+    q_rot, k_rot = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin)
+    return q_rot, k_rot
+
+
+@rms_norm_rope.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
+      eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
+      sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rotated(q), _rotated(k)
+
+
+@bi_op("rms_norm_rope_cache", mutates_args=("k_cache", "v_cache"))
+def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
+                        eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
+                        sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        index: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope``, then ``k_cache[:, :, index] = k_rot`` and ``v_cache[:, :, index] =
+    v.transpose(1, 2)`` in place (transformers' static cache update); returns the rotated query."""
+    q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
+                                cache=(v, k_cache, v_cache, index))
+    return q_rot
+
+
+@rms_norm_rope_cache.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
+      eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+      v_cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return _rotated(q)
+
+
+def _eps(eps: list[float], eps_tensors: list[torch.Tensor | None]) -> tuple[float, float]:
+    first, second = (eps_value(e, t) for e, t in zip(eps, eps_tensors, strict=True))
+    return first, second

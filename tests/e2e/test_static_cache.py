@@ -1,0 +1,51 @@
+"""Decode with transformers' static cache under the Inductor executor: each layer's query/key norms,
+rotation and cache writes run as one launch that writes the caches in place (``fuse_norm_rope``),
+with the bits of the unfused graph; sequence 0's logits and cache rows are the same alone and in a
+batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ascend_compile
+from tests.e2e.tiny_transformers import LAYERS, VOCAB, tiny_model
+
+transformers = pytest.importorskip("transformers")
+PROMPT, STEPS = 4, 2
+
+
+def _decode(model: torch.nn.Module, batch: int, **options: object) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Sequence 0's last logits after a prompt and each decode step, and its cache rows at the end."""
+    torch._dynamo.reset()
+
+    def step(ids: torch.Tensor, cache: object, position: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True).logits[:, -1]
+
+    compiled = torch.compile(step, backend="ascend_bi", options={"executor": "inductor", **options})
+    cache = transformers.StaticCache(config=model.config, max_cache_len=PROMPT + STEPS + 2)
+    ids = torch.stack([torch.randint(0, VOCAB, (PROMPT + STEPS,), generator=torch.Generator().manual_seed(i))
+                       for i in range(batch)])
+    with torch.no_grad():
+        logits = [compiled(ids[:, :PROMPT], cache, torch.arange(PROMPT))[0]]
+        for t in range(PROMPT, PROMPT + STEPS):
+            logits.append(compiled(ids[:, t:t + 1], cache, torch.tensor([t]))[0])
+    return logits, [t[0].clone() for layer in cache.layers for t in (layer.keys, layer.values)]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_static_cache_writes_fused_in_place_with_the_same_bits() -> None:
+    model = tiny_model("qwen3", attn_implementation="sdpa", dtype=torch.bfloat16)
+    ascend_compile.clear_reports()
+    alone = _decode(model, 1)
+    reports = ascend_compile.reports()
+    assert reports and all(r.rewrites["fuse_norm_rope"] == LAYERS for r in reports)
+    in_batch = _decode(model, 3)
+    unfused = _decode(model, 1, disable_passes=["fuse_norm_rope"])
+    assert _same(*(r[0] for r in (alone, in_batch))) and _same(*(r[1] for r in (alone, in_batch)))
+    assert _same(alone[0], unfused[0]) and _same(alone[1], unfused[1])
+    # The caches hold the prompt and both steps (nothing written to a copy), and nothing past them.
+    assert all(rows[:, :PROMPT + STEPS].abs().sum() > 0 and not rows[:, PROMPT + STEPS:].any() for rows in alone[1])

@@ -1,0 +1,103 @@
+"""The norm + rotary embedding (+ cache write) template under the interpreter: bit for bit the norm
+pair followed by transformers' ``apply_rotary_pos_emb`` and ``index_copy_`` into the caches, close to
+float64, and a position's bits do not depend on the batch around it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ascend_compile.ops  # noqa: F401
+from ascend_compile.kernels.plans import UnsupportedPlan
+from ascend_compile.kernels.rope import bi_rms_norm_rope
+from tests.helpers import rel_error
+
+bi = torch.ops.ascend_bi
+EPS = (1e-6, 1e-5)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def separate(q, k, weights, cos, sin, norm=lambda x, w, e: bi.rms_norm(x, w, e)):
+    """What the graph runs without the fusion: the norms, the transpose, then the rotation op by op."""
+    qn, kn = (norm(x, w, e).transpose(1, 2) for x, w, e in zip((q, k), weights, EPS, strict=True))
+    return tuple(x * cos + rotate_half(x) * sin for x in (qn, kn))
+
+
+def inputs(batch: int, length: int, dtype: torch.dtype, heads: int = 4, kv_heads: int = 2, dim: int = 64,
+           seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, length, heads, dim, generator=gen).to(dtype)
+    k = torch.randn(batch, length, kv_heads, dim, generator=gen).to(dtype)
+    v = torch.randn(batch, length, kv_heads, dim, generator=gen).to(dtype)
+    weights = tuple(torch.rand(dim, generator=gen).to(dtype) + 0.5 for _ in range(2))
+    angles = torch.rand(1, 1, length, dim // 2, generator=gen) * 50
+    angles = torch.cat((angles, angles), dim=-1)
+    return q, k, v, weights, angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_equals_the_separate_ops_and_float64(dtype: torch.dtype) -> None:
+    q, k, _, weights, cos, sin = inputs(3, 2, dtype)
+    got = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin)
+    want = separate(q, k, weights, cos, sin)
+    assert all(g.is_contiguous() and torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    float64 = [t.double() for t in (q, k, *weights, cos, sin)]
+
+    def norm64(x, w, e):
+        return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + e)
+
+    reference = separate(*float64[:2], float64[2:4], *float64[4:], norm=norm64)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert all(rel_error(g, r) < tolerance for g, r in zip(got, reference, strict=True))
+    # Negative control: the test sees the key's epsilon and the angles.
+    assert not torch.equal(bi.rms_norm_rope(q, k, list(weights), [EPS[0], 0.5], [None, None], cos, sin)[1], want[1])
+    assert not torch.equal(bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], sin, cos)[0], want[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cache_writes_land_at_the_step_slots(dtype: torch.dtype) -> None:
+    """With caches, the rotated key and the value go to slots ``index`` of each sequence's cache,
+    in place; every other slot keeps its contents."""
+    q, k, v, weights, cos, sin = inputs(3, 2, dtype, seed=1)
+    k_cache, v_cache = (torch.randn(3, 2, 9, 64, generator=torch.Generator().manual_seed(s)).to(dtype) for s in (2, 3))
+    index = torch.tensor([5, 6])
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    q_rot, k_rot = separate(q, k, weights, cos, sin)
+    want_k.index_copy_(2, index, k_rot)
+    want_v.index_copy_(2, index, v.transpose(1, 2))
+    got = bi.rms_norm_rope_cache(q, k, v, list(weights), list(EPS), [None, None], cos, sin, k_cache, v_cache, index)
+    assert torch.equal(got, q_rot) and torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+
+
+def test_a_position_has_its_bits_in_every_batch() -> None:
+    """Sequence 0's rotated query and key alone equal its rows inside batches of 2 and 5 whose other
+    sequences are random (bf16, per-sequence angles); a different sequence 0 gives other bits."""
+    q, k, _, weights, _, _ = inputs(5, 3, torch.bfloat16, seed=4)
+    angles = torch.rand(5, 1, 3, 64, generator=torch.Generator().manual_seed(5)) * 50
+    cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+
+    def run(b: int) -> tuple[torch.Tensor, ...]:
+        return bi.rms_norm_rope(q[:b], k[:b], list(weights), list(EPS), [None, None], cos[:b], sin[:b])
+
+    alone = run(1)
+    for b in (2, 5):
+        assert all(torch.equal(a[0], p[0]) for a, p in zip(alone, run(b), strict=True))
+    other = bi.rms_norm_rope(q[1:2], k[1:2], list(weights), list(EPS), [None, None], cos[:1], sin[:1])
+    assert not torch.equal(other[0], alone[0])
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    q, k, v, weights, cos, sin = inputs(2, 1, torch.float32, dim=6)
+    with pytest.raises(UnsupportedPlan, match="even head dim"):
+        bi_rms_norm_rope(q[..., :5], k[..., :5], (weights[0][:5], weights[1][:5]), EPS, cos[..., :5], sin[..., :5])
+    with pytest.raises(ValueError, match="does not match query"):
+        bi_rms_norm_rope(q, k[:1], weights, EPS, cos, sin)
+    with pytest.raises(ValueError, match="must broadcast over heads"):
+        bi_rms_norm_rope(q, k, weights, EPS, cos.expand(1, 2, 1, 6), sin)
+    with pytest.raises(ValueError, match="do not fit key"):
+        bi_rms_norm_rope(q, k, weights, EPS, cos, sin, cache=(v, torch.zeros(2, 2, 4, 6), torch.zeros(2, 2, 4, 6),
+                                                              torch.tensor([0, 1])))

@@ -1,0 +1,137 @@
+"""fuse_norm_rope: a Qwen3 layer's query/key norms, rotation and static-cache writes become one
+template launch with the same bits; the writes go in under ``auto_functionalized`` for Inductor
+only; rotations whose inputs are used elsewhere stay as they are."""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+from torch._higher_order_ops.auto_functionalize import auto_functionalized
+from torch._inductor import lowering
+
+from ascend_compile import devices
+from ascend_compile.executors.inductor import allow_fallbacks
+from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
+from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
+from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
+from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
+from ascend_compile.passes.op_plans import op_plans
+from ascend_compile.passes.rewrite_matmul import rewrite_matmul
+from ascend_compile.passes.rewrite_reductions import rewrite_reductions
+from tests.passes.graphs import after_passes, aten_graph, targets
+
+aten = torch.ops.aten
+bi = torch.ops.ascend_bi
+F = torch.nn.functional
+BEFORE = (rewrite_matmul, rewrite_reductions, fuse_rms_norm, fuse_sibling_matmuls, fuse_sibling_norms)
+HEAD = 32
+
+
+def _rms(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    h32 = h.to(torch.float32)
+    return weight * (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(h.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat((-x[..., HEAD // 2:], x[..., :HEAD // 2]), dim=-1)
+
+
+def _prologue(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """Qwen3Attention up to attention: projections per head, norms, transpose, rotation."""
+    batch, length = x.shape[:2]
+    q, k, v = (F.linear(x, w).view(batch, length, -1, HEAD) for w in (wq, wk, wv))
+    q, k = _rms(q, q_norm).transpose(1, 2), _rms(k, k_norm).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v.transpose(1, 2)
+
+
+def _with_cache(x, wq, wk, wv, q_norm, k_norm, cos, sin, k_cache, v_cache, index):
+    """The same with transformers' static cache update (``StaticLayer.update``)."""
+    q, k, v = _prologue(x, wq, wk, wv, q_norm, k_norm, cos, sin)
+    k_cache.index_copy_(2, index, k)
+    v_cache.index_copy_(2, index, v)
+    return q * 1, k_cache * 1, v_cache * 1  # attention reads the updated caches
+
+
+def _inputs(cache: bool = False) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 64, generator=gen).bfloat16()
+    weights = [torch.randn(n, 64, generator=gen).bfloat16() for n in (4 * HEAD, 2 * HEAD, 2 * HEAD)]
+    norms = [torch.rand(HEAD, generator=gen).bfloat16() + 0.5 for _ in range(2)]
+    angles = torch.rand(1, 2, HEAD // 2, generator=gen) * 20
+    angles = torch.cat((angles, angles), dim=-1)
+    inputs = (x, *weights, *norms, angles.cos().bfloat16(), angles.sin().bfloat16())
+    if cache:
+        inputs += (torch.zeros(3, 2, 6, HEAD).bfloat16(), torch.zeros(3, 2, 6, HEAD).bfloat16(), torch.tensor([3, 4]))
+    return inputs
+
+
+def test_norms_and_rotation_share_the_norm_launch_with_the_same_bits() -> None:
+    inputs = _inputs()
+    gm = after_passes(aten_graph(_prologue, *inputs), *BEFORE, fuse_norm_rope)
+    assert gm.count == 1
+    names = targets(gm)
+    assert bi.rms_norm_rope.default in names and bi.rms_norm_pair.default not in names
+    assert aten.cat.default not in names and aten.neg.default not in names
+    separate = after_passes(aten_graph(_prologue, *inputs), *BEFORE)
+    assert bi.rms_norm_pair.default in targets(separate)
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+
+
+def _cache_graphs(executor: str) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+    inputs = _inputs(cache=True)
+    traced = [aten_graph(_with_cache, *inputs, decompose=(aten.index_copy_.default, aten.index_copy.default),
+                         executor=executor) for _ in range(2)]
+    return after_passes(traced[0], *BEFORE, fuse_norm_rope), after_passes(traced[1], *BEFORE)
+
+
+def _run(gm: torch.fx.GraphModule) -> list[torch.Tensor]:
+    inputs = _inputs(cache=True)
+    return [*gm(*inputs), *inputs[-3:-1]]  # outputs, then the caches as the graph left them
+
+
+def test_cache_writes_join_the_launch_under_auto_functionalized_for_inductor() -> None:
+    fused, separate = _cache_graphs("inductor")
+    assert fused.count == 1
+    (node,) = [n for n in fused.graph.nodes if n.target is auto_functionalized]
+    assert node.args[0] is bi.rms_norm_rope_cache.default
+    assert node.kwargs["k_cache"].op == node.kwargs["v_cache"].op == "placeholder"
+    assert aten.index_put.default not in targets(fused) and aten.index_put.default in targets(separate)
+    # Each cache is still written back to its input, now from the op's new value of it.
+    copies = [n for n in fused.graph.nodes if n.target is aten.copy_.default]
+    assert {(c.args[0], c.args[1].target, c.args[1].args[1]) for c in copies} == {
+        (node.kwargs["k_cache"], operator.getitem, 1), (node.kwargs["v_cache"], operator.getitem, 2)}
+    assert all(torch.equal(f, s) for f, s in zip(_run(fused), _run(separate), strict=True))
+
+
+def test_the_wrapped_op_gets_its_plan_and_its_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dumps show the op under ``auto_functionalized`` with its row plan, and Inductor's fallback
+    allow list gets it like any other op (``executors/inductor.py``)."""
+    fused, _ = _cache_graphs("inductor")
+    (plan,) = [p for p in op_plans(fused, devices.detect(_inputs())) if "rms_norm_rope_cache" in p["op"]]
+    assert plan["family"] == "row" and plan["extents"] == {"n": str(HEAD)}
+    monkeypatch.setattr(lowering, "FALLBACK_ALLOW_LIST", set())
+    allow_fallbacks(fused.graph)
+    assert "ascend_bi::rms_norm_rope_cache" in lowering.FALLBACK_ALLOW_LIST
+
+
+def test_other_executors_get_the_rotation_without_the_writes() -> None:
+    """The fx executor would run ``auto_functionalized`` on copies of the caches."""
+    fused, separate = _cache_graphs("fx")
+    assert fused.count == 1 and bi.rms_norm_rope.default in targets(fused)
+    assert auto_functionalized not in targets(fused) and aten.index_put.default in targets(fused)
+    assert all(torch.equal(f, s) for f, s in zip(_run(fused), _run(separate), strict=True))
+
+
+def test_a_normalized_output_used_elsewhere_keeps_the_ops() -> None:
+    def unrotated_also(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+        batch, length = x.shape[:2]
+        q = _rms(F.linear(x, wq).view(batch, length, -1, HEAD), q_norm).transpose(1, 2)
+        k = _rms(F.linear(x, wk).view(batch, length, -1, HEAD), k_norm).transpose(1, 2)
+        return q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1), k, k * cos.unsqueeze(1)
+
+    inputs = _inputs()
+    gm = after_passes(aten_graph(unrotated_also, *inputs), *BEFORE, fuse_norm_rope)
+    assert gm.count == 0 and bi.rms_norm_pair.default in targets(gm)
