@@ -219,6 +219,9 @@ ROW_FAMILIES: dict[str, tuple[int, int, int, int, int]] = {
     "layer_norm": (3, 6, 1, 1, 1),  # x, weight, bias; their fp32 values, lanes, tree, y; ...; out
     "cumsum": (1, 6, 1, 1, 1),  # x; fp32 x, running, within, selects, y; offsets; mask; out
     "rms_norm": (3, 4, 1, 1, 2),  # x, residual, weight; h, lanes, tree, y; offsets; mask; out, sum
+    # x and weight at the columns and at the partner columns, cos, sin; h, lanes, tree, y, rotated,
+    # out; columns, partner columns; mask; out
+    "rms_norm_rope": (6, 6, 2, 1, 1),
 }
 
 
@@ -237,6 +240,22 @@ def row_ub_bytes(plan: RowPlan, family: str, dtype: torch.dtype, device: Device)
     return (loaded * _loads(device) * _tile_bytes(rows, tail, itemsize) + working * _tile_bytes(rows, tail, 4)
             + index * _tile_bytes(rows, tail, 4) + masks * _tile_bytes(rows, tail, 1)
             + outputs * _tile_bytes(rows, tail, itemsize))
+
+
+#: Elements of the (heads, head dim) tile one norm-and-rotate program takes at most on GPUs.
+_ROPE_TILE_ELEMENTS = 4096
+
+
+def rope_heads_per_program(plan: RowPlan, heads: int, dtype: torch.dtype, device: Device) -> int:
+    """Heads of one position a norm-and-rotate program takes (``kernels/rope.py``): a schedule, since
+    rows never mix.  All of them up to a tile of ``_ROPE_TILE_ELEMENTS``; on NPUs as many as the UB
+    holds rows of the ``rms_norm_rope`` family."""
+    per_program = min(1 << max(0, heads - 1).bit_length(), max(1, _ROPE_TILE_ELEMENTS // plan.block))
+    if device.npu is not None:
+        row_bytes = row_ub_bytes(plan, "rms_norm_rope", dtype, device)
+        while per_program > 1 and per_program * row_bytes > npu_ub_budget(device):
+            per_program //= 2
+    return per_program
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import triton.language as tl
 from ascend_compile import devices
 from ascend_compile.devices import Device
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
-from ascend_compile.kernels.plans import UnsupportedPlan, row_plan
+from ascend_compile.kernels.plans import UnsupportedPlan, rope_heads_per_program, row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum_rows
@@ -113,10 +113,6 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
         release_dependents()
 
 
-#: Elements of the (heads, head dim) tile one program normalises and rotates at most.
-_TILE_ELEMENTS = 4096
-
-
 def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
     """``cos`` or ``sin`` as (batch, length, n) with the last dim at unit stride (broadcast dims at stride 0)."""
     if t.dim() == 4:
@@ -172,8 +168,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
                              f"{tuple(v_out.shape)}, index {tuple(index.shape)} do not fit key {tuple(k.shape)}")
         if v.stride(3) != 1 or k_out.stride(3) != 1 or v_out.stride(3) != 1:
             raise ValueError("bi_rms_norm_rope: the value and the caches need a unit-stride last dim")
-    # A schedule: the heads of a position one program takes (rows never mix, so any count gives the same bits).
-    block_h = min(triton.next_power_of_2(max(heads, kv_heads)), max(1, _TILE_ELEMENTS // block))
+    block_h = rope_heads_per_program(plan, max(heads, kv_heads), q.dtype, device)
     kv_items = triton.cdiv(kv_heads, block_h) * (2 if cache is not None else 1)
     items = batch * length * (triton.cdiv(heads, block_h) + kv_items)
     if items and n:

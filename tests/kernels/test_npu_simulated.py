@@ -19,7 +19,7 @@ from ascend_compile.kernels.attention import bi_attention
 from ascend_compile.kernels.matmul import bi_matmul
 from ascend_compile.kernels.plans import matmul_plan, matmul_schedule, row_plan
 from tests.helpers import rel_error
-from tests.kernels import test_attention, test_matmul, test_reductions
+from tests.kernels import test_attention, test_matmul, test_reductions, test_rope
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +71,12 @@ def test_attention_sequence_invariant_and_accurate(dtype: torch.dtype) -> None:
 
 def test_attention_decode_equals_prefill() -> None:
     test_attention.test_decode_step_equals_prefill_row()
+
+
+def test_norm_rope_and_cache_writes() -> None:
+    """Query/key norms with the rotation, and the cache writes: the separate ops' bits."""
+    test_rope.test_equals_the_separate_ops_and_float64(torch.bfloat16)
+    test_rope.test_cache_writes_land_at_the_step_slots(torch.bfloat16)
 
 
 def test_more_work_than_programs() -> None:
