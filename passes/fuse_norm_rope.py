@@ -44,8 +44,7 @@ import torch.fx
 from torch._higher_order_ops.auto_functionalize import auto_functionalized
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.kernels.plans import UnsupportedPlan
-from ascend_compile.kernels.rope import rope_plan_block
+from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
 from ascend_compile.passes.graph_facts import facts_of
 from ascend_compile.passes.replace import arguments, call, same_shape, sole_user, swap_items, value
 from ascend_compile.settings import Settings
@@ -181,7 +180,7 @@ def _fits_kernel(xq: torch.fx.Node, xk: torch.fx.Node) -> bool:
     if q.dim() != 4 or k.dim() != 4 or not same_shape((*q.shape[:2], q.shape[3]), (*k.shape[:2], k.shape[3])):
         return False
     try:
-        rope_plan_block(q.shape[-1], q.dtype, facts_of(xq.graph.owning_module).device)
+        rope_row_plan(q.shape[-1], q.dtype, facts_of(xq.graph.owning_module).device)
     except (UnsupportedPlan, TypeError):  # TypeError: a symbolic head dim
         return False
     return True

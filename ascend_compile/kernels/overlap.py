@@ -44,13 +44,6 @@ PREFETCH_BYTES = 128
 
 
 @triton.jit
-def wait_for_inputs():
-    """Wait until the previous kernel of the stream is done; let the next one start launching."""
-    gdc_wait()
-    gdc_launch_dependents()
-
-
-@triton.jit
 def wait_for_previous():
     """Wait until the previous kernel of the stream is done; the next one launches at this one's
     ``release_dependents`` (or its end)."""
@@ -62,6 +55,13 @@ def release_dependents():
     """Let the next kernel of the stream start launching: for short kernels followed by a large
     one, whose programs would otherwise sit on the SMs waiting (``kernels/rope.py``)."""
     gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_inputs():
+    """Wait until the previous kernel of the stream is done; let the next one start launching."""
+    wait_for_previous()
+    release_dependents()
 
 
 @triton.jit

@@ -242,6 +242,16 @@ def row_ub_bytes(plan: RowPlan, family: str, dtype: torch.dtype, device: Device)
             + outputs * _tile_bytes(rows, tail, itemsize))
 
 
+def rope_row_plan(n: int, dtype: torch.dtype, device: Device) -> RowPlan:
+    """The norm-and-rotate row's plan (``kernels/rope.py``): the RMSNorm row plan, whose lanes must
+    hold a whole head of an even ``n`` (the rotation pairs element i with element i + n/2)."""
+    plan = row_plan(n, dtype, device)
+    if n % 2 or n > plan.block:
+        raise UnsupportedPlan(f"norm + rotary embedding needs an even head dim of at most {plan.block} elements, "
+                              f"got {n}")
+    return plan
+
+
 #: Elements of the (heads, head dim) tile one norm-and-rotate program takes at most on GPUs.
 _ROPE_TILE_ELEMENTS = 4096
 

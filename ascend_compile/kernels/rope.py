@@ -26,9 +26,8 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.devices import Device
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
-from ascend_compile.kernels.plans import UnsupportedPlan, rope_heads_per_program, row_plan
+from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum_rows
@@ -123,14 +122,6 @@ def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
     return t if t.stride(2) == 1 else t.contiguous()
 
 
-def rope_plan_block(n: int, dtype: torch.dtype, device: Device) -> int:
-    """Lanes of the norm-and-rotate row: the RMSNorm row plan's, which must hold a whole head."""
-    block = row_plan(n, dtype, device).block
-    if n % 2 or n > block:
-        raise UnsupportedPlan(f"norm + rotary embedding needs an even head dim of at most {block} elements, got {n}")
-    return block
-
-
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor],
                      eps: tuple[float, float], cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
@@ -148,8 +139,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         raise ValueError(f"bi_rms_norm_rope: key {tuple(k.shape)} {k.dtype} does not match query "
                          f"{tuple(q.shape)} {q.dtype} (batch, length, heads, dim)")
     device = devices.of_tensor(q)
-    block = rope_plan_block(n, q.dtype, device)
-    plan = row_plan(n, q.dtype, device)
+    plan = rope_row_plan(n, q.dtype, device)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
     cos, sin = _angles(cos, batch, length, n), _angles(sin, batch, length, n)
     if cos.stride() != sin.stride():
@@ -181,6 +171,6 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
             q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
             v_out.stride(0), v_out.stride(1), v_out.stride(2),
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
-            BLOCK=block, CACHE=cache is not None, **options,
+            BLOCK=plan.block, CACHE=cache is not None, **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)
