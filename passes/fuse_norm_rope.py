@@ -8,8 +8,12 @@ bits as the ops it replaces).  Where the rotated key only goes into a static cac
 writes back to its input (transformers' ``StaticCache.update``: ``index_copy_`` at the step's
 slots, beside the value's), ``ascend_bi::rms_norm_rope_cache`` also writes both caches: it enters
 the functional graph under ``auto_functionalized``, and Inductor's own reinplacing makes the writes
-in place.  That form needs Inductor (the ``fx`` executor would run it on copies of the caches), so
-other executors get ``rms_norm_rope`` alone.
+in place.  When the slots are the cache's own write position and the positions after it, and the
+graph advances that position by the step's length (``arange(length) + cumulative_length``, then
+``cumulative_length += length``), ``ascend_bi::rms_norm_rope_append`` reads and advances it in
+the launch too, and the small kernel Inductor ran before every layer's launch for the slots and
+the increment is gone.  These forms need Inductor (the ``fx`` executor would run them on copies
+of the caches), so other executors get ``rms_norm_rope`` alone.
 
 Matches (``x`` either output of a norm pair, transposed to (batch, heads, length, dim))::
 
@@ -31,6 +35,12 @@ or::
     auto_functionalized = auto_functionalized(torch.ops.ascend_bi.rms_norm_rope_cache.default, q=q, k=k, v=v,
         ..., k_cache=k_cache, v_cache=v_cache, index=index)
     q_rot, index_put, index_put_1 = auto_functionalized[0], auto_functionalized[1], auto_functionalized[2]
+
+or, with ``index = iota(length) + position`` and ``copy_(position, position + length)`` at the end::
+
+    auto_functionalized = auto_functionalized(torch.ops.ascend_bi.rms_norm_rope_append.default, q=q, k=k, v=v,
+        ..., k_cache=k_cache, v_cache=v_cache, cache_length=position)
+    ... auto_functionalized[3] is written back to ``position`` instead of ``position + length``
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from ascend_compile.settings import Settings
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
+prims = torch.ops.prims
 bi = torch.ops.ascend_bi
 _LAST_DIM = (3, -1)
 
@@ -138,6 +149,11 @@ class _CacheWrites:
     value: torch.fx.Node  # index_put(v_cache, [None, None, index], v.transpose(1, 2))
     v: torch.fx.Node  # the value per head, (batch, length, kv heads, dim)
 
+    @property
+    def index(self) -> torch.fx.Node:
+        """The slots both writes use."""
+        return self.key.args[1][2]
+
 
 def _slot_write(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
     """(cache input, index) of ``index_put(cache, [None, None, index], ...)`` whose result the graph
@@ -173,6 +189,51 @@ def _cache_writes(k_rot: torch.fx.Node) -> _CacheWrites | None:
     return None
 
 
+@dataclass(frozen=True)
+class _WritePosition:
+    """A static cache's write position, read for the step's slots and advanced at the end of the graph."""
+
+    position: torch.fx.Node  # the placeholder: one int64
+    advanced: torch.fx.Node  # add(position, length), written back to it
+
+
+def _is_arange(node: object, length: int) -> bool:
+    """``iota(length)`` / ``arange(length)``: 0, 1, ... ``length - 1``."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node.target is prims.iota.default:
+        return node.args[0] == length and node.kwargs.get("start") == 0 and node.kwargs.get("step") == 1
+    return node.target is aten.arange.default and node.args[0] == length
+
+
+def _write_position(writes: _CacheWrites, length: object) -> _WritePosition | None:
+    """The position the writes' ``index`` counts from, when ``index = arange(length) + position`` and
+    only the writes use it, the graph writes ``position + length`` back to it, and nothing else reads it.
+
+    Anything else would be unsafe, even placed before the launch: Inductor computes a pointwise read
+    where its result is used (a mask made of the position, used by attention, after the launch), and
+    the launch advances the position in place.  A model's first layer shares its position with the
+    mask and the rotary angles, so it keeps the ``index`` form."""
+    index = writes.index
+    if index.target is not aten.add.Tensor or len(index.args) != 2 or index.kwargs or not isinstance(length, int) \
+            or set(index.users) != {writes.key, writes.value}:
+        return None
+    a, b = index.args
+    position = b if _is_arange(a, length) else a if _is_arange(b, length) else None
+    if not isinstance(position, torch.fx.Node) or position.op != "placeholder":
+        return None
+    val = value(position)
+    if not isinstance(val, torch.Tensor) or val.dtype != torch.int64 or val.numel() != 1:
+        return None
+    advanced = [u for u in position.users if u.target is aten.add.Tensor and list(u.args) == [position, length]
+                and [c.target for c in u.users] == [aten.copy_.default] and next(iter(u.users)).args[0] is position]
+    if len(advanced) != 1:
+        return None
+    if set(position.users) != {index, advanced[0], *advanced[0].users}:
+        return None
+    return _WritePosition(position, advanced[0])
+
+
 def _fits_kernel(xq: torch.fx.Node, xk: torch.fx.Node) -> bool:
     """Query and key per head, (batch, length, heads, dim) of one batch, length, dim and dtype, and a
     head the kernel's row holds."""
@@ -188,9 +249,11 @@ def _fits_kernel(xq: torch.fx.Node, xk: torch.fx.Node) -> bool:
 
 def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
     """Fold each layer's query/key rotation (and static-cache writes) into its norm pair; returns how many."""
-    in_place = facts_of(gm).report.executor == "inductor"
+    facts = facts_of(gm)
+    in_place = facts.report.executor == "inductor"
+    appends = facts.device.plan_kind != "npu"  # arrival counters: not used on NPUs (no split schedules there)
     order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    count = 0
+    count = positions = 0
     for pair in [n for n in gm.graph.nodes if n.target is bi.rms_norm_pair.default]:
         items = sorted((u for u in pair.users if u.target is operator.getitem), key=lambda u: u.args[1])
         (xq, xk), weights, eps, eps_tensors = pair.args
@@ -202,16 +265,25 @@ def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
         writes = _cache_writes(k.out) if in_place else None
         if writes is not None and _before_users(writes, q.out, order):
             last = max(writes.key, writes.value, key=order.__getitem__)
-            node = call(gm.graph, last, auto_functionalized, (bi.rms_norm_rope_cache.default,), dict(
-                q=xq, k=xk, v=writes.v, weights=weights, eps=eps, eps_tensors=eps_tensors, cos=q.cos, sin=q.sin,
-                k_cache=writes.key.args[0], v_cache=writes.value.args[0], index=writes.key.args[1][2]))
-            swap_items((q.out, writes.key, writes.value), node)
+            common = dict(q=xq, k=xk, v=writes.v, weights=weights, eps=eps, eps_tensors=eps_tensors, cos=q.cos,
+                          sin=q.sin, k_cache=writes.key.args[0], v_cache=writes.value.args[0])
+            appended = _write_position(writes, value(xk).shape[1]) if appends else None
+            if appended is None:
+                node = call(gm.graph, last, auto_functionalized, (bi.rms_norm_rope_cache.default,),
+                            dict(common, index=writes.index))
+                swap_items((q.out, writes.key, writes.value), node)
+            else:
+                node = call(gm.graph, last, auto_functionalized, (bi.rms_norm_rope_append.default,),
+                            dict(common, cache_length=appended.position))
+                swap_items((q.out, writes.key, writes.value, appended.advanced), node)
+                positions += 1
         else:
             first = min(q.out, k.out, key=order.__getitem__)
             node = call(gm.graph, first, bi.rms_norm_rope.default, (xq, xk, weights, eps, eps_tensors, q.cos, q.sin))
             swap_items((q.out, k.out), node)
         count += 1
-    logger.debug("fuse_norm_rope: %d query/key norm pairs rotate in their launch", count)
+    logger.debug("fuse_norm_rope: %d query/key norm pairs rotate in their launch, %d of them advancing the cache's "
+                 "write position", count, positions)
     return count
 
 

@@ -13,7 +13,12 @@ in one launch, a program taking the query, the key or the value heads of one pos
   a row away: the program normalises the row twice, once at the partner columns -- the same
   arithmetic on the same inputs, so the same bits -- instead of moving values between lanes;
 * value heads (with a cache): copied into the cache;
-* key heads go to the cache at the step's slots (``index``) when there is one, else to an output.
+* key heads go to the cache at the step's slots (``index``) when there is one, else to an output;
+* appending (transformers' ``StaticLayer.update``), the slots are the cache's write position and
+  the positions after it, and the position then advances by the step's length: every program
+  reads it, then arrives on an arrival counter (``arrival.py``); the last to arrive advances it,
+  after every read.  That replaces the small kernel Inductor ran before each layer's launch for
+  the slots and the increment.
 
 A row's reduction order is the norm's, fixed by the head dim, dtype and device kind; rows never
 mix, so how many heads a program takes is a schedule.  Nothing here depends on the batch.
@@ -26,6 +31,7 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
+from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
 from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan
 from ascend_compile.kernels.reduce import row_launch
@@ -67,14 +73,15 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
 
 @triton.jit
 def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, vo_ptr, index_ptr,
-                      B, L, HQ, HK, n, eps_q, eps_k,
+                      arrival_ptr, B, L, HQ, HK, n, eps_q, eps_k,
                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                      CACHE: tl.constexpr, OVERLAP: tl.constexpr = False):
+                      CACHE: tl.constexpr, APPEND: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
-    grid's stride."""
+    grid's stride.  ``index_ptr``: the slot of each position, or (``APPEND``) the cache's write
+    position, advanced by ``L`` at the end."""
     if OVERLAP:  # launched early; attention, next, launches after the last store (overlap.py)
         wait_for_previous()
     query_items = tl.cdiv(HQ, BLOCK_H)
@@ -98,7 +105,9 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             is_value = part >= key_items
             h = tl.where(is_value, part - key_items, part) * BLOCK_H + heads
             slot = pos
-            if CACHE:
+            if APPEND:
+                slot = tl.load(index_ptr) + pos
+            elif CACHE:
                 slot = tl.load(index_ptr + pos)
             if is_value:  # only with a cache: the value heads as they are, into the slot
                 mask = (h < HK)[:, None] & (cols[None, :] < n)
@@ -108,6 +117,11 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                 _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, h < HK, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
                                  BLOCK_H, BLOCK)
+    if APPEND:  # the last program to arrive has seen every other program's read of the position
+        tl.debug_barrier()
+        if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+            tl.store(index_ptr, tl.load(index_ptr) + L)
+            tl.atomic_xchg(arrival_ptr, 0)
     if OVERLAP:
         release_dependents()
 
@@ -125,16 +139,20 @@ def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor],
                      eps: tuple[float, float], cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     append: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
     kv heads, dim): ``(q_rot, k_rot)``, each (batch, heads, length, dim) contiguous, as transformers'
     ``apply_rotary_pos_emb(q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2), cos, sin)`` computes
     them.  With ``cache = (v, k_cache, v_cache, index)`` the rotated key and the value ``v`` (batch,
     length, kv heads, dim) are written in place to ``k_cache``/``v_cache`` (batch, kv heads, slots,
-    dim) at slots ``index`` (one per position) instead, and ``k_rot`` is ``None``.
+    dim) at slots ``index`` (one per position) instead, and ``k_rot`` is ``None``.  With ``append``,
+    ``index`` is the caches' write position (one int64 element): the positions go to the slots from
+    it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
+    if append and cache is None:
+        raise ValueError("bi_rms_norm_rope: append=True writes to a cache; pass cache=(v, k_cache, v_cache, position)")
     if k.shape != (batch, length, kv_heads, n) or k.dtype != q.dtype:
         raise ValueError(f"bi_rms_norm_rope: key {tuple(k.shape)} {k.dtype} does not match query "
                          f"{tuple(q.shape)} {q.dtype} (batch, length, heads, dim)")
@@ -152,10 +170,13 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         v, v_out, index = k, k_out, k_out  # never read without a cache
     else:
         v, k_out, v_out, index = cache
+        slots = (index.numel(), index.dtype) == (1, torch.int64) if append else index.shape == (length,)
         if v.shape != k.shape or k_out.shape[:2] != (batch, kv_heads) or k_out.shape[3] != n \
-                or v_out.shape != k_out.shape or index.shape != (length,):
+                or v_out.shape != k_out.shape or not slots:
             raise ValueError(f"bi_rms_norm_rope: value {tuple(v.shape)}, caches {tuple(k_out.shape)} and "
-                             f"{tuple(v_out.shape)}, index {tuple(index.shape)} do not fit key {tuple(k.shape)}")
+                             f"{tuple(v_out.shape)}, index {tuple(index.shape)} {index.dtype} do not fit key "
+                             f"{tuple(k.shape)} (the index: one slot per position, or with append the write "
+                             "position, one int64)")
         if v.stride(3) != 1 or k_out.stride(3) != 1 or v_out.stride(3) != 1:
             raise ValueError("bi_rms_norm_rope: the value and the caches need a unit-stride last dim")
     block_h = rope_heads_per_program(plan, max(heads, kv_heads), q.dtype, device)
@@ -165,12 +186,12 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         grid, options = row_launch(q, items, plan, fp_fusion=False, overlap=True)
         _norm_rope_kernel[grid](
             q, k, v, weights[0], weights[1], cos, sin, q_out, k_out, v_out, index,
-            batch, length, heads, kv_heads, n, eps[0], eps[1],
+            arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, eps[0], eps[1],
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
             q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
             v_out.stride(0), v_out.stride(1), v_out.stride(2),
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
-            BLOCK=plan.block, CACHE=cache is not None, **options,
+            BLOCK=plan.block, CACHE=cache is not None, APPEND=append, **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)

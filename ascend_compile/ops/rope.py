@@ -1,5 +1,7 @@
-"""``ascend_bi::rms_norm_rope`` and ``ascend_bi::rms_norm_rope_cache``: a layer's query/key norms and
-rotary embedding in one launch, with the key/value cache writes in it when there is a static cache.
+"""``ascend_bi::rms_norm_rope``, ``ascend_bi::rms_norm_rope_cache`` and ``ascend_bi::rms_norm_rope_append``:
+a layer's query/key norms and rotary embedding in one launch, with the key/value cache writes in it
+when there is a static cache (at given slots, or appended at the cache's write position, which then
+advances).
 
 Inputs are the projections viewed per head, (batch, length, heads, dim), as the norms read them;
 ``cos``/``sin`` broadcast as (batch or 1, 1, length, dim), as ``apply_rotary_pos_emb`` uses them.
@@ -49,11 +51,26 @@ def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weigh
     return q_rot
 
 
-@rms_norm_rope_cache.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
-      eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
-      v_cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+@bi_op("rms_norm_rope_append", mutates_args=("k_cache", "v_cache", "cache_length"))
+def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
+                         eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
+                         sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         cache_length: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope_cache`` at ``index = arange(length) + cache_length``, then ``cache_length +=
+    length`` in place: all of transformers' ``StaticLayer.update`` (``cache_length`` is its
+    ``cumulative_length``, one int64)."""
+    q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
+                                cache=(v, k_cache, v_cache, cache_length), append=True)
+    return q_rot
+
+
+def _rotated_query(q: torch.Tensor, *args: object) -> torch.Tensor:
+    """The cache-writing ops' fake: they return the rotated query; the caches change in place."""
     return _rotated(q)
+
+
+rms_norm_rope_cache.register_fake(_rotated_query)
+rms_norm_rope_append.register_fake(_rotated_query)
 
 
 def _eps(eps: list[float], eps_tensors: list[torch.Tensor | None]) -> tuple[float, float]:

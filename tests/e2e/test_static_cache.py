@@ -1,22 +1,26 @@
 """Decode with transformers' static cache under the Inductor executor: each layer's query/key norms,
-rotation and cache writes run as one launch that writes the caches in place (``fuse_norm_rope``),
+rotation and cache writes run as one launch that writes the caches in place and, past the first
+layer (whose write position the mask also reads), advances their write position (``fuse_norm_rope``),
 with the bits of the unfused graph; sequence 0's logits and cache rows are the same alone and in a
 batch."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
 import ascend_compile
-from tests.e2e.tiny_transformers import LAYERS, VOCAB, tiny_model
+from tests.e2e.tiny_transformers import VOCAB, tiny_model
 
 transformers = pytest.importorskip("transformers")
-PROMPT, STEPS = 4, 2
+PROMPT, STEPS, LAYERS = 4, 2, 2
 
 
 def _decode(model: torch.nn.Module, batch: int, **options: object) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Sequence 0's last logits after a prompt and each decode step, and its cache rows at the end."""
+    """Sequence 0's last logits after a prompt and each decode step, and its cache rows at the end
+    (after checking that every layer's write position went past the prompt and the steps)."""
     torch._dynamo.reset()
 
     def step(ids: torch.Tensor, cache: object, position: torch.Tensor) -> torch.Tensor:
@@ -30,6 +34,7 @@ def _decode(model: torch.nn.Module, batch: int, **options: object) -> tuple[list
         logits = [compiled(ids[:, :PROMPT], cache, torch.arange(PROMPT))[0]]
         for t in range(PROMPT, PROMPT + STEPS):
             logits.append(compiled(ids[:, t:t + 1], cache, torch.tensor([t]))[0])
+    assert [int(layer.cumulative_length) for layer in cache.layers] == [PROMPT + STEPS] * LAYERS
     return logits, [t[0].clone() for layer in cache.layers for t in (layer.keys, layer.values)]
 
 
@@ -37,12 +42,14 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_static_cache_writes_fused_in_place_with_the_same_bits() -> None:
-    model = tiny_model("qwen3", attn_implementation="sdpa", dtype=torch.bfloat16)
+def test_static_cache_writes_fused_in_place_with_the_same_bits(caplog: pytest.LogCaptureFixture) -> None:
+    model = tiny_model("qwen3", attn_implementation="sdpa", dtype=torch.bfloat16, layers=LAYERS)
     ascend_compile.clear_reports()
-    alone = _decode(model, 1)
+    with caplog.at_level(logging.DEBUG, logger="ascend_compile.passes.fuse_norm_rope"):
+        alone = _decode(model, 1)
     reports = ascend_compile.reports()
     assert reports and all(r.rewrites["fuse_norm_rope"] == LAYERS for r in reports)
+    assert f"{LAYERS - 1} of them advancing the cache's write position" in caplog.text
     in_batch = _decode(model, 3)
     unfused = _decode(model, 1, disable_passes=["fuse_norm_rope"])
     assert _same(*(r[0] for r in (alone, in_batch))) and _same(*(r[1] for r in (alone, in_batch)))

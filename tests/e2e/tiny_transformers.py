@@ -20,11 +20,12 @@ MODELS: dict[str, tuple[str, str, dict[str, object]]] = {
 VOCAB = 512
 
 
-def tiny_model(name: str, attn_implementation: str = "eager", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def tiny_model(name: str, attn_implementation: str = "eager", dtype: torch.dtype = torch.float32,
+               layers: int = LAYERS) -> torch.nn.Module:
     import transformers
 
     config_name, model_name, extra = MODELS[name]
-    fields: dict[str, object] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+    fields: dict[str, object] = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     fields.update(extra)
     config = getattr(transformers, config_name)(**fields)

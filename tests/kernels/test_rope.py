@@ -73,6 +73,27 @@ def test_cache_writes_land_at_the_step_slots(dtype: torch.dtype) -> None:
     assert torch.equal(got, q_rot) and torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
 
 
+@pytest.mark.parametrize("start", [0, 5])
+def test_appending_writes_at_the_write_position_and_advances_it(start: int) -> None:
+    """Appending is ``rms_norm_rope_cache`` at ``arange(length) + position``, and the position (a
+    0-dim int64, as transformers keeps it) advances by the length; called again, the next step
+    lands after it.  Negative control: another position writes other slots."""
+    q, k, v, weights, cos, sin = inputs(3, 2, torch.bfloat16, seed=1)
+    caches = [torch.randn(3, 2, 9, 64, generator=torch.Generator().manual_seed(s)).bfloat16() for s in (2, 3)]
+    want = [c.clone() for c in caches]
+    position = torch.tensor(start)
+    args = (q, k, v, list(weights), list(EPS), [None, None], cos, sin)
+    for step in range(2):
+        index = torch.arange(2) + start + 2 * step
+        want_q = bi.rms_norm_rope_cache(*args, *want, index)
+        got_q = bi.rms_norm_rope_append(*args, *caches, position)
+        assert torch.equal(got_q, want_q) and all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))
+        assert position.item() == start + 2 * (step + 1)
+    elsewhere = [c.clone() for c in caches]
+    bi.rms_norm_rope_append(*args, *elsewhere, torch.tensor(start + 1))
+    assert not torch.equal(elsewhere[0], want[0])
+
+
 def test_a_position_has_its_bits_in_every_batch() -> None:
     """Sequence 0's rotated query and key alone equal its rows inside batches of 2 and 5 whose other
     sequences are random (bf16, per-sequence angles); a different sequence 0 gives other bits."""
@@ -96,6 +117,11 @@ def test_bad_inputs_name_the_problem() -> None:
         bi_rms_norm_rope(q[..., :5], k[..., :5], (weights[0][:5], weights[1][:5]), EPS, cos[..., :5], sin[..., :5])
     with pytest.raises(ValueError, match="does not match query"):
         bi_rms_norm_rope(q, k[:1], weights, EPS, cos, sin)
+    with pytest.raises(ValueError, match="append=True writes to a cache"):
+        bi_rms_norm_rope(q, k, weights, EPS, cos, sin, append=True)
+    with pytest.raises(ValueError, match="write position, one int64"):
+        bi_rms_norm_rope(q, k, weights, EPS, cos, sin, (v, k.transpose(1, 2), k.transpose(1, 2), torch.tensor(0.0)),
+                         append=True)
     with pytest.raises(ValueError, match="must broadcast over heads"):
         bi_rms_norm_rope(q, k, weights, EPS, cos.expand(1, 2, 1, 6), sin)
     with pytest.raises(ValueError, match="do not fit key"):

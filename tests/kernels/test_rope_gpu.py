@@ -40,3 +40,25 @@ def test_qwen3_shapes_equal_the_separate_ops_in_every_batch() -> None:
     for batch in (8, 32):
         placed = _step(batch)
         assert all(torch.equal(a[0], p[0]) for a, p in zip(alone, placed, strict=True))
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_appending_advances_the_write_position_once_per_launch(batch: int) -> None:
+    """Every program reads the write position before the last to arrive advances it: 64 steps in a
+    row land in 64 consecutive slots (each the rows ``rms_norm_rope_cache`` writes at that slot),
+    and the position ends 64 further on, with every program of each launch racing."""
+    gen = torch.Generator("cuda").manual_seed(1)
+    q, k, v = (torch.randn(batch, 1, heads, 128, device="cuda", generator=gen).bfloat16() for heads in (16, 8, 8))
+    weights = [torch.rand(128, device="cuda", generator=gen).bfloat16() + 0.5 for _ in range(2)]
+    angles = torch.rand(1, 1, 1, 64, device="cuda", generator=gen) * 500
+    cos, sin = (f(torch.cat((angles, angles), -1)).bfloat16() for f in (torch.cos, torch.sin))
+    caches = [torch.zeros(batch, 8, 80, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    want = [c.clone() for c in caches]
+    args = (q, k, v, weights, list(EPS), [None, None], cos, sin)
+    position = torch.tensor(3, device="cuda")
+    for step in range(64):
+        bi.rms_norm_rope_append(*args, *caches, position)
+        bi.rms_norm_rope_cache(*args, *want, torch.tensor([3 + step], device="cuda"))
+    assert position.item() == 67
+    assert all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))
+    assert caches[0][:, :, 3:67].abs().sum(-1).all() and not caches[0][:, :, 67:].any()

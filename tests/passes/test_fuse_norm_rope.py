@@ -4,6 +4,7 @@ only; rotations whose inputs are used elsewhere stay as they are."""
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import pytest
@@ -12,11 +13,13 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized
 from torch._inductor import lowering
 
 from ascend_compile import devices
+from ascend_compile.devices import Device, NpuFacts
 from ascend_compile.executors.inductor import allow_fallbacks
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
+from ascend_compile.passes.graph_facts import attach, facts_of
 from ascend_compile.passes.op_plans import op_plans
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
@@ -55,7 +58,18 @@ def _with_cache(x, wq, wk, wv, q_norm, k_norm, cos, sin, k_cache, v_cache, index
     return q * 1, k_cache * 1, v_cache * 1  # attention reads the updated caches
 
 
-def _inputs(cache: bool = False) -> tuple[torch.Tensor, ...]:
+def _appending(x, wq, wk, wv, q_norm, k_norm, cos, sin, k_cache, v_cache, position):
+    """``StaticLayer.update`` as transformers writes it: the slots from the cache's write position on,
+    which then advances by the step's length."""
+    q, k, v = _prologue(x, wq, wk, wv, q_norm, k_norm, cos, sin)
+    index = torch.arange(k.shape[2]) + position
+    position.add_(k.shape[2])
+    k_cache.index_copy_(2, index, k)
+    v_cache.index_copy_(2, index, v)
+    return q * 1, k_cache * 1, v_cache * 1
+
+
+def _inputs(cache: bool = False, position: bool = False) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 64, generator=gen).bfloat16()
     weights = [torch.randn(n, 64, generator=gen).bfloat16() for n in (4 * HEAD, 2 * HEAD, 2 * HEAD)]
@@ -64,7 +78,8 @@ def _inputs(cache: bool = False) -> tuple[torch.Tensor, ...]:
     angles = torch.cat((angles, angles), dim=-1)
     inputs = (x, *weights, *norms, angles.cos().bfloat16(), angles.sin().bfloat16())
     if cache:
-        inputs += (torch.zeros(3, 2, 6, HEAD).bfloat16(), torch.zeros(3, 2, 6, HEAD).bfloat16(), torch.tensor([3, 4]))
+        index = torch.tensor(3) if position else torch.tensor([3, 4])
+        inputs += (torch.zeros(3, 2, 6, HEAD).bfloat16(), torch.zeros(3, 2, 6, HEAD).bfloat16(), index)
     return inputs
 
 
@@ -80,16 +95,16 @@ def test_norms_and_rotation_share_the_norm_launch_with_the_same_bits() -> None:
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
 
 
-def _cache_graphs(executor: str) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
-    inputs = _inputs(cache=True)
-    traced = [aten_graph(_with_cache, *inputs, decompose=(aten.index_copy_.default, aten.index_copy.default),
+def _cache_graphs(executor: str, layer=_with_cache) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+    inputs = _inputs(cache=True, position=layer is not _with_cache)
+    traced = [aten_graph(layer, *inputs, decompose=(aten.index_copy_.default, aten.index_copy.default),
                          executor=executor) for _ in range(2)]
     return after_passes(traced[0], *BEFORE, fuse_norm_rope), after_passes(traced[1], *BEFORE)
 
 
-def _run(gm: torch.fx.GraphModule) -> list[torch.Tensor]:
-    inputs = _inputs(cache=True)
-    return [*gm(*inputs), *inputs[-3:-1]]  # outputs, then the caches as the graph left them
+def _run(gm: torch.fx.GraphModule, position: bool = False) -> list[torch.Tensor]:
+    inputs = _inputs(cache=True, position=position)
+    return [*gm(*inputs), *inputs[-3:]]  # outputs, then the caches and the index as the graph left them
 
 
 def test_cache_writes_join_the_launch_under_auto_functionalized_for_inductor() -> None:
@@ -106,15 +121,60 @@ def test_cache_writes_join_the_launch_under_auto_functionalized_for_inductor() -
     assert all(torch.equal(f, s) for f, s in zip(_run(fused), _run(separate), strict=True))
 
 
-def test_the_wrapped_op_gets_its_plan_and_its_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_write_position_is_read_and_advanced_in_the_launch() -> None:
+    """With transformers' write position, the slots and the position's increment join the launch:
+    no arange, no add, and the position is written back from the op's new value of it."""
+    fused, separate = _cache_graphs("inductor", _appending)
+    assert fused.count == 1
+    (node,) = [n for n in fused.graph.nodes if n.target is auto_functionalized]
+    assert node.args[0] is bi.rms_norm_rope_append.default and node.kwargs["cache_length"].op == "placeholder"
+    slots = {aten.arange.default, torch.ops.prims.iota.default, aten.add.Tensor}
+    assert not slots & set(targets(fused)) and slots <= set(targets(separate)) | {torch.ops.prims.iota.default}
+    copies = {c.args[0]: c.args[1] for c in fused.graph.nodes if c.target is aten.copy_.default}
+    assert copies[node.kwargs["cache_length"]].args == (node, 3)
+    got, want = _run(fused, position=True), _run(separate, position=True)
+    assert all(torch.equal(f, s) for f, s in zip(got, want, strict=True)) and got[-1].item() == 5
+
+
+def test_a_write_position_read_after_the_writes_keeps_its_slots() -> None:
+    """Negative control: a position something reads after the cache writes is not advanced early;
+    the slots stay an input of the launch."""
+    def read_after(*args):
+        outs = _appending(*args)
+        return (*outs, args[-1] * 1)
+
+    fused, separate = _cache_graphs("inductor", read_after)
+    assert fused.count == 1 and aten.add.Tensor in targets(fused)
+    (node,) = [n for n in fused.graph.nodes if n.target is auto_functionalized]
+    assert node.args[0] is bi.rms_norm_rope_cache.default
+    got, want = _run(fused, position=True), _run(separate, position=True)
+    assert all(torch.equal(f, s) for f, s in zip(got, want, strict=True)) and got[3].item() == 5
+
+
+def test_npus_keep_the_slots_as_an_input() -> None:
+    """No arrival counters on NPUs: the position is advanced by Inductor there, the slots passed in."""
+    gm = after_passes(aten_graph(_appending, *_inputs(cache=True, position=True),
+                                 decompose=(aten.index_copy_.default, aten.index_copy.default), executor="inductor"),
+                      *BEFORE)  # the pairs as a GPU's or the CPU's plans group them
+    npu = Device(kind="npu", index=0, compute_units=24, triton_interpreted=False,
+                 npu=NpuFacts(ai_cores=24, vector_cores=48, ub_bytes=192 * 1024))
+    attach(gm, dataclasses.replace(facts_of(gm), device=npu))
+    fused = after_passes(gm, fuse_norm_rope)
+    (node,) = [n for n in fused.graph.nodes if n.target is auto_functionalized]
+    assert node.args[0] is bi.rms_norm_rope_cache.default and aten.add.Tensor in targets(fused)
+
+
+@pytest.mark.parametrize(("layer", "op"), [(_with_cache, "rms_norm_rope_cache"),
+                                          (_appending, "rms_norm_rope_append")])
+def test_the_wrapped_op_gets_its_plan_and_its_fallback(monkeypatch: pytest.MonkeyPatch, layer, op: str) -> None:
     """The dumps show the op under ``auto_functionalized`` with its row plan, and Inductor's fallback
     allow list gets it like any other op (``executors/inductor.py``)."""
-    fused, _ = _cache_graphs("inductor")
-    (plan,) = [p for p in op_plans(fused, devices.detect(_inputs())) if "rms_norm_rope_cache" in p["op"]]
+    fused, _ = _cache_graphs("inductor", layer)
+    (plan,) = [p for p in op_plans(fused, devices.detect(_inputs())) if op in p["op"]]
     assert plan["family"] == "row" and plan["extents"] == {"n": str(HEAD)}
     monkeypatch.setattr(lowering, "FALLBACK_ALLOW_LIST", set())
     allow_fallbacks(fused.graph)
-    assert "ascend_bi::rms_norm_rope_cache" in lowering.FALLBACK_ALLOW_LIST
+    assert f"ascend_bi::{op}" in lowering.FALLBACK_ALLOW_LIST
 
 
 def test_other_executors_get_the_rotation_without_the_writes() -> None:
