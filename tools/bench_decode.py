@@ -1,6 +1,7 @@
 """Time a Qwen3-0.6B-shaped decode step per batch bucket, and a prefill, in every mode, on one GPU.
 
-transformers' Qwen3 with the Qwen3-0.6B configuration, random bf16 weights, a static KV cache
+transformers' Qwen3 with the Qwen3-0.6B configuration (``--model llama-3.2-1b``: Llama with the
+Llama-3.2-1B configuration, a model without query/key norms), random bf16 weights, a static KV cache
 holding ``--context`` tokens (random keys and values, the same for a sequence in every batch).
 One decode step -- one new token per sequence, logits of the last position -- is timed at each
 bucket in each mode, and so is a prefill of ``--prefill-length`` tokens at ``--prefill-batches``:
@@ -31,13 +32,16 @@ from typing import Any
 import torch
 
 from ascend_compile.tools.benchmarking import card_line, geomean, start, versions
-from ascend_compile.tools.models import qwen3_0_6b
+from ascend_compile.tools.models import llama_3_2_1b, qwen3_0_6b
 
 logger = logging.getLogger(__name__)
 
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 PREFILL_BATCHES: tuple[int, ...] = (1, 2, 4, 8)
 MODES: tuple[str, ...] = ("eager", "eager BI", "torch.compile", "reduce-overhead", "ascend_bi inductor", "ascend_bi fx")
+#: ``--model`` -> (builder, its decoder layers).
+MODELS: dict[str, tuple[Callable[..., torch.nn.Module], int]] = {
+    "qwen3-0.6b": (qwen3_0_6b, 28), "llama-3.2-1b": (llama_3_2_1b, 16)}
 
 Step = Callable[[torch.Tensor, Any, torch.Tensor | None], torch.Tensor]
 
@@ -215,10 +219,10 @@ def markdown(points: list[Point], invariant: dict[tuple[str, str], bool], floors
     lines = [card_line(info) + f" transformers {info.get('transformers', '?')}."]
     for workload in workloads:
         if workload.kind == "decode":
-            title = (f"Decode step, Qwen3-0.6B shapes, bf16, context {workload.tokens}; ms per step "
+            title = (f"Decode step, {info['model']} shapes, bf16, context {workload.tokens}; ms per step "
                      f"(copy bandwidth {bandwidth / 1e12:.2f} TB/s).")
         else:
-            title = f"Prefill of {workload.tokens} tokens per sequence, Qwen3-0.6B shapes, bf16; ms per prefill."
+            title = f"Prefill of {workload.tokens} tokens per sequence, {info['model']} shapes, bf16; ms per prefill."
         floor = floors if workload.kind == "decode" else None
         lines += ["", title, "", *_table(points, invariant, workload.kind, floor)]
     return "\n".join(lines)
@@ -252,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--prefill-batches", type=int, nargs="*", default=list(PREFILL_BATCHES))
     parser.add_argument("--prefill-length", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--model", choices=sorted(MODELS), default="qwen3-0.6b",
+                        help="configuration of the random-weight model (default: the issue's Qwen3-0.6B)")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the model's own count)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
     parser.add_argument("--markdown")
@@ -269,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import transformers
 
-    model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
+    build, layers = MODELS[args.model]
+    layers = args.layers or layers
+    model = build(num_hidden_layers=layers, attn_implementation="sdpa")
     bandwidth = copy_bandwidth()
     points, invariant = measure(model, args.modes, workloads, args.repeats)
     floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
-    info = versions() | {"transformers": transformers.__version__}
+    info = versions() | {"transformers": transformers.__version__, "model": f"{args.model} ({layers} layers)"}
     table = markdown(points, invariant, floors, info, workloads, bandwidth)
     if args.json:
         with open(args.json, "w") as f:

@@ -2,8 +2,8 @@
 
 ``TinyDecoder`` is a Llama/Qwen-style decoder-only LM written with plain torch ops (RMSNorm,
 rotary embeddings, causal SDPA attention, SwiGLU MLP, tied LM head) so that it needs no
-downloads and compiles on any device.  ``qwen3_0_6b`` is transformers' Qwen3 with the
-Qwen3-0.6B configuration (random weights, no downloads).
+downloads and compiles on any device.  ``qwen3_0_6b`` and ``llama_3_2_1b`` are transformers'
+Qwen3 and Llama with the Qwen3-0.6B and Llama-3.2-1B configurations (random weights, no downloads).
 """
 
 from __future__ import annotations
@@ -106,12 +106,31 @@ QWEN3_0_6B: dict[str, object] = dict(
 )
 
 
+#: Llama-3.2-1B's configuration (the model family without query/key norms; default rotary angles).
+LLAMA_3_2_1B: dict[str, object] = dict(
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+    head_dim=64, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500_000.0,
+    tie_word_embeddings=True, hidden_act="silu",
+)
+
+
 def qwen3_0_6b(num_hidden_layers: int = 28, attn_implementation: str = "sdpa", device: str = "cuda",
                dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """transformers' Qwen3 with the Qwen3-0.6B configuration (fewer layers when asked), random weights."""
+    return _random_weights("Qwen3", QWEN3_0_6B, num_hidden_layers, attn_implementation, device, dtype)
+
+
+def llama_3_2_1b(num_hidden_layers: int = 16, attn_implementation: str = "sdpa", device: str = "cuda",
+                 dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """transformers' Llama with the Llama-3.2-1B configuration (fewer layers when asked), random weights."""
+    return _random_weights("Llama", LLAMA_3_2_1B, num_hidden_layers, attn_implementation, device, dtype)
+
+
+def _random_weights(family: str, fields: dict[str, object], num_hidden_layers: int, attn_implementation: str,
+                    device: str, dtype: torch.dtype) -> nn.Module:
     import transformers
 
-    config = transformers.Qwen3Config(**{**QWEN3_0_6B, "num_hidden_layers": num_hidden_layers})
+    config = getattr(transformers, f"{family}Config")(**{**fields, "num_hidden_layers": num_hidden_layers})
     config._attn_implementation = attn_implementation
     torch.manual_seed(0)
-    return transformers.Qwen3ForCausalLM(config).to(device=device, dtype=dtype).eval()
+    return getattr(transformers, f"{family}ForCausalLM")(config).to(device=device, dtype=dtype).eval()

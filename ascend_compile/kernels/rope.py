@@ -1,4 +1,4 @@
-"""A layer's query/key norms, rotary embedding and key/value cache writes in one launch.
+"""A layer's query/key norms (if it has them), rotary embedding and key/value cache writes in one launch.
 
 Between the query/key/value projections and attention, a Qwen3-style layer normalises every head
 of the query and the key (RMSNorm), rotates both by the position's angles (RoPE, transformers'
@@ -11,7 +11,8 @@ in one launch, a program taking the query, the key or the value heads of one pos
   ``tree_sum``, same roundings), then the rotation with each product and the sum rounded to the
   tensor dtype as eager rounds them (no FMA contraction).  ``rotate_half`` needs the element half
   a row away: the program normalises the row twice, once at the partner columns -- the same
-  arithmetic on the same inputs, so the same bits -- instead of moving values between lanes;
+  arithmetic on the same inputs, so the same bits -- instead of moving values between lanes.
+  Layers without query/key norms (Llama, Mistral, Qwen2) rotate the projections as they are;
 * value heads (with a cache): copied into the cache;
 * key heads go to the cache at the step's slots (``index``) when there is one, else to an output;
 * appending (transformers' ``StaticLayer.update``), the slots are the cache's write position and
@@ -40,10 +41,13 @@ from ascend_compile.kernels.tree import tree_sum_rows
 
 
 @triton.jit
-def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr):
+def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                NORM: tl.constexpr):
     """``weight * (h * scale).to(dtype)`` at columns ``cols`` of head rows ``rows``, rounded as the
-    RMSNorm kernel rounds it."""
+    RMSNorm kernel rounds it (``h`` itself without ``NORM``)."""
     h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
+    if not NORM:
+        return h
     y = round_to(h * scale[:, None], DTYPE, EMULATE_BF16)
     weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
     return round_to(weight[None, :] * y, DTYPE, EMULATE_BF16)
@@ -51,18 +55,23 @@ def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_
 
 @triton.jit
 def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
-                     DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
-    """Norm and rotation of ``BLOCK_H`` head rows of one position (``live`` ones), into ``out_rows``."""
+                     DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
+                     NORM: tl.constexpr):
+    """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows of one position (``live`` ones),
+    into ``out_rows``."""
     cols = tl.arange(0, BLOCK)
     mask = live[:, None] & (cols[None, :] < n)
-    h = tl.load(rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
-    lanes += h * h
-    scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
+    scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    if NORM:
+        h = tl.load(rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
+        lanes += h * h
+        scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
     half = n // 2
     first = cols < half
-    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16)
-    rotated = _normalized(rows, w_ptr, tl.where(first, cols + half, cols - half), n, live, scale, DTYPE, EMULATE_BF16)
+    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16, NORM)
+    rotated = _normalized(rows, w_ptr, tl.where(first, cols + half, cols - half), n, live, scale, DTYPE,
+                          EMULATE_BF16, NORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
     cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
@@ -77,7 +86,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                      CACHE: tl.constexpr, APPEND: tl.constexpr, OVERLAP: tl.constexpr = False):
+                      CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
     grid's stride.  ``index_ptr``: the slot of each position, or (``APPEND``) the cache's write
@@ -99,7 +108,8 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
         if part < query_items:
             h = part * BLOCK_H + heads
             _norm_rope_heads(q_ptr + b * sq_b + pos * sq_l + h * sq_h, h < HQ, wq_ptr, eps_q, cos_row, sin_row,
-                             qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK)
+                             qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK,
+                             NORM)
         else:
             part -= query_items
             is_value = part >= key_items
@@ -116,7 +126,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             else:
                 _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, h < HK, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
-                                 BLOCK_H, BLOCK)
+                                 BLOCK_H, BLOCK, NORM)
     if APPEND:  # the last program to arrive has seen every other program's read of the position
         tl.debug_barrier()
         if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
@@ -136,8 +146,8 @@ def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
     return t if t.stride(2) == 1 else t.contiguous()
 
 
-def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor],
-                     eps: tuple[float, float], cos: torch.Tensor, sin: torch.Tensor,
+def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
+                     eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                      append: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
@@ -147,7 +157,8 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     length, kv heads, dim) are written in place to ``k_cache``/``v_cache`` (batch, kv heads, slots,
     dim) at slots ``index`` (one per position) instead, and ``k_rot`` is ``None``.  With ``append``,
     ``index`` is the caches' write position (one int64 element): the positions go to the slots from
-    it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.
+    it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.  ``weights``
+    and ``eps`` None: no norms, the rotation alone (``bi_rope``).
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
@@ -185,13 +196,21 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     if items and n:
         grid, options = row_launch(q, items, plan, fp_fusion=False, overlap=True)
         _norm_rope_kernel[grid](
-            q, k, v, weights[0], weights[1], cos, sin, q_out, k_out, v_out, index,
-            arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, eps[0], eps[1],
+            q, k, v, *(weights or (q, q)), cos, sin, q_out, k_out, v_out, index,
+            arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, *(eps or (0.0, 0.0)),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
             q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
             v_out.stride(0), v_out.stride(1), v_out.stride(2),
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
-            BLOCK=plan.block, CACHE=cache is not None, APPEND=append, **options,
+            BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None, **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)
+
+
+def bi_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+            cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+            append: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``bi_rms_norm_rope`` without the norms: transformers' ``apply_rotary_pos_emb(q.transpose(1, 2),
+    k.transpose(1, 2), cos, sin)`` (Llama, Mistral, Qwen2: no query/key norms), the same cache forms."""
+    return bi_rms_norm_rope(q, k, None, None, cos, sin, cache, append)

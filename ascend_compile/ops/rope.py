@@ -1,7 +1,8 @@
 """``ascend_bi::rms_norm_rope``, ``ascend_bi::rms_norm_rope_cache`` and ``ascend_bi::rms_norm_rope_append``:
 a layer's query/key norms and rotary embedding in one launch, with the key/value cache writes in it
 when there is a static cache (at given slots, or appended at the cache's write position, which then
-advances).
+advances); ``ascend_bi::rope``, ``rope_cache`` and ``rope_append`` are the same for layers without
+query/key norms.
 
 Inputs are the projections viewed per head, (batch, length, heads, dim), as the norms read them;
 ``cos``/``sin`` broadcast as (batch or 1, 1, length, dim), as ``apply_rotary_pos_emb`` uses them.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ascend_compile.kernels.rope import bi_rms_norm_rope
+from ascend_compile.kernels.rope import bi_rms_norm_rope, bi_rope
 from ascend_compile.ops.library import bi_op
 from ascend_compile.ops.reductions import eps_value
 
@@ -64,13 +65,39 @@ def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
     return q_rot
 
 
+@bi_op("rope")
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)``."""
+    q_rot, k_rot = bi_rope(q, k, cos, sin)
+    return q_rot, k_rot
+
+
+@rope.register_fake
+def _(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rotated(q), _rotated(k)
+
+
+@bi_op("rope_cache", mutates_args=("k_cache", "v_cache"))
+def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope_cache`` without the norms."""
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, index))[0]
+
+
+@bi_op("rope_append", mutates_args=("k_cache", "v_cache", "cache_length"))
+def rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                k_cache: torch.Tensor, v_cache: torch.Tensor, cache_length: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope_append`` without the norms."""
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, cache_length), append=True)[0]
+
+
 def _rotated_query(q: torch.Tensor, *args: object) -> torch.Tensor:
     """The cache-writing ops' fake: they return the rotated query; the caches change in place."""
     return _rotated(q)
 
 
-rms_norm_rope_cache.register_fake(_rotated_query)
-rms_norm_rope_append.register_fake(_rotated_query)
+for _op in (rms_norm_rope_cache, rms_norm_rope_append, rope_cache, rope_append):
+    _op.register_fake(_rotated_query)
 
 
 def _eps(eps: list[float], eps_tensors: list[torch.Tensor | None]) -> tuple[float, float]:

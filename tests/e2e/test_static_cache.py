@@ -1,5 +1,5 @@
-"""Decode with transformers' static cache under the Inductor executor: each layer's query/key norms,
-rotation and cache writes run as one launch that writes the caches in place and, past the first
+"""Decode with transformers' static cache under the Inductor executor: each layer's query/key norms
+(when it has them), rotation and cache writes run as one launch that writes the caches in place and, past the first
 layer (whose write position the mask also reads), advances their write position (``fuse_norm_rope``),
 with the bits of the unfused graph; sequence 0's logits and cache rows are the same alone and in a
 batch."""
@@ -42,16 +42,19 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_static_cache_writes_fused_in_place_with_the_same_bits(caplog: pytest.LogCaptureFixture) -> None:
-    model = tiny_model("qwen3", attn_implementation="sdpa", dtype=torch.bfloat16, layers=LAYERS)
+@pytest.mark.parametrize(("name", "fusion"), [("qwen3", "fuse_norm_rope"), ("llama", "fuse_rope")])
+def test_static_cache_writes_fused_in_place_with_the_same_bits(caplog: pytest.LogCaptureFixture, name: str,
+                                                               fusion: str) -> None:
+    """Qwen3 (query/key norms) and Llama (none): each layer's rotations and cache writes in one launch."""
+    model = tiny_model(name, attn_implementation="sdpa", dtype=torch.bfloat16, layers=LAYERS)
     ascend_compile.clear_reports()
-    with caplog.at_level(logging.DEBUG, logger="ascend_compile.passes.fuse_norm_rope"):
+    with caplog.at_level(logging.DEBUG, logger=f"ascend_compile.passes.{fusion}"):
         alone = _decode(model, 1)
     reports = ascend_compile.reports()
-    assert reports and all(r.rewrites["fuse_norm_rope"] == LAYERS for r in reports)
+    assert reports and all(r.rewrites[fusion] == LAYERS for r in reports)
     assert f"{LAYERS - 1} of them advancing the cache's write position" in caplog.text
     in_batch = _decode(model, 3)
-    unfused = _decode(model, 1, disable_passes=["fuse_norm_rope"])
+    unfused = _decode(model, 1, disable_passes=[fusion])
     assert _same(*(r[0] for r in (alone, in_batch))) and _same(*(r[1] for r in (alone, in_batch)))
     assert _same(alone[0], unfused[0]) and _same(alone[1], unfused[1])
     # The caches hold the prompt and both steps (nothing written to a copy), and nothing past them.

@@ -94,6 +94,24 @@ def test_appending_writes_at_the_write_position_and_advances_it(start: int) -> N
     assert not torch.equal(elsewhere[0], want[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_norms_equals_the_rotation(dtype: torch.dtype) -> None:
+    """Layers without query/key norms: ``ascend_bi::rope`` has the bits of transformers' rotation of
+    the projections as they are, and the cache forms write what ``index_copy_`` writes.  Negative
+    control: the angles are seen."""
+    q, k, v, _, cos, sin = inputs(3, 2, dtype, seed=6)
+    want = separate(q, k, (None, None), cos, sin, norm=lambda x, w, e: x)
+    assert all(torch.equal(g, w) for g, w in zip(bi.rope(q, k, cos, sin), want, strict=True))
+    assert not torch.equal(bi.rope(q, k, sin, cos)[0], want[0])
+    caches = [torch.zeros(3, 2, 9, 64, dtype=dtype) for _ in range(4)]
+    position = torch.tensor(4)
+    got_q = bi.rope_cache(q, k, v, cos, sin, *caches[:2], torch.tensor([4, 5]))
+    appended_q = bi.rope_append(q, k, v, cos, sin, *caches[2:], position)
+    assert torch.equal(got_q, want[0]) and torch.equal(appended_q, want[0]) and position.item() == 6
+    assert torch.equal(caches[0][:, :, 4:6], want[1]) and torch.equal(caches[1][:, :, 4:6], v.transpose(1, 2))
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+
 def test_a_position_has_its_bits_in_every_batch() -> None:
     """Sequence 0's rotated query and key alone equal its rows inside batches of 2 and 5 whose other
     sequences are random (bf16, per-sequence angles); a different sequence 0 gives other bits."""

@@ -62,3 +62,19 @@ def test_appending_advances_the_write_position_once_per_launch(batch: int) -> No
     assert position.item() == 67
     assert all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))
     assert caches[0][:, :, 3:67].abs().sum(-1).all() and not caches[0][:, :, 67:].any()
+
+
+@pytest.mark.parametrize("batch", [1, 8, 32])
+def test_without_norms_equals_the_rotation_on_gpu(batch: int) -> None:
+    """Llama-3-8B's attention shapes (32 query and 8 key/value heads of 128, bf16): ``rope_cache``
+    has the bits of transformers' rotation and ``index_copy_``."""
+    gen = torch.Generator("cuda").manual_seed(2)
+    q, k, v = (torch.randn(batch, 1, heads, 128, device="cuda", generator=gen).bfloat16() for heads in (32, 8, 8))
+    angles = torch.rand(1, 1, 1, 64, device="cuda", generator=gen) * 500
+    cos, sin = (f(torch.cat((angles, angles), -1)).bfloat16() for f in (torch.cos, torch.sin))
+    caches = [torch.randn(batch, 8, 520, 128, device="cuda", generator=gen).bfloat16() for _ in range(2)]
+    index = torch.tensor([511], device="cuda")
+    want_q, want_k = separate(q, k, (None, None), cos, sin, norm=lambda x, w, e: x)
+    want = [caches[0].clone().index_copy_(2, index, want_k), caches[1].clone().index_copy_(2, index, v.transpose(1, 2))]
+    assert torch.equal(bi.rope_cache(q, k, v, cos, sin, *caches, index), want_q)
+    assert all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))

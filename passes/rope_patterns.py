@@ -1,0 +1,264 @@
+"""Transformers' rotary embedding and static-cache update as FX patterns, and the launch that
+replaces them: shared by ``fuse_norm_rope`` (layers with query/key norms) and ``fuse_rope``
+(layers without).
+
+Matches (``x`` the query or key per head, (batch, length, heads, dim), transposed to (batch, heads,
+length, dim))::
+
+    x = torch.ops.aten.permute.default(x_per_head, [0, 2, 1, 3])
+    out = x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+and, for the key, when there is a cache::
+
+    index_put = torch.ops.aten.index_put.default(k_cache, [None, None, index], out)
+    index_put_1 = torch.ops.aten.index_put.default(v_cache, [None, None, index], v.permute(0, 2, 1, 3))
+    ... copy_(k_cache, index_put), copy_(v_cache, index_put_1) at the end
+
+``fold_rope`` inserts one launch for both rotations: the plain op, or under Inductor the op that
+also writes the caches (``auto_functionalized``, reinplaced by Inductor), at the given slots or --
+when ``index = arange(length) + position`` and the graph writes ``position + length`` back --
+appended at the cache's write position, which the launch advances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+from torch._higher_order_ops.auto_functionalize import auto_functionalized
+
+import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
+from ascend_compile.passes.graph_facts import facts_of
+from ascend_compile.passes.replace import arguments, call, same_shape, sole_user, swap_items, value
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+bi = torch.ops.ascend_bi
+_LAST_DIM = (3, -1)
+
+
+@dataclass(frozen=True)
+class Rope:
+    """One rotation ``out = x * cos + rotate_half(x) * sin`` of a norm pair's output."""
+
+    out: torch.fx.Node
+    cos: torch.fx.Node
+    sin: torch.fx.Node
+
+
+def _is_heads_transpose(node: torch.fx.Node) -> bool:
+    """(batch, length, heads, dim) -> (batch, heads, length, dim)."""
+    if node.target is aten.permute.default:
+        return list(node.args[1]) == [0, 2, 1, 3]
+    return node.target is aten.transpose.int and sorted(d % 4 for d in node.args[1:3]) == [1, 2]
+
+
+def _other(mul: torch.fx.Node, operand: torch.fx.Node) -> object:
+    """The factor of a two-operand ``mul`` that is not ``operand`` (None if neither or both are)."""
+    a, b = mul.args[:2]
+    return b if a is operand and b is not operand else a if b is operand and a is not operand else None
+
+
+def _half_slice(node: torch.fx.Node, x: torch.fx.Node, half: int, upper: bool) -> bool:
+    """``x[..., half:]`` (``upper``) or ``x[..., :half]``."""
+    if node.target is not aten.slice.Tensor or node.args[0] is not x:
+        return False
+    args = arguments(node)
+    if args["dim"] not in _LAST_DIM or args["step"] != 1:
+        return False
+    start, end = args["start"], args["end"]
+    return start == half and (end is None or end >= 2 * half) if upper else start in (0, None) and end == half
+
+
+def rope_of(item: torch.fx.Node) -> Rope | None:
+    """The rotation applied to ``item``, a query or key per head (through its heads transpose), if
+    that is all ``item`` is used for."""
+    if not sole_user(item):
+        return None
+    (x,) = item.users
+    x_val = value(x)
+    if not _is_heads_transpose(x) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
+        return None
+    half = x_val.shape[-1] // 2
+    muls = [u for u in x.users if u.target is aten.mul.Tensor]
+    lower = [u for u in x.users if _half_slice(u, x, half, upper=False)]
+    upper = [u for u in x.users if _half_slice(u, x, half, upper=True)]
+    if len(muls) != 1 or len(lower) != 1 or len(upper) != 1 or not sole_user(muls[0]) or not sole_user(upper[0]):
+        return None
+    (neg,) = upper[0].users
+    if neg.target is not aten.neg.default or not sole_user(neg):
+        return None
+    (cat,) = neg.users
+    if cat.target is not aten.cat.default or list(cat.args[0]) != [neg, lower[0]] \
+            or (cat.args[1] if len(cat.args) > 1 else 0) not in _LAST_DIM or not sole_user(cat):
+        return None
+    (sin_mul,) = cat.users
+    cos, sin = _other(muls[0], x), _other(sin_mul, cat) if sin_mul.target is aten.mul.Tensor else None
+    (add,) = muls[0].users
+    if add.target is not aten.add.Tensor or {*add.args[:2]} != {muls[0], sin_mul} or len(add.args) > 2 or add.kwargs:
+        return None
+    if not all(isinstance(t, torch.fx.Node) and _angles_fit(value(t), x_val) for t in (cos, sin)):
+        return None
+    return Rope(add, cos, sin)
+
+
+def _angles_fit(angles: object, x: torch.Tensor) -> bool:
+    """``cos``/``sin`` of x's dtype, shaped (batch or 1, 1, length, dim) as ``apply_rotary_pos_emb`` uses them."""
+    if not isinstance(angles, torch.Tensor) or angles.dim() != 4 or angles.dtype != x.dtype:
+        return False
+    batch, _, length, dim = x.shape
+    return same_shape(tuple(angles.shape[1:]), (1, length, dim)) and (
+        same_shape((angles.shape[0],), (1,)) or same_shape((angles.shape[0],), (batch,)))
+
+
+@dataclass(frozen=True)
+class CacheWrites:
+    """The static cache's key and value writes at one step's slots, both written back to inputs."""
+
+    key: torch.fx.Node  # index_put(k_cache, [None, None, index], k_rot)
+    value: torch.fx.Node  # index_put(v_cache, [None, None, index], v.transpose(1, 2))
+    v: torch.fx.Node  # the value per head, (batch, length, kv heads, dim)
+
+    @property
+    def index(self) -> torch.fx.Node:
+        """The slots both writes use."""
+        return self.key.args[1][2]
+
+
+def _slot_write(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
+    """(cache input, index) of ``index_put(cache, [None, None, index], ...)`` whose result the graph
+    copies back to the cache input."""
+    if node.target is not aten.index_put.default or (len(node.args) > 3 and node.args[3]):
+        return None
+    cache, indices = node.args[:2]
+    if not isinstance(cache, torch.fx.Node) or cache.op != "placeholder" or len(indices) != 3 \
+            or indices[0] is not None or indices[1] is not None or not isinstance(indices[2], torch.fx.Node):
+        return None
+    if not any(u.target is aten.copy_.default and u.args[0] is cache for u in node.users):
+        return None
+    return cache, indices[2]
+
+
+def cache_writes(k_rot: torch.fx.Node) -> CacheWrites | None:
+    if not sole_user(k_rot):
+        return None
+    (key,) = k_rot.users
+    found = _slot_write(key)
+    if found is None or key.args[2] is not k_rot:
+        return None
+    k_cache, index = found
+    for sibling in index.users:
+        other = _slot_write(sibling) if sibling is not key else None
+        if other is None or other[0] is k_cache or other[1] is not index:
+            continue
+        v_heads = sibling.args[2]
+        if isinstance(v_heads, torch.fx.Node) and _is_heads_transpose(v_heads) and \
+                same_shape(tuple(value(v_heads).shape), tuple(value(k_rot).shape)) and \
+                value(v_heads).dtype == value(k_rot).dtype:
+            return CacheWrites(key, sibling, v_heads.args[0])
+    return None
+
+
+@dataclass(frozen=True)
+class WritePosition:
+    """A static cache's write position, read for the step's slots and advanced at the end of the graph."""
+
+    position: torch.fx.Node  # the placeholder: one int64
+    advanced: torch.fx.Node  # add(position, length), written back to it
+
+
+def _is_arange(node: object, length: int) -> bool:
+    """``iota(length)`` / ``arange(length)``: 0, 1, ... ``length - 1``."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node.target is prims.iota.default:
+        return node.args[0] == length and node.kwargs.get("start") == 0 and node.kwargs.get("step") == 1
+    return node.target is aten.arange.default and node.args[0] == length
+
+
+def write_position(writes: CacheWrites, length: object) -> WritePosition | None:
+    """The position the writes' ``index`` counts from, when ``index = arange(length) + position`` and
+    only the writes use it, the graph writes ``position + length`` back to it, and nothing else reads it.
+
+    Anything else would be unsafe, even placed before the launch: Inductor computes a pointwise read
+    where its result is used (a mask made of the position, used by attention, after the launch), and
+    the launch advances the position in place.  A model's first layer shares its position with the
+    mask and the rotary angles, so it keeps the ``index`` form."""
+    index = writes.index
+    if index.target is not aten.add.Tensor or len(index.args) != 2 or index.kwargs or not isinstance(length, int) \
+            or set(index.users) != {writes.key, writes.value}:
+        return None
+    a, b = index.args
+    position = b if _is_arange(a, length) else a if _is_arange(b, length) else None
+    if not isinstance(position, torch.fx.Node) or position.op != "placeholder":
+        return None
+    val = value(position)
+    if not isinstance(val, torch.Tensor) or val.dtype != torch.int64 or val.numel() != 1:
+        return None
+    advanced = [u for u in position.users if u.target is aten.add.Tensor and list(u.args) == [position, length]
+                and [c.target for c in u.users] == [aten.copy_.default] and next(iter(u.users)).args[0] is position]
+    if len(advanced) != 1:
+        return None
+    if set(position.users) != {index, advanced[0], *advanced[0].users}:
+        return None
+    return WritePosition(position, advanced[0])
+
+
+def fits_kernel(xq: torch.fx.Node, xk: torch.fx.Node) -> bool:
+    """Query and key per head, (batch, length, heads, dim) of one batch, length, dim and dtype, and a
+    head the kernel's row holds."""
+    q, k = value(xq), value(xk)
+    if q.dim() != 4 or k.dim() != 4 or not same_shape((*q.shape[:2], q.shape[3]), (*k.shape[:2], k.shape[3])):
+        return False
+    try:
+        rope_row_plan(q.shape[-1], q.dtype, facts_of(xq.graph.owning_module).device)
+    except (UnsupportedPlan, TypeError):  # TypeError: a symbolic head dim
+        return False
+    return True
+
+
+def before_users(writes: CacheWrites, q_rot: torch.fx.Node, order: dict[torch.fx.Node, int]) -> bool:
+    """Whether one node placed at the later cache write precedes every use of the rotated query and
+    of the written caches (it does in transformers' layers: attention reads all three after both writes)."""
+    last = max(order[writes.key], order[writes.value])
+    return all(order[user] > last for node in (q_rot, writes.key, writes.value) for user in node.users)
+
+
+@dataclass(frozen=True)
+class RopeOps:
+    """One launch's three forms: rotations only, with the cache writes, appending at the write position."""
+
+    plain: Any
+    cache: Any
+    append: Any
+
+
+def fold_rope(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q: Rope, k: Rope, ops: RopeOps,
+              extra: dict[str, object], order: dict[torch.fx.Node, int]) -> str | None:
+    """Replace rotations ``q`` and ``k`` of ``xq``/``xk`` (and, under Inductor, the key's static-cache
+    writes) by one ``ops`` launch taking ``extra`` besides; returns the form used: ``"plain"``,
+    ``"cache"`` or ``"append"`` (None: the rotations' results are used between them, nothing done)."""
+    facts = facts_of(gm)
+    writes = cache_writes(k.out) if facts.report.executor == "inductor" else None
+    if writes is None or not before_users(writes, q.out, order):
+        later = max(q.out, k.out, key=order.__getitem__)
+        if any(order[user] < order[later] for out in (q.out, k.out) for user in out.users):
+            return None
+        node = call(gm.graph, later, ops.plain, (), dict(q=xq, k=xk, **extra, cos=q.cos, sin=q.sin))
+        swap_items((q.out, k.out), node)
+        return "plain"
+    last = max(writes.key, writes.value, key=order.__getitem__)
+    common = dict(q=xq, k=xk, v=writes.v, **extra, cos=q.cos, sin=q.sin, k_cache=writes.key.args[0],
+                  v_cache=writes.value.args[0])
+    # Arrival counters are not used on NPUs (no split schedules there): Inductor advances the position.
+    appended = write_position(writes, value(xk).shape[1]) if facts.device.plan_kind != "npu" else None
+    if appended is None:
+        node = call(gm.graph, last, auto_functionalized, (ops.cache,), dict(common, index=writes.index))
+        swap_items((q.out, writes.key, writes.value), node)
+        return "cache"
+    node = call(gm.graph, last, auto_functionalized, (ops.append,), dict(common, cache_length=appended.position))
+    swap_items((q.out, writes.key, writes.value, appended.advanced), node)
+    return "append"
