@@ -39,9 +39,8 @@ logger = logging.getLogger(__name__)
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 PREFILL_BATCHES: tuple[int, ...] = (1, 2, 4, 8)
 MODES: tuple[str, ...] = ("eager", "eager BI", "torch.compile", "reduce-overhead", "ascend_bi inductor", "ascend_bi fx")
-#: ``--model`` -> (builder, its decoder layers).
-MODELS: dict[str, tuple[Callable[..., torch.nn.Module], int]] = {
-    "qwen3-0.6b": (qwen3_0_6b, 28), "llama-3.2-1b": (llama_3_2_1b, 16)}
+#: ``--model`` -> its builder (random weights; ``num_hidden_layers=None`` keeps the model's own count).
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {"qwen3-0.6b": qwen3_0_6b, "llama-3.2-1b": llama_3_2_1b}
 
 Step = Callable[[torch.Tensor, Any, torch.Tensor | None], torch.Tensor]
 
@@ -275,13 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import transformers
 
-    build, layers = MODELS[args.model]
-    layers = args.layers or layers
-    model = build(num_hidden_layers=layers, attn_implementation="sdpa")
+    model = MODELS[args.model](num_hidden_layers=args.layers, attn_implementation="sdpa")
     bandwidth = copy_bandwidth()
     points, invariant = measure(model, args.modes, workloads, args.repeats)
     floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
-    info = versions() | {"transformers": transformers.__version__, "model": f"{args.model} ({layers} layers)"}
+    info = versions() | {"transformers": transformers.__version__,
+                         "model": f"{args.model} ({model.config.num_hidden_layers} layers)"}
     table = markdown(points, invariant, floors, info, workloads, bandwidth)
     if args.json:
         with open(args.json, "w") as f:

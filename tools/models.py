@@ -114,23 +114,25 @@ LLAMA_3_2_1B: dict[str, object] = dict(
 )
 
 
-def qwen3_0_6b(num_hidden_layers: int = 28, attn_implementation: str = "sdpa", device: str = "cuda",
+def qwen3_0_6b(num_hidden_layers: int | None = None, attn_implementation: str = "sdpa", device: str = "cuda",
                dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """transformers' Qwen3 with the Qwen3-0.6B configuration (fewer layers when asked), random weights."""
     return _random_weights("Qwen3", QWEN3_0_6B, num_hidden_layers, attn_implementation, device, dtype)
 
 
-def llama_3_2_1b(num_hidden_layers: int = 16, attn_implementation: str = "sdpa", device: str = "cuda",
+def llama_3_2_1b(num_hidden_layers: int | None = None, attn_implementation: str = "sdpa", device: str = "cuda",
                  dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """transformers' Llama with the Llama-3.2-1B configuration (fewer layers when asked), random weights."""
     return _random_weights("Llama", LLAMA_3_2_1B, num_hidden_layers, attn_implementation, device, dtype)
 
 
-def _random_weights(family: str, fields: dict[str, object], num_hidden_layers: int, attn_implementation: str,
-                    device: str, dtype: torch.dtype) -> nn.Module:
+def _random_weights(family: str, fields: dict[str, object], num_hidden_layers: int | None,
+                    attn_implementation: str, device: str, dtype: torch.dtype) -> nn.Module:
+    """transformers' ``family`` model with ``fields`` (its own layer count unless given), random weights."""
     import transformers
 
-    config = getattr(transformers, f"{family}Config")(**{**fields, "num_hidden_layers": num_hidden_layers})
+    config = getattr(transformers, f"{family}Config")(**{**fields, "num_hidden_layers": num_hidden_layers
+                                                           or fields["num_hidden_layers"]})
     config._attn_implementation = attn_implementation
     torch.manual_seed(0)
     return getattr(transformers, f"{family}ForCausalLM")(config).to(device=device, dtype=dtype).eval()
