@@ -14,6 +14,7 @@ from ascend_compile.passes.fix_contiguity import fix_contiguity
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_rope import fuse_rope
+from ascend_compile.passes.fuse_rope_attention import fuse_rope_attention
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
 from ascend_compile.passes.fuse_silu_mul import fuse_silu_mul
@@ -44,6 +45,7 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_sibling_norms,  # reads fuse_rms_norm's norms and fuse_sibling_matmuls' query/key/value groups
     fuse_norm_rope,  # reads fuse_sibling_norms' pairs
     fuse_rope,  # after fuse_norm_rope: the rotations left have no norms before them
+    fuse_rope_attention,  # reads fuse_norm_rope's and fuse_rope's cache-writing rotations
     verify_batch_invariance,
 )
 PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)

@@ -207,14 +207,30 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
     rows, pos, g, live = _group_rows(block, Lq, group, BLOCK_M)
     h = kvh * group + g
     dk = tl.arange(0, BLOCK_D)
-    dv = tl.arange(0, BLOCK_DV)
     q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + pos[:, None] * sq_l + dk[None, :] * sq_d,
                 mask=live[:, None] & (dk[None, :] < D), other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    k_base = k_ptr + b * sk_b + kvh * sk_h
-    v_base = v_ptr + b * sv_b + kvh * sv_h
-    mask_rows = mask_ptr + b * sm_b + h * sm_h + pos * sm_q
+    _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h,
+            mask_ptr + b * sm_b + h * sm_h + pos * sm_q, out_ptr, b * so_b + h * so_h + pos * so_l,
+            ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id, rows, pos, live, Lq, Lk, group, num_splits,
+            sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
+            HAS_MASK, MASK_IS_BOOL, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST,
+            INPUT_PRECISION, K_T)
+
+
+@triton.jit
+def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id,
+            rows, pos, live, Lq, Lk, group, num_splits, sm_scale, masked_score, D, DV,
+            sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
+            HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+            SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+            UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+    """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``:
+    split ``split_id``'s state, folded by the last split to arrive (``SPLIT``), or every split in
+    order; the result goes to ``out_ptr + out_rows``."""
+    dv = tl.arange(0, BLOCK_DV)
     if SPLIT:
         split = split_id
         m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
@@ -239,7 +255,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                 big_m, big_l, big_a = _fold_if(first + 1 < num_splits, big_m, big_l, big_a, s1[0], s1[1], s1[2])
                 big_m, big_l, big_a = _fold_if(first + 2 < num_splits, big_m, big_l, big_a, s2[0], s2[1], s2[2])
                 big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
-            _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
+            _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
             tl.atomic_xchg(counter_ptr + tile, 0)
     else:
         big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
@@ -252,7 +268,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                                          SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
                                          K_T)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
-        _store_rows(out_ptr, big_a, big_l, b * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
+        _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
 
 
 @triton.jit
@@ -283,11 +299,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         raise ValueError(f"bi_attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
     device = devices.of_tensor(q)
     plan: AttentionPlan = attention_plan(d, dv, q.dtype, device)
-    out_dtype = torch.float32 if plan.fp32_io else q.dtype
-    if heads_inner:
-        out = torch.empty((batch, lq, heads, dv), dtype=out_dtype, device=q.device).transpose(1, 2)
-    else:
-        out = torch.empty((batch, heads, lq, dv), dtype=out_dtype, device=q.device)
+    out = attention_output(q, heads, lq, dv, plan, heads_inner)
     if out.numel() == 0:
         return out.to(q.dtype)
     group = heads // kv_heads
@@ -299,13 +311,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     splits = plan.num_splits(lk)
     blocks = triton.cdiv(lq * group, sched.block_m)
     split = sched.split and not sched.programs and splits > 1 and blocks * batch * kv_heads <= COUNTERS_PER_DEVICE
-    if split:
-        ws_m = torch.empty(splits * batch * heads * lq, dtype=torch.float32, device=q.device)
-        ws_l = torch.empty_like(ws_m)
-        ws_acc = torch.empty(splits * batch * heads * lq * plan.block_dv, dtype=torch.float32, device=q.device)
-        counters = arrival_counters(q.device)
-    else:
-        ws_m = ws_l = ws_acc = counters = out  # never touched by the serial schedule
+    ws_m, ws_l, ws_acc, counters = split_workspace(plan, splits, batch * heads * lq, out) if split else (out,) * 4
     grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
     _attention_kernel[grid](
         q, k, v, mask_arg, out, ws_m, ws_l, ws_acc, counters,
@@ -318,3 +324,20 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     return out.to(q.dtype)
+
+
+def attention_output(q: torch.Tensor, heads: int, lq: int, dv: int, plan: AttentionPlan,
+                     heads_inner: bool) -> torch.Tensor:
+    """The (batch, heads, length, dv) output, laid out as (batch, length, heads, dv) when ``heads_inner``."""
+    dtype = torch.float32 if plan.fp32_io else q.dtype
+    if heads_inner:
+        return torch.empty((q.shape[0], lq, heads, dv), dtype=dtype, device=q.device).transpose(1, 2)
+    return torch.empty((q.shape[0], heads, lq, dv), dtype=dtype, device=q.device)
+
+
+def split_workspace(plan: AttentionPlan, splits: int, rows: int,
+                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each split's state of ``rows`` query rows (max, denominator, weighted values) and the arrival counters."""
+    ws_m = torch.empty(splits * rows, dtype=torch.float32, device=out.device)
+    ws_acc = torch.empty(splits * rows * plan.block_dv, dtype=torch.float32, device=out.device)
+    return ws_m, torch.empty_like(ws_m), ws_acc, arrival_counters(out.device)

@@ -49,21 +49,20 @@ def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_
     if not NORM:
         return h
     y = round_to(h * scale[:, None], DTYPE, EMULATE_BF16)
-    weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
-    return round_to(weight[None, :] * y, DTYPE, EMULATE_BF16)
+    weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)  # w_ptr: one, or one per row
+    return round_to(weight * y, DTYPE, EMULATE_BF16)
 
 
 @triton.jit
-def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
-                     DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                     NORM: tl.constexpr):
-    """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows of one position (``live`` ones),
-    into ``out_rows``."""
+def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr):
+    """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows (``live`` ones) starting at pointers
+    ``rows``, by angles ``cos``/``sin`` (fp32, broadcastable to (``BLOCK_H``, ``BLOCK``)): fp32 values,
+    each already rounded to ``DTYPE``."""
     cols = tl.arange(0, BLOCK)
-    mask = live[:, None] & (cols[None, :] < n)
     scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if NORM:
-        h = tl.load(rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
         lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
         lanes += h * h
         scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
@@ -73,11 +72,21 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
     rotated = _normalized(rows, w_ptr, tl.where(first, cols + half, cols - half), n, live, scale, DTYPE,
                           EMULATE_BF16, NORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
+    return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
+                    DTYPE, EMULATE_BF16)
+
+
+@triton.jit
+def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
+                     DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
+                     NORM: tl.constexpr):
+    """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
+    cols = tl.arange(0, BLOCK)
     cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
-    out = round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
-                   DTYPE, EMULATE_BF16)
-    tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty), mask=mask)
+    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM)
+    tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty),
+             mask=live[:, None] & (cols[None, :] < n))
 
 
 @triton.jit
@@ -136,7 +145,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
         release_dependents()
 
 
-def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
+def angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
     """``cos`` or ``sin`` as (batch, length, n) with the last dim at unit stride (broadcast dims at stride 0)."""
     if t.dim() == 4:
         if t.shape[1] != 1:
@@ -144,6 +153,32 @@ def _angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
         t = t.squeeze(1)
     t = t.expand(batch, length, n)
     return t if t.stride(2) == 1 else t.contiguous()
+
+
+def check_inputs(q: torch.Tensor, k: torch.Tensor,
+                 cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None, append: bool,
+                 caller: str = "bi_rms_norm_rope") -> None:
+    """Raise unless the key fits the query (batch, length, heads, dim) and, with ``cache = (v, k_cache,
+    v_cache, index)``, the value fits the key, the caches are (batch, kv heads, slots, dim) and ``index``
+    holds one slot per position (with ``append``, the write position: one int64)."""
+    batch, length, kv_heads, n = k.shape
+    if append and cache is None:
+        raise ValueError(f"{caller}: append=True writes to a cache; pass cache=(v, k_cache, v_cache, position)")
+    if (q.shape[0], q.shape[1], q.shape[3]) != (batch, length, n) or k.dtype != q.dtype:
+        raise ValueError(f"{caller}: key {tuple(k.shape)} {k.dtype} does not match query "
+                         f"{tuple(q.shape)} {q.dtype} (batch, length, heads, dim)")
+    if cache is None:
+        return
+    v, k_cache, v_cache, index = cache
+    slots = (index.numel(), index.dtype) == (1, torch.int64) if append else index.shape == (length,)
+    if v.shape != k.shape or k_cache.shape[:2] != (batch, kv_heads) or k_cache.shape[3] != n \
+            or v_cache.shape != k_cache.shape or not slots:
+        raise ValueError(f"{caller}: value {tuple(v.shape)}, caches {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}, index {tuple(index.shape)} {index.dtype} do not fit key "
+                         f"{tuple(k.shape)} (the index: one slot per position, or with append the write "
+                         "position, one int64)")
+    if v.stride(3) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
+        raise ValueError(f"{caller}: the value and the caches need a unit-stride last dim")
 
 
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
@@ -162,15 +197,11 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
-    if append and cache is None:
-        raise ValueError("bi_rms_norm_rope: append=True writes to a cache; pass cache=(v, k_cache, v_cache, position)")
-    if k.shape != (batch, length, kv_heads, n) or k.dtype != q.dtype:
-        raise ValueError(f"bi_rms_norm_rope: key {tuple(k.shape)} {k.dtype} does not match query "
-                         f"{tuple(q.shape)} {q.dtype} (batch, length, heads, dim)")
+    check_inputs(q, k, cache, append)
     device = devices.of_tensor(q)
     plan = rope_row_plan(n, q.dtype, device)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
-    cos, sin = _angles(cos, batch, length, n), _angles(sin, batch, length, n)
+    cos, sin = angles(cos, batch, length, n), angles(sin, batch, length, n)
     if cos.stride() != sin.stride():
         cos, sin = cos.contiguous(), sin.contiguous()
     # Under the interpreter outputs are stored in fp32 (``RowPlan.store_dtype``); the caches keep
@@ -181,15 +212,6 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         v, v_out, index = k, k_out, k_out  # never read without a cache
     else:
         v, k_out, v_out, index = cache
-        slots = (index.numel(), index.dtype) == (1, torch.int64) if append else index.shape == (length,)
-        if v.shape != k.shape or k_out.shape[:2] != (batch, kv_heads) or k_out.shape[3] != n \
-                or v_out.shape != k_out.shape or not slots:
-            raise ValueError(f"bi_rms_norm_rope: value {tuple(v.shape)}, caches {tuple(k_out.shape)} and "
-                             f"{tuple(v_out.shape)}, index {tuple(index.shape)} {index.dtype} do not fit key "
-                             f"{tuple(k.shape)} (the index: one slot per position, or with append the write "
-                             "position, one int64)")
-        if v.stride(3) != 1 or k_out.stride(3) != 1 or v_out.stride(3) != 1:
-            raise ValueError("bi_rms_norm_rope: the value and the caches need a unit-stride last dim")
     block_h = rope_heads_per_program(plan, max(heads, kv_heads), q.dtype, device)
     kv_items = triton.cdiv(kv_heads, block_h) * (2 if cache is not None else 1)
     items = batch * length * (triton.cdiv(heads, block_h) + kv_items)

@@ -4,4 +4,4 @@ Importing this package registers every op with ``torch.library`` (fake impls inc
 trace under Dynamo, AOTAutograd and Inductor with dynamic shapes).
 """
 
-from ascend_compile.ops import attention, matmul, packed_mm, reductions, rope  # noqa: F401  (registers the ops)
+from ascend_compile.ops import attention, matmul, packed_mm, reductions, rope, rope_attention  # noqa: F401  (registers the ops)

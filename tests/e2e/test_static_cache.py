@@ -52,6 +52,8 @@ def test_static_cache_writes_fused_in_place_with_the_same_bits(caplog: pytest.Lo
         alone = _decode(model, 1)
     reports = ascend_compile.reports()
     assert reports and all(r.rewrites[fusion] == LAYERS for r in reports)
+    # The decode step's graph (the last compiled) runs each layer's rotation in its attention launch.
+    assert reports[-1].rewrites["fuse_rope_attention"] == LAYERS
     assert f"{LAYERS - 1} of them advancing the cache's write position" in caplog.text
     in_batch = _decode(model, 3)
     unfused = _decode(model, 1, disable_passes=[fusion])

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.gpu
 bi = torch.ops.ascend_bi
 
 
-def _step(batch: int) -> tuple[torch.Tensor, ...]:
+def qwen3_step(batch: int) -> list:
+    """Sequence i's query, key and value of one decode step, the norm weights, the angles and the
+    520-slot caches, the same for every batch that holds sequence i."""
     gen = torch.Generator("cuda").manual_seed(0)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -24,7 +26,11 @@ def _step(batch: int) -> tuple[torch.Tensor, ...]:
     weights = [randn(128) + 1, randn(128) + 1]
     angles = torch.rand(1, 1, 1, 64, device="cuda", generator=gen) * 500
     cos, sin = (f(torch.cat((angles, angles), -1)).bfloat16() for f in (torch.cos, torch.sin))
-    k_cache, v_cache = randn(32, 8, 520, 128)[:batch], randn(32, 8, 520, 128)[:batch]
+    return [q, k, v, weights, cos, sin, *(randn(32, 8, 520, 128)[:batch].contiguous() for _ in range(2))]
+
+
+def _step(batch: int) -> tuple[torch.Tensor, ...]:
+    q, k, v, weights, cos, sin, k_cache, v_cache = qwen3_step(batch)
     index = torch.tensor([512], device="cuda")
     want_q, want_k = separate(q, k, weights, cos, sin)
     want_caches = [k_cache.clone().index_copy_(2, index, want_k),

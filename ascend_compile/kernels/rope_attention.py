@@ -1,0 +1,172 @@
+"""A decode step's query/key norms, rotary embedding, cache writes and attention in one launch.
+
+At decode a layer runs the norm-and-rotate kernel (``kernels/rope.py``) and then attention: two
+dependent launches, the first moving a few kilobytes.  In a chain of a layer's kernels on an H200
+the first adds 3.5-4.7 us a layer (docs/BENCHMARKS.md), nearly all of it the launch.  Here each
+attention program does that work itself before it reads the keys:
+
+* one rotation over its tile of rows (``rope.rotated_rows``, the norm-and-rotate kernel's arithmetic,
+  so its bits): the query rows attention packs per key/value head (``kernels/attention.py``), then
+  one row per position for the step's key of that head.  Rows past the query's are masked by
+  attention, so the key rows ride along in the query tile at no extra pass;
+* the step's key and value go to the caches at the step's slots, written by the program whose key
+  split holds the slot (by the one program when it walks every split); a barrier orders the writes
+  before the program's threads read its key tiles;
+* appending (transformers' ``StaticLayer.update``), every program reads the cache's write position
+  and, once all its threads have, arrives on an arrival counter (``arrival.py``) without waiting for
+  the answer; at its end the program that arrived last advances the position by the step's length.
+
+Then it is ``kernels/attention.py``'s split state and in-order fold (``_attend``): the same plan,
+the same bits as the two launches.  Only decode shapes take this path -- one row block holds the
+query rows and the key rows, so that every program that reads a step's key is the one that wrote
+it -- and ``bi_rope_attention`` launches the two kernels otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ascend_compile import devices
+from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
+from ascend_compile.kernels.attention import (
+    _attend,
+    _group_rows,
+    attention_output,
+    bi_attention,
+    split_workspace,
+)
+from ascend_compile.kernels.overlap import wait_for_inputs
+from ascend_compile.kernels.plans import (
+    AttentionSchedule,
+    attention_plan,
+    attention_schedule,
+    launch_options,
+    rope_row_plan,
+)
+from ascend_compile.kernels.rope import angles, bi_rms_norm_rope, check_inputs, rotated_rows
+from ascend_compile.kernels.rounding import TL_DTYPES
+
+#: Rows of one decode row block: the packed query rows (positions x query heads per key/value head), then a
+#: row per position for its key.
+DECODE_ROWS = 16
+
+
+@triton.jit
+def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, index_ptr,
+                           mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr, position_arrivals,
+                           Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, eps_q, eps_k, D,
+                           sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
+                           skc_b, skc_h, skc_l, skc_d, svc_b, svc_h, svc_l, svc_d,
+                           sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
+                           DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
+                           APPEND: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+                           IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr = False):
+    """Program (batch x key/value head ``program_id(1)``, key split ``program_id(2)``) of the one row block."""
+    if OVERLAP:  # launched early (overlap.py)
+        wait_for_inputs()
+    bkv = tl.program_id(1)
+    split_id = tl.program_id(2)
+    b = bkv // KVH
+    kvh = bkv % KVH
+    rows, pos, g, live = _group_rows(0, Lq, group, BLOCK_M)
+    h = kvh * group + g
+    # One rotation over the tile: the packed query rows, then row Lq * group + p for position p's key
+    # (the query's dot ignores rows past its own: attention masks them).
+    is_key = (rows >= Lq * group) & (rows < Lq * group + Lq)
+    p_key = tl.where(is_key, rows - Lq * group, 0)
+    if APPEND:
+        start = tl.load(index_ptr)
+        slots = start + p_key
+    else:
+        slots = tl.load(index_ptr + p_key, mask=is_key, other=0)
+    cols = tl.arange(0, BLOCK_D)
+    position = tl.where(is_key, p_key, pos)
+    angle = (live | is_key)[:, None] & (cols[None, :] < D)
+    cos = tl.load(cos_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
+    sin = tl.load(sin_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
+    heads = tl.where(is_key, k_ptr + b * sk_b + p_key * sk_l + kvh * sk_h, q_ptr + b * sq_b + pos * sq_l + h * sq_h)
+    rotated = rotated_rows(heads, live | is_key, tl.where(is_key, wk_ptr, wq_ptr)[:, None],
+                           tl.where(is_key, eps_k, eps_q), cos.to(tl.float32), sin.to(tl.float32), D,
+                           DTYPE, EMULATE_BF16, BLOCK_M, BLOCK_D, NORM)
+    # The step's keys and values of this key/value head, by the program whose split holds their slot.
+    new = is_key
+    if SPLIT:
+        new = new & (slots // (SPLIT_TILES * BLOCK_N) == split_id)
+    written = new[:, None] & (cols[None, :] < D)
+    k_base = kc_ptr + b * skc_b + kvh * skc_h
+    v_base = vc_ptr + b * svc_b + kvh * svc_h
+    tl.store(k_base + slots[:, None] * skc_l + cols[None, :] * skc_d, rotated.to(kc_ptr.dtype.element_ty),
+             mask=written)
+    value = tl.load(v_ptr + b * sv_b + p_key[:, None] * sv_l + kvh * sv_h + cols[None, :], mask=written)
+    tl.store(v_base + slots[:, None] * svc_l + cols[None, :] * svc_d, value, mask=written)
+    tl.debug_barrier()  # the keys just written are read below by the program's other threads
+    if APPEND:  # arrive now (every thread has read the position); learn whether last at the end
+        arrived = tl.atomic_add(position_arrivals, 1, sem="release")
+    q = rotated.to(kc_ptr.dtype.element_ty)
+    if UPCAST:
+        q = q.to(tl.float32)
+    _attend(q, k_base, v_base, mask_ptr + b * sm_b + h * sm_h + pos * sm_q, out_ptr, b * so_b + h * so_h + pos * so_l,
+            ws_m, ws_l, ws_acc, counter_ptr, 0, bkv, split_id, rows, pos, live, Lq, Lk, group, num_splits, sm_scale,
+            masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL, SPLIT,
+            SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, INPUT_PRECISION, False)
+    if APPEND:  # the last to arrive advances the position, after every program's read of it
+        if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
+            tl.store(index_ptr, start + Lq)
+            tl.atomic_xchg(position_arrivals, 0)
+
+
+def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      weights: tuple[torch.Tensor, torch.Tensor] | None, eps: tuple[float, float] | None,
+                      cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      index: torch.Tensor, *, append: bool, mask: torch.Tensor | None = None,
+                      is_causal: bool = False, scale: float | None = None, masked_score: float = float("-inf"),
+                      heads_inner: bool = False, schedule: AttentionSchedule | None = None) -> torch.Tensor:
+    """``bi_attention(bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index),
+    append=append)[0], k_cache, v_cache, mask, is_causal, scale, ...)``: the query/key norms (none when
+    ``weights`` is None), the rotation, the cache writes and attention over the caches, in one launch
+    at decode shapes (``DECODE_ROWS`` query and key rows at most, GPUs and the CPU), the two launches
+    otherwise; the same bits either way.  ``schedule`` overrides the attention schedule (tests)."""
+    batch, length, heads, d = q.shape
+    kv_heads, slots = k.shape[2], k_cache.shape[2]
+    check_inputs(q, k, (v, k_cache, v_cache, index), append, caller="bi_rope_attention")
+    device = devices.of_tensor(q)
+    plan = attention_plan(d, d, q.dtype, device)
+    row_plan = rope_row_plan(d, q.dtype, device)
+    group = heads // kv_heads if heads % kv_heads == 0 else 0
+    if not 0 < length * (group + 1) <= DECODE_ROWS or device.plan_kind == "npu" or row_plan.block != plan.block_d \
+            or v_cache.shape[3] != d:
+        q_rot, _ = bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index), append=append)
+        return bi_attention(q_rot, k_cache, v_cache, mask, is_causal, scale, heads_inner=heads_inner,
+                            masked_score=masked_score)
+    out = attention_output(q, heads, length, d, plan, heads_inner)
+    q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
+    cos, sin = angles(cos, batch, length, d), angles(sin, batch, length, d)
+    if cos.stride() != sin.stride():
+        cos, sin = cos.contiguous(), sin.contiguous()
+    if mask is not None:
+        mask = mask.expand(batch, heads, length, slots)
+    sched = schedule or attention_schedule(plan, length * group, slots, batch * kv_heads, device)
+    splits = plan.num_splits(slots)
+    split = sched.split and splits > 1 and batch * kv_heads < COUNTERS_PER_DEVICE
+    ws_m, ws_l, ws_acc, counters = split_workspace(plan, splits, batch * heads * length, out) if split else (out,) * 4
+    position_arrivals = arrival_counters(q.device)[COUNTERS_PER_DEVICE - 1:]  # the fold's counters start at 0
+    _rope_attention_kernel[(1, batch * kv_heads, splits if split else 1)](
+        q, k, v, *(weights or (q, q)), cos, sin, k_cache, v_cache, index, mask if mask is not None else q, out,
+        ws_m, ws_l, ws_acc, counters, position_arrivals,
+        length, slots, kv_heads, group, splits, scale if scale is not None else d ** -0.5, masked_score,
+        *(eps or (0.0, 0.0)), d,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
+        *k_cache.stride(), *v_cache.stride(), *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
+        DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=row_plan.fp32_io and q.dtype == torch.bfloat16,
+        NORM=weights is not None, APPEND=append, HAS_MASK=mask is not None,
+        MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal, SPLIT=split,
+        SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
+        BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
+    )
+    return out.to(q.dtype)
