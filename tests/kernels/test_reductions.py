@@ -29,10 +29,10 @@ OPS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Ten
                    lambda x: torch.nn.functional.layer_norm(x, [x.shape[-1]])),
     "cumsum": (lambda x: bi.cumsum(x, -1, None), lambda x: torch.cumsum(x, -1)),
 }
-# Where stock torch.compile (Inductor's split reductions) changes a row's bits with the batch on CPU.
-# Row lengths where stock torch.compile splits a row's reduction by the batch, the first the longest
-# the op sees in a model (used by ``test_long_rows_stay_invariant``).  Which length shows it, on which
-# data, depends on the CPU's vector width (Inductor's split heuristics), so the control tries each.
+# Row lengths where stock torch.compile (Inductor's split reductions) changes a row's bits with the
+# batch on CPU; ``test_long_rows_stay_invariant`` runs ours at the first.  Which length shows it, on
+# which data, depends on the CPU (this differed between an earlier CI machine and an AVX2 AMD EPYC),
+# so the control tries each.
 STOCK_DIFFERS_AT = {name: (first, *(n for n in (4097, 65536, 151936) if n != first)) for name, first in
                     {"sum": 4097, "mean": 4097, "softmax": 65536, "var": 65536, "logsumexp": 151936,
                      "log_softmax": 151936, "layer_norm": 65536}.items()}
