@@ -61,10 +61,10 @@ def _attention_of(rotation: torch.fx.Node, order: dict[torch.fx.Node, int]) -> t
     (attention,) = items[0].users
     if attention.target is not bi.attention.default or list(attention.args[:3]) != [items[0], items[1], items[2]]:
         return None
-    if any(order[user] < order[attention] for item in list(items.values())[1:] for user in item.users
-           if user is not attention):
+    ordered = [items[i] for i in sorted(items)]
+    if any(order[user] < order[attention] for item in ordered[1:] for user in item.users if user is not attention):
         return None
-    return attention, [items[i] for i in sorted(items)]
+    return attention, ordered
 
 
 def fuse_rope_attention(gm: torch.fx.GraphModule, settings: Settings) -> int:
