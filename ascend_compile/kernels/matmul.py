@@ -11,6 +11,10 @@ partials are added in chunk order in fp32.  Two schedules produce exactly those 
   the partials in chunk order, applies the bias and writes the tile (``arrival.py``), so the split
   costs no second launch.
 
+A serial program may also run 2 or 4 chunks side by side (the schedule's ``lanes``): each chunk
+still sums its blocks in order from zero, in its own accumulator, and the partials join the total
+in chunk order.  The chunks' MMA chains then overlap, which is what a decode tile waits on.
+
 Operands are read through their strides, so a transposed weight (``linear`` lowers to
 ``mm(x, permute(w))``) is never copied.  NPU schedules (``plans.py``) launch one program per AI
 core at most, each walking output tiles in a loop (``PERSISTENT``), and load an operand whose unit
@@ -45,46 +49,102 @@ logger = logging.getLogger(__name__)
 
 
 @triton.jit
-def _sum_chunks(a_ptr, b_ptr, rm, rn, first_chunk, num_chunks, M, N, K,
+def _load_a(a_ptr, rm, k, M, K, stride_am, stride_ak,
+            EVEN_K: tl.constexpr, UPCAST: tl.constexpr, A_T: tl.constexpr):
+    """A's (BLOCK_M, BLOCK_K) block at rows ``rm`` and K offsets ``k``, zero past M and K."""
+    if A_T:  # A's unit stride runs along M: load (BLOCK_K, BLOCK_M) in memory order, transpose
+        a = tl.trans(tl.load(a_ptr + k[:, None] * stride_ak + rm[None, :] * stride_am,
+                             mask=(k[:, None] < K) & (rm[None, :] < M), other=0.0))
+    elif EVEN_K:  # every chunk is full: only rows need masks
+        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak, mask=rm[:, None] < M, other=0.0)
+    else:
+        a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
+                    mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
+    if UPCAST:
+        a = a.to(tl.float32)
+    return a
+
+
+@triton.jit
+def _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn,
+            EVEN_K: tl.constexpr, UPCAST: tl.constexpr, B_T: tl.constexpr):
+    """B's (BLOCK_K, BLOCK_N) block at K offsets ``k`` and columns ``rn``, zero past K and N."""
+    if B_T:  # B's unit stride runs along K (a transposed weight): load (BLOCK_N, BLOCK_K), transpose
+        b = tl.trans(tl.load(b_ptr + rn[:, None] * stride_bn + k[None, :] * stride_bk,
+                             mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0))
+    elif EVEN_K:
+        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn, mask=rn[None, :] < N, other=0.0)
+    else:
+        b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
+                    mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
+    if UPCAST:
+        b = b.to(tl.float32)
+    return b
+
+
+@triton.jit
+def _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc, up, M, N, K,
+               stride_am, stride_ak, stride_bk, stride_bn,
+               EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+               A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr):
+    """One K block into a chunk's accumulator (and, when ``GATED``, the up product's, sharing A)."""
+    a = _load_a(a_ptr, rm, k, M, K, stride_am, stride_ak, EVEN_K, UPCAST, A_T)
+    acc = tl.dot(a, _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T), acc,
+                 input_precision=INPUT_PRECISION)
+    if GATED:
+        up = tl.dot(a, _load_b(b_ptr + up_off, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T), up,
+                    input_precision=INPUT_PRECISION)
+    return acc, up
+
+
+@triton.jit
+def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
                 stride_am, stride_ak, stride_bk, stride_bn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr):
-    """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero.
+                CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+                INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr):
+    """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero; with
+    ``GATED``, the same sum for the up weight too (the second value; zeros otherwise).
 
-    One flat loop over K blocks (so Triton pipelines loads across chunk boundaries); at the end of
-    each chunk the chunk's accumulator is added to the running total and restarted from zero.
+    One flat loop over K blocks (so Triton pipelines loads across chunk boundaries).  ``LANES``
+    chunks (1, 2 or 4, dividing ``num_chunks``) run side by side, each in its own accumulator:
+    a chunk's blocks must be accumulated one after another, but the chunks are independent, so
+    their MMA chains overlap.  At the end of each round the lanes' partials are added to the
+    running total in chunk order and restarted from zero -- the plan's additions, whatever LANES.
     """
-    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    total, up_total = zero, zero
+    acc0, acc1, acc2, acc3 = zero, zero, zero, zero
+    up0, up1, up2, up3 = zero, zero, zero, zero
+    chunk_k = CHUNK_BLOCKS * BLOCK_K
     rk = tl.arange(0, BLOCK_K).to(rm.dtype)  # 64-bit offsets when the rows' are (WIDE_INDEX)
-    k0 = first_chunk * CHUNK_BLOCKS * BLOCK_K
-    for i in range(num_chunks * CHUNK_BLOCKS):
-        k = k0 + i * BLOCK_K + rk
-        if A_T:  # A's unit stride runs along M: load (BLOCK_K, BLOCK_M) in memory order, transpose
-            a = tl.trans(tl.load(a_ptr + k[:, None] * stride_ak + rm[None, :] * stride_am,
-                                 mask=(k[:, None] < K) & (rm[None, :] < M), other=0.0))
-        elif EVEN_K:  # every chunk is full: only rows and columns need masks
-            a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak, mask=rm[:, None] < M, other=0.0)
-        else:
-            a = tl.load(a_ptr + rm[:, None] * stride_am + k[None, :] * stride_ak,
-                        mask=(rm[:, None] < M) & (k[None, :] < K), other=0.0)
-        if B_T:  # B's unit stride runs along K (a transposed weight): load (BLOCK_N, BLOCK_K), transpose
-            b = tl.trans(tl.load(b_ptr + rn[:, None] * stride_bn + k[None, :] * stride_bk,
-                                 mask=(rn[:, None] < N) & (k[None, :] < K), other=0.0))
-        elif EVEN_K:
-            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn, mask=rn[None, :] < N, other=0.0)
-        else:
-            b = tl.load(b_ptr + k[:, None] * stride_bk + rn[None, :] * stride_bn,
-                        mask=(k[:, None] < K) & (rn[None, :] < N), other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    k0 = first_chunk * chunk_k
+    for i in range((num_chunks // LANES) * CHUNK_BLOCKS):
+        k = k0 + (i // CHUNK_BLOCKS) * (LANES * chunk_k) + (i % CHUNK_BLOCKS) * BLOCK_K + rk
+        acc0, up0 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc0, up0, M, N, K,
+                               stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
+                               A_T, B_T, GATED)
+        if LANES > 1:
+            acc1, up1 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + chunk_k, acc1, up1, M, N, K,
+                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
+                                   A_T, B_T, GATED)
+        if LANES > 2:
+            acc2, up2 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + 2 * chunk_k, acc2, up2, M, N, K,
+                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
+                                   A_T, B_T, GATED)
+            acc3, up3 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + 3 * chunk_k, acc3, up3, M, N, K,
+                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
+                                   A_T, B_T, GATED)
         if i % CHUNK_BLOCKS == CHUNK_BLOCKS - 1:
-            total += acc
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    return total
+            total, up_total = total + acc0, up_total + up0
+            if LANES > 1:
+                total, up_total = total + acc1, up_total + up1
+            if LANES > 2:
+                total, up_total = total + acc2, up_total + up2
+                total, up_total = total + acc3, up_total + up3
+            acc0, acc1, acc2, acc3 = zero, zero, zero, zero
+            up0, up1, up2, up3 = zero, zero, zero, zero
+    return total, up_total
 
 
 @triton.jit
@@ -98,10 +158,10 @@ def _bi_matmul_kernel(
     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
-    WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr = False,
+    CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
+    SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
+    EMULATE_BF16: tl.constexpr, PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr = False,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
@@ -111,7 +171,7 @@ def _bi_matmul_kernel(
                          stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
                          0, 0, 0, 0, 0, 0, 0, 0, up_off,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                         CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
+                         CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
                          GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False)
     else:
         _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
@@ -120,7 +180,7 @@ def _bi_matmul_kernel(
                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
                      seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                     CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
+                     CHUNK_BLOCKS, LANES, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
                      GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, OVERLAP)
 
 
@@ -135,9 +195,9 @@ def _matmul_tile(
     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr,
-    GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
+    WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
     PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
@@ -182,9 +242,9 @@ def _matmul_tile(
         wait_for_inputs()
 
     if SPLIT:
-        partial = _sum_chunks(a_ptr, b_ptr, rm, rn, chunk, 1, M, N, K,
-                              stride_am, stride_ak, stride_bk, stride_bn,
-                              BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+        partial, _ = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, chunk, 1, M, N, K,
+                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
+                                 CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False)
         tile = z * tiles_m * tiles_n + pid
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
@@ -199,13 +259,10 @@ def _matmul_tile(
                       stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
             tl.atomic_xchg(counter_ptr + tile, 0)
     else:
-        total = _sum_chunks(a_ptr, b_ptr, rm, rn, 0, NUM_CHUNKS, M, N, K,
-                            stride_am, stride_ak, stride_bk, stride_bn,
-                            BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
+        total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
+                                stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
+                                CHUNK_BLOCKS, LANES, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
         if GATED:  # silu(gate) * up as eager and Inductor write it: gate, up and the SiLU rounded to DTYPE
-            up = _sum_chunks(a_ptr, b_ptr + up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
-                             stride_am, stride_ak, stride_bk, stride_bn,
-                             BLOCK_M, BLOCK_N, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T)
             gate = round_to(total, DTYPE, EMULATE_BF16)
             total = round_to(gate / (1.0 + tl.exp(-gate)), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
@@ -392,6 +449,9 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
     z, m, k = a.shape
     n = n or b.shape[2]
     dtype = dtype or out.dtype
+    if sched.lanes not in (1, 2, 4) or plan.num_chunks % sched.lanes:
+        raise ValueError(f"matmul schedule lanes must be 1, 2 or 4 and divide the plan's {plan.num_chunks} chunks, "
+                         f"got {sched.lanes}")
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
     split = (sched.split and not sched.programs and plan.num_chunks > 1 and up is None
              and z * tiles <= COUNTERS_PER_DEVICE)
@@ -410,7 +470,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         *(segments or (0,) * 8), element_distance(b, up) if up is not None else 0,
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
-        CHUNK_BLOCKS=plan.chunk_blocks, EVEN_K=k % plan.chunk_k == 0, UPCAST=plan.fp32_io,
+        CHUNK_BLOCKS=plan.chunk_blocks, LANES=1 if split else sched.lanes, EVEN_K=k % plan.chunk_k == 0,
+        UPCAST=plan.fp32_io,
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
         A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,

@@ -289,6 +289,9 @@ class MatmulSchedule:
     b_transposed: bool = False
     #: NPU: Unified Buffer bytes one program holds (``matmul_ub_bytes``); 0 elsewhere.
     ub_bytes: int = 0
+    #: Chunks a serial program accumulates side by side (1, 2 or 4; divides the plan's chunks):
+    #: independent MMA chains that overlap, added in chunk order as they finish.
+    lanes: int = 1
 
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
@@ -300,6 +303,8 @@ _SPLIT_MIN_CHUNKS = 8
 #: Rows of a decode step's matmuls (batch sizes up to here) and their column tile.
 _DECODE_ROWS = 32
 _DECODE_BLOCK_N = 32
+#: Decode rows up to here run a one-pass tile's chunks side by side (``MatmulSchedule.lanes``).
+_LANE_ROWS = 16
 
 
 @functools.lru_cache(maxsize=4096)
@@ -323,9 +328,13 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     if m <= _DECODE_ROWS and (gated or plan.num_chunks < _SPLIT_MIN_CHUNKS) \
             and batch * -(-n // _DECODE_BLOCK_N) < 4 * units:
         # Decode rows of short K (or a gated pair): one pass over K per tile, many small tiles in
-        # flight, deep pipelines (1.1-1.8x the earlier schedules at 8 and 32 rows on an H200).
+        # flight, deep pipelines (1.1-1.8x the earlier schedules at 8 and 32 rows on an H200).  Up
+        # to 16 rows the pass waits on its MMA chain, so its chunks run as lanes (H200: the gated
+        # pair 1.3x, the query/key/value group 1.1x at 1-8 rows; at 32 rows the group was slower
+        # and the decode step too).
+        lanes = _lanes(plan.num_chunks) if m <= _LANE_ROWS else 1
         return MatmulSchedule(block_m=16, block_n=_DECODE_BLOCK_N // (2 if gated else 1), split=False,
-                              num_warps=2, num_stages=7, group_m=8)
+                              num_warps=2, num_stages=4 if lanes > 1 else 7, group_m=8, lanes=lanes)
     block_m = 16 if m <= 32 else 32 if m <= 64 else 64
     block_n = 32 if m <= 16 else 64
 
@@ -337,9 +346,14 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     # Decode rows split only long K; wider rows whenever the output alone leaves SMs idle.
     split = (plan.num_chunks > 1 and tiles() < units and m <= _SPLIT_MAX_ROWS
              and (m > 16 or plan.num_chunks >= _SPLIT_MIN_CHUNKS))
-    stage_bytes = (block_m + block_n) * plan.block_k * itemsize
+    stage_bytes = (block_m + block_n * (2 if gated else 1)) * plan.block_k * itemsize  # gated: two B tiles
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
     return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8)
+
+
+def _lanes(num_chunks: int) -> int:
+    """The most chunks (4, 2 or 1) a program can run side by side that divide ``num_chunks``."""
+    return next(lanes for lanes in (4, 2, 1) if num_chunks % lanes == 0)
 
 
 def matmul_ub_bytes(block_m: int, block_n: int, plan: MatmulPlan, itemsize: int, device: Device,

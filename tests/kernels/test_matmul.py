@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ascend_compile import devices
+from ascend_compile.kernels import matmul as matmul_module
 from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
 from ascend_compile.kernels.plans import MatmulSchedule, UnsupportedPlan, matmul_plan
 from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
@@ -51,6 +52,40 @@ def test_split_and_serial_schedules_give_identical_bits(dtype: torch.dtype) -> N
                  dataclasses.replace(base, block_m=64, block_n=32, split=False)]
     outs = [bi_matmul(x, w.t(), bias, schedule=s) for s in schedules]
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lanes_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks run side by side (2 or 4 lanes) add up in the plan's order: the bits of one lane and
+    of the split, for plain and gated products.  Negative control: chunks of another size (the
+    same products summed in another order) change fp32 bits, so the comparison can fail."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 1024, generator=gen).to(dtype)
+    w = torch.randn(96, 1024, generator=gen).to(dtype)
+    up = torch.randn(96, 1024, generator=gen).to(dtype)
+    assert matmul_plan(1024, 96, dtype, devices.of_tensor(x)).num_chunks == 4
+    base = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
+    outs = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, lanes=lanes)) for lanes in (1, 2, 4)]
+    outs.append(bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True)))
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+    default_schedule = matmul_module.matmul_schedule
+    gated = []
+    for lanes in (1, 2, 4):
+        monkeypatch.setattr(matmul_module, "matmul_schedule",
+                            lambda *args, lanes=lanes, **kw: dataclasses.replace(default_schedule(*args, **kw),
+                                                                                  lanes=lanes))
+        gated.append(bi_matmul_silu_mul(x, w.t(), up.t()))
+    assert all(torch.equal(g, gated[0]) for g in gated[1:])
+
+    xf, wf = x.float(), w.float()  # fp32 output: bf16's final rounding can hide a changed order
+    four_lanes = bi_matmul(xf, wf.t(), schedule=dataclasses.replace(base, lanes=4))
+    default_plan = matmul_module.matmul_plan
+    monkeypatch.setattr(matmul_module, "matmul_plan",
+                        lambda *args: dataclasses.replace(default_plan(*args), chunk_blocks=1, num_chunks=8))
+    assert not torch.equal(bi_matmul(xf, wf.t(), schedule=base), four_lanes)
+    with pytest.raises(ValueError, match="lanes must be 1, 2 or 4 and divide the plan's 8 chunks, got 3"):
+        bi_matmul(x, w.t(), schedule=dataclasses.replace(base, lanes=3))
 
 
 def test_bmm_rows_are_invariant_and_accurate() -> None:
