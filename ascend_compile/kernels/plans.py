@@ -496,7 +496,9 @@ def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int,
     block_m = 16 if queries <= 16 else 64
     programs = heads * -(-queries // block_m)
     split = plan.num_splits(keys) > 1 and programs < device.compute_units
-    return AttentionSchedule(block_m=block_m, split=split, num_warps=4 if block_m <= 16 else 8)
+    # 4 warps for every block (H200: prefill blocks of 64 rows over 512 causal keys took 13.0 us
+    # against 32.6 with 8 warps, the 512-token prefill at bs 4 18.4 ms against 19.4).
+    return AttentionSchedule(block_m=block_m, split=split, num_warps=4)
 
 
 def attention_ub_bytes(block_m: int, plan: AttentionPlan, device: Device) -> int:
