@@ -11,7 +11,7 @@ partials are added in chunk order in fp32.  Two schedules produce exactly those 
   the partials in chunk order, applies the bias and writes the tile (``arrival.py``), so the split
   costs no second launch.
 
-A serial program may also run 2 or 4 chunks side by side (the schedule's ``lanes``): each chunk
+A serial program may also keep 2 or 4 chunks in flight (the schedule's ``chunks_in_flight``): each chunk
 still sums its blocks in order from zero, in its own accumulator, and the partials join the total
 in chunk order.  The chunks' MMA chains then overlap, which is what a decode tile waits on.
 
@@ -101,16 +101,16 @@ def _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc, up, M, N, K,
 def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
                 stride_am, stride_ak, stride_bk, stride_bn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+                CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
                 INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr):
     """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero; with
     ``GATED``, the same sum for the up weight too (the second value; zeros otherwise).
 
-    One flat loop over K blocks (so Triton pipelines loads across chunk boundaries).  ``LANES``
+    One flat loop over K blocks (so Triton pipelines loads across chunk boundaries).  ``IN_FLIGHT``
     chunks (1, 2 or 4, dividing ``num_chunks``) run side by side, each in its own accumulator:
     a chunk's blocks must be accumulated one after another, but the chunks are independent, so
-    their MMA chains overlap.  At the end of each round the lanes' partials are added to the
-    running total in chunk order and restarted from zero -- the plan's additions, whatever LANES.
+    their MMA chains overlap.  At the end of each round their partials are added to the running
+    total in chunk order and restarted from zero -- the plan's additions, whatever IN_FLIGHT.
     """
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     total, up_total = zero, zero
@@ -119,16 +119,16 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
     chunk_k = CHUNK_BLOCKS * BLOCK_K
     rk = tl.arange(0, BLOCK_K).to(rm.dtype)  # 64-bit offsets when the rows' are (WIDE_INDEX)
     k0 = first_chunk * chunk_k
-    for i in range((num_chunks // LANES) * CHUNK_BLOCKS):
-        k = k0 + (i // CHUNK_BLOCKS) * (LANES * chunk_k) + (i % CHUNK_BLOCKS) * BLOCK_K + rk
+    for i in range((num_chunks // IN_FLIGHT) * CHUNK_BLOCKS):
+        k = k0 + (i // CHUNK_BLOCKS) * (IN_FLIGHT * chunk_k) + (i % CHUNK_BLOCKS) * BLOCK_K + rk
         acc0, up0 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc0, up0, M, N, K,
                                stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
                                A_T, B_T, GATED)
-        if LANES > 1:
+        if IN_FLIGHT > 1:
             acc1, up1 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + chunk_k, acc1, up1, M, N, K,
                                    stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
                                    A_T, B_T, GATED)
-        if LANES > 2:
+        if IN_FLIGHT > 2:
             acc2, up2 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + 2 * chunk_k, acc2, up2, M, N, K,
                                    stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
                                    A_T, B_T, GATED)
@@ -137,9 +137,9 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
                                    A_T, B_T, GATED)
         if i % CHUNK_BLOCKS == CHUNK_BLOCKS - 1:
             total, up_total = total + acc0, up_total + up0
-            if LANES > 1:
+            if IN_FLIGHT > 1:
                 total, up_total = total + acc1, up_total + up1
-            if LANES > 2:
+            if IN_FLIGHT > 2:
                 total, up_total = total + acc2, up_total + up2
                 total, up_total = total + acc3, up_total + up3
             acc0, acc1, acc2, acc3 = zero, zero, zero, zero
@@ -158,7 +158,7 @@ def _bi_matmul_kernel(
     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
     SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr = False,
@@ -180,7 +180,7 @@ def _bi_matmul_kernel(
                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
                      seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
-                     CHUNK_BLOCKS, LANES, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
+                     CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
                      GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, OVERLAP)
 
 
@@ -195,7 +195,7 @@ def _matmul_tile(
     seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
     HAS_BIAS: tl.constexpr, NUM_CHUNKS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    CHUNK_BLOCKS: tl.constexpr, LANES: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
     WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
     PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr,
@@ -261,7 +261,7 @@ def _matmul_tile(
     else:
         total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
-                                CHUNK_BLOCKS, LANES, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
+                                CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
         if GATED:  # silu(gate) * up as eager and Inductor write it: gate, up and the SiLU rounded to DTYPE
             gate = round_to(total, DTYPE, EMULATE_BF16)
             total = round_to(gate / (1.0 + tl.exp(-gate)), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
@@ -449,9 +449,10 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
     z, m, k = a.shape
     n = n or b.shape[2]
     dtype = dtype or out.dtype
-    if sched.lanes not in (1, 2, 4) or plan.num_chunks % sched.lanes:
-        raise ValueError(f"matmul schedule lanes must be 1, 2 or 4 and divide the plan's {plan.num_chunks} chunks, "
-                         f"got {sched.lanes}")
+    if sched.chunks_in_flight not in (1, 2, 4) or plan.num_chunks % sched.chunks_in_flight:
+        raise ValueError(f"matmul schedule chunks_in_flight must be 1, 2 or 4 and divide the plan's "
+                         f"{plan.num_chunks} chunks, "
+                         f"got {sched.chunks_in_flight}")
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
     split = (sched.split and not sched.programs and plan.num_chunks > 1 and up is None
              and z * tiles <= COUNTERS_PER_DEVICE)
@@ -470,7 +471,7 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         *(segments or (0,) * 8), element_distance(b, up) if up is not None else 0,
         HAS_BIAS=bias is not None, NUM_CHUNKS=plan.num_chunks, SPLIT=split,
         BLOCK_M=sched.block_m, BLOCK_N=sched.block_n, BLOCK_K=plan.block_k, GROUP_M=sched.group_m,
-        CHUNK_BLOCKS=plan.chunk_blocks, LANES=1 if split else sched.lanes, EVEN_K=k % plan.chunk_k == 0,
+        CHUNK_BLOCKS=plan.chunk_blocks, IN_FLIGHT=1 if split else sched.chunks_in_flight, EVEN_K=k % plan.chunk_k == 0,
         UPCAST=plan.fp32_io,
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
         A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,

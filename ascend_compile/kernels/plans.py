@@ -291,7 +291,7 @@ class MatmulSchedule:
     ub_bytes: int = 0
     #: Chunks a serial program accumulates side by side (1, 2 or 4; divides the plan's chunks):
     #: independent MMA chains that overlap, added in chunk order as they finish.
-    lanes: int = 1
+    chunks_in_flight: int = 1
 
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
@@ -303,8 +303,8 @@ _SPLIT_MIN_CHUNKS = 8
 #: Rows of a decode step's matmuls (batch sizes up to here) and their column tile.
 _DECODE_ROWS = 32
 _DECODE_BLOCK_N = 32
-#: Decode rows up to here run a one-pass tile's chunks side by side (``MatmulSchedule.lanes``).
-_LANE_ROWS = 16
+#: Decode rows up to here keep a one-pass tile's chunks in flight (``MatmulSchedule.chunks_in_flight``).
+_IN_FLIGHT_ROWS = 16
 
 
 @functools.lru_cache(maxsize=4096)
@@ -329,12 +329,13 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
             and batch * -(-n // _DECODE_BLOCK_N) < 4 * units:
         # Decode rows of short K (or a gated pair): one pass over K per tile, many small tiles in
         # flight, deep pipelines (1.1-1.8x the earlier schedules at 8 and 32 rows on an H200).  Up
-        # to 16 rows the pass waits on its MMA chain, so its chunks run as lanes (H200: the gated
+        # to 16 rows the pass waits on its MMA chain, so its chunks run side by side (H200: the gated
         # pair 1.3x, the query/key/value group 1.1x at 1-8 rows; at 32 rows the group was slower
         # and the decode step too).
-        lanes = _lanes(plan.num_chunks) if m <= _LANE_ROWS else 1
+        in_flight = _chunks_in_flight(plan.num_chunks) if m <= _IN_FLIGHT_ROWS else 1
         return MatmulSchedule(block_m=16, block_n=_DECODE_BLOCK_N // (2 if gated else 1), split=False,
-                              num_warps=2, num_stages=4 if lanes > 1 else 7, group_m=8, lanes=lanes)
+                              num_warps=2, num_stages=4 if in_flight > 1 else 7, group_m=8,
+                              chunks_in_flight=in_flight)
     block_m = 16 if m <= 32 else 32 if m <= 64 else 64
     block_n = 32 if m <= 16 else 64
 
@@ -351,9 +352,9 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8)
 
 
-def _lanes(num_chunks: int) -> int:
+def _chunks_in_flight(num_chunks: int) -> int:
     """The most chunks (4, 2 or 1) a program can run side by side that divide ``num_chunks``."""
-    return next(lanes for lanes in (4, 2, 1) if num_chunks % lanes == 0)
+    return next(count for count in (4, 2, 1) if num_chunks % count == 0)
 
 
 def matmul_ub_bytes(block_m: int, block_n: int, plan: MatmulPlan, itemsize: int, device: Device,

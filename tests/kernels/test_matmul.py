@@ -55,8 +55,8 @@ def test_split_and_serial_schedules_give_identical_bits(dtype: torch.dtype) -> N
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lanes_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks run side by side (2 or 4 lanes) add up in the plan's order: the bits of one lane and
+def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks run side by side (2 or 4 in flight) add up in the plan's order: the bits of one and
     of the split, for plain and gated products.  Negative control: chunks of another size (the
     same products summed in another order) change fp32 bits, so the comparison can fail."""
     gen = torch.Generator().manual_seed(7)
@@ -65,27 +65,27 @@ def test_lanes_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.Monk
     up = torch.randn(96, 1024, generator=gen).to(dtype)
     assert matmul_plan(1024, 96, dtype, devices.of_tensor(x)).num_chunks == 4
     base = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
-    outs = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, lanes=lanes)) for lanes in (1, 2, 4)]
+    outs = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, chunks_in_flight=count)) for count in (1, 2, 4)]
     outs.append(bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True)))
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
     default_schedule = matmul_module.matmul_schedule
     gated = []
-    for lanes in (1, 2, 4):
+    for count in (1, 2, 4):
         monkeypatch.setattr(matmul_module, "matmul_schedule",
-                            lambda *args, lanes=lanes, **kw: dataclasses.replace(default_schedule(*args, **kw),
-                                                                                  lanes=lanes))
+                            lambda *args, count=count, **kw: dataclasses.replace(default_schedule(*args, **kw),
+                                                                                 chunks_in_flight=count))
         gated.append(bi_matmul_silu_mul(x, w.t(), up.t()))
     assert all(torch.equal(g, gated[0]) for g in gated[1:])
 
     xf, wf = x.float(), w.float()  # fp32 output: bf16's final rounding can hide a changed order
-    four_lanes = bi_matmul(xf, wf.t(), schedule=dataclasses.replace(base, lanes=4))
+    four_in_flight = bi_matmul(xf, wf.t(), schedule=dataclasses.replace(base, chunks_in_flight=4))
     default_plan = matmul_module.matmul_plan
     monkeypatch.setattr(matmul_module, "matmul_plan",
                         lambda *args: dataclasses.replace(default_plan(*args), chunk_blocks=1, num_chunks=8))
-    assert not torch.equal(bi_matmul(xf, wf.t(), schedule=base), four_lanes)
-    with pytest.raises(ValueError, match="lanes must be 1, 2 or 4 and divide the plan's 8 chunks, got 3"):
-        bi_matmul(x, w.t(), schedule=dataclasses.replace(base, lanes=3))
+    assert not torch.equal(bi_matmul(xf, wf.t(), schedule=base), four_in_flight)
+    with pytest.raises(ValueError, match="chunks_in_flight must be 1, 2 or 4 and divide the plan's 8 chunks, got 3"):
+        bi_matmul(x, w.t(), schedule=dataclasses.replace(base, chunks_in_flight=3))
 
 
 def test_bmm_rows_are_invariant_and_accurate() -> None:

@@ -46,11 +46,11 @@ def test_split_serial_and_lane_schedules_agree(dtype: torch.dtype) -> None:
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
         outs = [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(
-                    base, split=s, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, lanes=1))
+                    base, split=s, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, chunks_in_flight=1))
                 for s in (True, False) for bm, bn, warps in ((16, 64, 4), (64, 128, 4), (128, 64, 8))]
         outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # chunks side by side
-                     base, split=False, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, lanes=lanes))
-                 for lanes, bm, bn, warps in ((2, 16, 64, 4), (4, 16, 32, 2), (2, 64, 64, 4))]
+                     base, split=False, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, chunks_in_flight=count))
+                 for count, bm, bn, warps in ((2, 16, 64, 4), (4, 16, 32, 2), (2, 64, 64, 4))]
         assert all(torch.equal(o, outs[0]) for o in outs)
 
 

@@ -44,22 +44,22 @@ def test_schedules_fit_shared_memory(k: int, n: int) -> None:
             for gated in (False, True):
                 s = matmul_schedule(plan, m, n, 1, dtype_size, GPU, gated=gated)
                 columns = s.block_n * (2 if gated else 1)
-                stage = s.lanes * (s.block_m + columns) * plan.block_k * dtype_size
+                stage = s.chunks_in_flight * (s.block_m + columns) * plan.block_k * dtype_size
                 assert stage * s.num_stages <= 227 * 1024
 
 
-def test_lanes_divide_the_chunks_and_serve_small_decode_batches() -> None:
-    """Lanes are a schedule: any M may pick them, as long as they divide the plan's chunks."""
+def test_chunks_in_flight_divide_the_chunks_and_serve_small_decode_batches() -> None:
+    """Chunks in flight are a schedule: any M may pick them, as long as they divide the plan's chunks."""
     for k in (64, 1000, 1024, 2048, 3072, 4096):
         plan = matmul_plan(k, 1024, torch.bfloat16, GPU)
         for m in (1, 8, 16, 32, 64, 512, 4096):
             for gated in (False, True):
                 s = matmul_schedule(plan, m, 1024, 1, 2, GPU, gated=gated)
-                assert s.lanes in (1, 2, 4) and plan.num_chunks % s.lanes == 0
+                assert s.chunks_in_flight in (1, 2, 4) and plan.num_chunks % s.chunks_in_flight == 0
     short = matmul_plan(1024, 4096, torch.bfloat16, GPU)
-    assert matmul_schedule(short, 8, 4096, 1, 2, GPU).lanes == 4  # a decode tile: four MMA chains
-    assert matmul_schedule(short, 16, 3072, 1, 2, GPU, gated=True).lanes == 4
-    assert matmul_schedule(short, 32, 4096, 1, 2, GPU).lanes == 1
+    assert matmul_schedule(short, 8, 4096, 1, 2, GPU).chunks_in_flight == 4  # a decode tile: four MMA chains
+    assert matmul_schedule(short, 16, 3072, 1, 2, GPU, gated=True).chunks_in_flight == 4
+    assert matmul_schedule(short, 32, 4096, 1, 2, GPU).chunks_in_flight == 1
 
 
 def test_operand_readability_with_unbacked_extents() -> None:
