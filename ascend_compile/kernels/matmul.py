@@ -208,7 +208,8 @@ def _matmul_tile(
     straddles two weights.  ``WIDE_INDEX``: some offset passes 2**31 elements (the logits of a
     long prefill), so offsets are computed in 64 bits.  ``GATED``: the tile is ``silu(a @ gate) *
     (a @ up)`` with the up weight ``up_off`` elements after the gate weight, rounded to ``DTYPE``
-    where eager rounds (never split).  ``OVERLAP``: launched early (``overlap.py``); a weight whose
+    where eager rounds (never split).  ``IN_FLIGHT``: chunks a serial tile sums side by side
+    (``_sum_chunks``).  ``OVERLAP``: launched early (``overlap.py``); a weight whose
     unit stride runs along K is requested into L2 before the wait for the previous kernel.
     """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
