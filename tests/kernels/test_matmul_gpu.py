@@ -35,7 +35,7 @@ def test_rows_bitwise_equal_at_every_batch_size(k: int, n: int, dtype: torch.dty
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_split_serial_and_lane_schedules_agree(dtype: torch.dtype) -> None:
+def test_split_serial_and_in_flight_schedules_agree(dtype: torch.dtype) -> None:
     torch.manual_seed(1)
     k, n = 3072, 1024
     w = torch.randn(n, k, device="cuda", dtype=dtype)
