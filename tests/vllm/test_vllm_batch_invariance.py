@@ -134,9 +134,6 @@ def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
     assert not differing, f"prompts {differing} got other logprobs when batched"
 
 
-@pytest.mark.xfail(VLLM_CPU_AVX2, strict=False,
-                   reason="on this AVX2 CPU a decode step's logprob differed from its prefill's by one ulp, likely "
-                          "in vLLM's CPU attention outside ascend_bi's graphs (tests/helpers.py)")
 def test_decode_logprobs_equal_prefill_logprobs(bi_llm: LLM) -> None:
     """A token's logprob computed in a decode step equals the one computed when it is part of a prefill."""
     greedy = SamplingParams(temperature=0.0, max_tokens=4, logprobs=0, ignore_eos=True)
