@@ -38,6 +38,13 @@ def static_positions(example_inputs: Sequence[Any]) -> frozenset[int]:
     )
 
 
+def graph_facts(example_inputs: Sequence[Any], device: devices.Device, report: CompileReport) -> GraphFacts:
+    """What the passes learn about a graph from its inputs: the device, its parameters and buffers."""
+    return GraphFacts(device=device, static_positions=static_positions(example_inputs), report=report,
+                      parameter_positions=frozenset(i for i, value in enumerate(example_inputs)
+                                                    if isinstance(value, torch.nn.Parameter)))
+
+
 def _world_size() -> int:
     """Ranks of the default process group (tensor parallelism), 1 without one."""
     distributed = torch.distributed
@@ -64,7 +71,7 @@ def ascend_bi(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], *,
     devices.configure_collectives(device, _world_size())
     executor = device.default_executor if settings.executor == "auto" else settings.executor
     report = CompileReport(graph=f"graph_{next(_graph_ids):03d}", device=device.kind, executor=executor)
-    facts = GraphFacts(device=device, static_positions=static_positions(example_inputs), report=report)
+    facts = graph_facts(example_inputs, device, report)
     logger.info("ascend_bi: compiling %s (%d nodes) for %s with the %s executor",
                 report.graph, len(gm.graph.nodes), device.kind, executor)
     wrap = graph_wrapper(gm, example_inputs, settings, device, facts.static_positions, report)

@@ -23,11 +23,53 @@ class GraphFacts:
     #: Positions (among the graph's inputs) of parameters and buffers: never copied, never padded.
     static_positions: frozenset[int]
     report: CompileReport
+    #: Positions of the parameters among them (``nn.Parameter``): weights, never written by a kernel.
+    parameter_positions: frozenset[int] = frozenset()
 
     def static_inputs(self, gm: torch.fx.GraphModule) -> frozenset[str]:
         """Names of ``gm``'s placeholders that hold parameters or buffers."""
-        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-        return frozenset(placeholders[i].name for i in self.static_positions if i < len(placeholders))
+        return _names(gm, self.static_positions)
+
+    def parameters(self, gm: torch.fx.GraphModule) -> frozenset[str]:
+        """Names of ``gm``'s placeholders that hold parameters."""
+        return _names(gm, self.parameter_positions)
+
+
+def _names(gm: torch.fx.GraphModule, positions: frozenset[int]) -> frozenset[str]:
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    return frozenset(placeholders[i].name for i in positions if i < len(placeholders))
+
+
+#: Ops whose output is a view of their first argument (how a weight reaches a matmul).
+_VIEWS = frozenset({torch.ops.aten.permute.default, torch.ops.aten.t.default, torch.ops.aten.transpose.int,
+                    torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
+                    torch.ops.aten.expand.default, torch.ops.aten.alias.default})
+
+
+def is_weight(node: torch.fx.Node, parameters: frozenset[str]) -> bool:
+    """Whether ``node`` views a parameter (a placeholder in ``parameters``) that no node of the graph
+    writes: a kernel may then read it while the kernel before it still runs."""
+    while node.op == "call_function" and node.target in _VIEWS:
+        node = node.args[0]
+    return node.op == "placeholder" and node.name in parameters and not _written(node)
+
+
+def _written(node: torch.fx.Node) -> bool:
+    """Whether a node writes ``node`` or a view of it in place (an op whose schema marks that
+    argument written, or an op wrapped by ``auto_functionalized``)."""
+    for user in node.users:
+        if user.op != "call_function":
+            continue
+        if user.target in _VIEWS and _written(user):
+            return True
+        schema = getattr(user.target, "_schema", None)
+        if schema is None:  # a higher-order op (auto_functionalized): assume it writes what it takes
+            return True
+        args = list(user.args) + [user.kwargs.get(a.name) for a in schema.arguments[len(user.args):]]
+        if any(value is node and a.alias_info is not None and a.alias_info.is_write
+               for a, value in zip(schema.arguments, args, strict=False)):
+            return True
+    return False
 
 
 def attach(gm: torch.fx.GraphModule, facts: GraphFacts) -> None:

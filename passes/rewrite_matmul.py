@@ -17,6 +17,9 @@ Rewrites to::
     addmm = torch.ops.ascend_bi.mm.default(x, permute, bias)
     bmm = torch.ops.ascend_bi.bmm.default(q, k)
 
+and, when ``permute`` views a parameter the graph never writes, ``mm(x, permute, bias, True)``: the
+template may read that weight before the kernel ahead of it ends.
+
 Only float16/bfloat16/float32 operands of one dtype match, and ``addmm`` only with the default
 ``beta = alpha = 1``; anything else stays stock and ``verify_batch_invariance`` reports it.
 """
@@ -30,6 +33,7 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunction, KeywordArg, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.passes.graph_facts import facts_of, is_weight
 from ascend_compile.passes.replace import call, planned_floats, swap
 from ascend_compile.settings import Settings
 
@@ -49,9 +53,17 @@ def _supported_addmm(match: Match) -> bool:
     return node.kwargs.get("beta", 1) == 1 and node.kwargs.get("alpha", 1) == 1 and _supported(match)
 
 
-def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.Node, ...]) -> None:
+def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.Node | None, ...]) -> None:
     old = match.output_node()
     swap(old, call(old.graph, old, target, args))
+
+
+def _replace_mm(match: Match, a: torch.fx.Node, b: torch.fx.Node, bias: torch.fx.Node | None) -> None:
+    """``ascend_bi::mm``, told when ``b`` is a weight (``graph_facts.is_weight``)."""
+    if is_weight(b, facts_of(match.graph.owning_module).parameters(match.graph.owning_module)):
+        _replace(match, torch.ops.ascend_bi.mm.default, (a, b, bias, True))
+    else:
+        _replace(match, torch.ops.ascend_bi.mm.default, (a, b) if bias is None else (a, b, bias))
 
 
 @register_graph_pattern(
@@ -59,7 +71,7 @@ def _replace(match: Match, target: torch._ops.OpOverload, args: tuple[torch.fx.N
     pass_dict=_PATTERNS, extra_check=_supported,
 )
 def _mm(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
-    _replace(match, torch.ops.ascend_bi.mm.default, (a, b))
+    _replace_mm(match, a, b, None)
 
 
 @register_graph_pattern(
@@ -67,7 +79,7 @@ def _mm(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
     pass_dict=_PATTERNS, extra_check=_supported_addmm,
 )
 def _addmm(match: Match, bias: torch.fx.Node, a: torch.fx.Node, b: torch.fx.Node) -> None:
-    _replace(match, torch.ops.ascend_bi.mm.default, (a, b, bias))
+    _replace_mm(match, a, b, bias)
 
 
 @register_graph_pattern(

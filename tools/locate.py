@@ -28,8 +28,8 @@ import torch.fx.experimental._config as fx_config
 from torch._dynamo.backends.common import aot_autograd
 
 from ascend_compile import devices
-from ascend_compile.backend import static_positions
-from ascend_compile.passes.graph_facts import GraphFacts, source_line
+from ascend_compile.backend import graph_facts
+from ascend_compile.passes.graph_facts import source_line
 from ascend_compile.passes.pipeline import run_pipeline
 from ascend_compile.report import CompileReport
 from ascend_compile.settings import Settings
@@ -80,7 +80,7 @@ def _recording_backend(options: dict[str, Any], graphs: list[_RecordedGraph]) ->
     def backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Any:
         device = devices.detect(example_inputs)
         report = CompileReport(graph=f"located_{len(graphs):03d}", device=device.kind, executor="fx")
-        facts = GraphFacts(device=device, static_positions=static_positions(example_inputs), report=report)
+        facts = graph_facts(example_inputs, device, report)
 
         def forward_compiler(fw: torch.fx.GraphModule, inputs: list[Any]) -> Any:
             run_pipeline(fw, settings, facts)

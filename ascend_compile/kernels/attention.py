@@ -114,10 +114,12 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     dk = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
+    # Tiles past the last key hold no key: folding them changes nothing, so they are not run.
+    tiles = tl.minimum(SPLIT_TILES, tl.cdiv(Lk - split * SPLIT_TILES * BLOCK_N, BLOCK_N))
     if HAS_MASK and not K_T:  # GPUs read mask tiles a tile ahead: the pipeliner prefetches dot operands only
         keys = split * SPLIT_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
         bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL))
-    for t in range(SPLIT_TILES):
+    for t in range(tiles):
         keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         visible = _visible(keys, Lk, live, pos, IS_CAUSAL)
         if HAS_MASK and not K_T:

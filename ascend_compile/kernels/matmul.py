@@ -11,6 +11,9 @@ partials are added in chunk order in fp32.  Two schedules produce exactly those 
   the partials in chunk order, applies the bias and writes the tile (``arrival.py``), so the split
   costs no second launch.
 
+A split program may load its chunk of the weight before it waits for the kernel before it
+(``preload_weight``, decode rows), then sums it as the other schedules do.
+
 A serial program may also keep 2 or 4 chunks in flight (the schedule's ``chunks_in_flight``): each chunk
 still sums its blocks in order from zero, in its own accumulator, and the partials join the total
 in chunk order.  The chunks' MMA chains then overlap, which is what a decode tile waits on.
@@ -148,6 +151,47 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
 
 
 @triton.jit
+def _preload_b(b_ptr, rn, k, N, K, stride_bk, stride_bn, BLOCK_K: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
+               EVEN_K: tl.constexpr, UPCAST: tl.constexpr, B_T: tl.constexpr):
+    """B's blocks of one chunk (1, 2 or 4), from K offsets ``k`` on; unused ones repeat the first."""
+    b0 = _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T)
+    b1, b2, b3 = b0, b0, b0
+    if CHUNK_BLOCKS > 1:
+        b1 = _load_b(b_ptr, rn, k + BLOCK_K, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T)
+    if CHUNK_BLOCKS > 2:
+        b2 = _load_b(b_ptr, rn, k + 2 * BLOCK_K, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T)
+        b3 = _load_b(b_ptr, rn, k + 3 * BLOCK_K, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T)
+    return b0, b1, b2, b3
+
+
+@triton.jit
+def _sum_preloaded(a_ptr, rm, k, b0, b1, b2, b3, M, K, stride_am, stride_ak,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
+                   EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr):
+    """One chunk's partial from B blocks ``b0..b3`` already loaded (K offsets ``k`` on): ``_sum_chunks``'
+    additions, down to the ``0 + partial`` that starts its running total."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = _dot_loaded(a_ptr, rm, k, b0, acc, M, K, stride_am, stride_ak, EVEN_K, UPCAST, INPUT_PRECISION, A_T)
+    if CHUNK_BLOCKS > 1:
+        acc = _dot_loaded(a_ptr, rm, k + BLOCK_K, b1, acc, M, K, stride_am, stride_ak, EVEN_K, UPCAST,
+                          INPUT_PRECISION, A_T)
+    if CHUNK_BLOCKS > 2:
+        acc = _dot_loaded(a_ptr, rm, k + 2 * BLOCK_K, b2, acc, M, K, stride_am, stride_ak, EVEN_K, UPCAST,
+                          INPUT_PRECISION, A_T)
+        acc = _dot_loaded(a_ptr, rm, k + 3 * BLOCK_K, b3, acc, M, K, stride_am, stride_ak, EVEN_K, UPCAST,
+                          INPUT_PRECISION, A_T)
+    return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32) + acc
+
+
+@triton.jit
+def _dot_loaded(a_ptr, rm, k, b, acc, M, K, stride_am, stride_ak,
+                EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr):
+    """``acc`` plus A's block at K offsets ``k`` times the loaded B block ``b``."""
+    return tl.dot(_load_a(a_ptr, rm, k, M, K, stride_am, stride_ak, EVEN_K, UPCAST, A_T), b, acc,
+                  input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def _bi_matmul_kernel(
     a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
     M, N, K, Z,
@@ -161,7 +205,8 @@ def _bi_matmul_kernel(
     CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
     SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
-    EMULATE_BF16: tl.constexpr, PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr = False,
+    EMULATE_BF16: tl.constexpr, PREFETCH_STEP: tl.constexpr, PRELOAD: tl.constexpr = False,
+    OVERLAP: tl.constexpr = False,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
@@ -172,7 +217,7 @@ def _bi_matmul_kernel(
                          0, 0, 0, 0, 0, 0, 0, 0, up_off,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                          CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
-                         GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False)
+                         GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False, False)
     else:
         _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
                      tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
@@ -181,7 +226,7 @@ def _bi_matmul_kernel(
                      seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                      CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
-                     GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, OVERLAP)
+                     GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, PRELOAD, OVERLAP)
 
 
 @triton.jit
@@ -198,7 +243,7 @@ def _matmul_tile(
     CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
     WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, OVERLAP: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, PRELOAD: tl.constexpr, OVERLAP: tl.constexpr,
 ):
     """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
 
@@ -211,6 +256,8 @@ def _matmul_tile(
     where eager rounds (never split).  ``IN_FLIGHT``: chunks a serial tile sums side by side
     (``_sum_chunks``).  ``OVERLAP``: launched early (``overlap.py``); a weight whose
     unit stride runs along K is requested into L2 before the wait for the previous kernel.
+    ``PRELOAD`` (split tiles): the chunk's weight blocks are loaded into registers before that wait,
+    so that after it only A's loads stand between the program and its dots.
     """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
@@ -234,18 +281,27 @@ def _matmul_tile(
         b_ptr += _segment_value(n0, seg_n1, seg_b1, seg_n2, seg_b2, 0)
         out_ptr += _segment_value(n0, seg_n1, seg_o1, seg_n2, seg_o2, 0)
         stride_om = _segment_value(n0, seg_n1, seg_om1, seg_n2, seg_om2, stride_om)
-    if OVERLAP:
+    if PRELOAD:  # split tiles: the chunk's weight blocks into registers, before the wait
+        kb = chunk * (CHUNK_BLOCKS * BLOCK_K) + tl.arange(0, BLOCK_K).to(rm.dtype)
+        b0, b1, b2, b3 = _preload_b(b_ptr, rn, kb, N, K, stride_bk, stride_bn, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST,
+                                    B_T)
+    if OVERLAP and not PRELOAD:
         if B_T:
             _prefetch_weight(b_ptr, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K, PREFETCH_STEP)
             if GATED:
                 _prefetch_weight(b_ptr + up_off, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K,
                                  PREFETCH_STEP)
+    if OVERLAP:
         wait_for_inputs()
 
     if SPLIT:
-        partial, _ = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, chunk, 1, M, N, K,
-                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
-                                 CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False)
+        if PRELOAD:
+            partial = _sum_preloaded(a_ptr, rm, kb, b0, b1, b2, b3, M, K, stride_am, stride_ak, BLOCK_M, BLOCK_N,
+                                     BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T)
+        else:
+            partial, _ = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, chunk, 1, M, N, K,
+                                     stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
+                                     CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False)
         tile = z * tiles_m * tiles_n + pid
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
@@ -306,11 +362,14 @@ def bi_matmul(
     bias: torch.Tensor | None = None,
     *,
     schedule: MatmulSchedule | None = None,
+    b_is_weight: bool = False,
 ) -> torch.Tensor:
     """``bias + a @ b`` for 2-D (mm/addmm) or 3-D (bmm) operands, batch-invariantly.
 
     ``bias`` must broadcast to the output.  ``schedule`` overrides the launch layout (tests use
-    it to show that every schedule of a plan gives the same bits).
+    it to show that every schedule of a plan gives the same bits).  ``b_is_weight``: no kernel
+    writes ``b`` (a parameter), so a launch that overlaps the kernel before it may read it before
+    that kernel ends (``MatmulSchedule.preload_weight``); activations must leave it False.
     """
     batched = a.dim() == 3
     if a.dim() not in (2, 3) or b.dim() != a.dim():
@@ -344,10 +403,10 @@ def bi_matmul(
                                         _runs_along(a3, 1), _runs_along(b3, 1))
     if plan.fp32_io:
         out32 = torch.empty(out.shape, dtype=torch.float32, device=out.device)
-        _launch(a3, b3, bias, out32, plan, sched, device)
+        _launch(a3, b3, bias, out32, plan, sched, device, b_is_weight=b_is_weight)
         out.copy_(out32)
     else:
-        _launch(a3, b3, bias, out, plan, sched, device)
+        _launch(a3, b3, bias, out, plan, sched, device, b_is_weight=b_is_weight)
     return out if batched else out[0]
 
 
@@ -443,10 +502,11 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
             plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
             n: int | None = None, segments: tuple[int, ...] | None = None, up: torch.Tensor | None = None,
-            dtype: torch.dtype | None = None) -> None:
+            dtype: torch.dtype | None = None, b_is_weight: bool = False) -> None:
     """Launch over 3-D operands; ``n`` columns (``b``'s unless given) in the weights that
     ``segments`` locates (``bi_matmul_group``; one weight when None); with ``up``, ``silu(a @ b) *
-    (a @ up)`` rounded as eager rounds in ``dtype`` (``bi_matmul_silu_mul``)."""
+    (a @ up)`` rounded as eager rounds in ``dtype`` (``bi_matmul_silu_mul``).  Split programs
+    preload ``b`` only when it ``b_is_weight`` (``bi_matmul``)."""
     z, m, k = a.shape
     n = n or b.shape[2]
     dtype = dtype or out.dtype
@@ -454,6 +514,9 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         raise ValueError(f"matmul schedule chunks_in_flight must be 1, 2 or 4 and divide the plan's "
                          f"{plan.num_chunks} chunks, "
                          f"got {sched.chunks_in_flight}")
+    if sched.preload_weight and plan.chunk_blocks not in (1, 2, 4):
+        raise ValueError(f"matmul schedule preload_weight takes chunks of 1, 2 or 4 blocks, the plan's have "
+                         f"{plan.chunk_blocks}")
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
     split = (sched.split and not sched.programs and plan.num_chunks > 1 and up is None
              and z * tiles <= COUNTERS_PER_DEVICE)
@@ -479,5 +542,6 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
         GATED=up is not None, DTYPE=TL_DTYPES[dtype], EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
         PREFETCH_STEP=PREFETCH_BYTES // b.element_size(),
+        PRELOAD=split and sched.preload_weight and b_is_weight,
         **launch_options(device, sched.num_warps, sched.num_stages, overlap=True),
     )

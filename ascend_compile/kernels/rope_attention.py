@@ -5,10 +5,12 @@ dependent launches, the first moving a few kilobytes.  In a chain of a layer's k
 the first adds 3.5-4.7 us a layer (docs/BENCHMARKS.md), nearly all of it the launch.  Here each
 attention program does that work itself before it reads the keys:
 
-* one rotation over its tile of rows (``rope.rotated_rows``, the norm-and-rotate kernel's arithmetic,
-  so its bits): the query rows attention packs per key/value head (``kernels/attention.py``), then
-  one row per position for the step's key of that head.  Rows past the query's are masked by
-  attention, so the key rows ride along in the query tile at no extra pass;
+* one rotation over the tile's live rows (``rope.rotated_rows``, the norm-and-rotate kernel's
+  arithmetic, so its bits): the query rows attention packs per key/value head
+  (``kernels/attention.py``), then one row per position for the step's key of that head -- 3 of a
+  16-row tile at Qwen3's group of 2, rotated as a tile of 4 (rotating all 16 was a third of the
+  kernel's time on an H200) and repeated down the 16.  Rows past the query's are masked by
+  attention, so the key rows and the repeats ride along at no extra pass;
 * the step's key and value go to the caches at the step's slots, written by the program whose key
   split holds the slot (by the one program when it walks every split); a barrier orders the writes
   before the program's threads read its key tiles;
@@ -63,7 +65,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
                            DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
                            APPEND: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
                            IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                           ROT_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                            UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Program (batch x key/value head ``program_id(1)``, key split ``program_id(2)``) of the one row block."""
     if OVERLAP:  # launched early (overlap.py)
@@ -74,24 +76,27 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     kvh = bkv % KVH
     rows, pos, g, live = _group_rows(0, Lq, group, BLOCK_M)
     h = kvh * group + g
-    # One rotation over the tile: the packed query rows, then row Lq * group + p for position p's key
-    # (the query's dot ignores rows past its own: attention masks them).
-    is_key = (rows >= Lq * group) & (rows < Lq * group + Lq)
-    p_key = tl.where(is_key, rows - Lq * group, 0)
+    # One rotation over the rows that hold something (``ROT_ROWS``): the packed query rows, then row
+    # Lq * group + p for position p's key.  Attention's tile is that tile repeated down its rows: past
+    # the query's rows it masks every key, so the repeats and the key rows are never read.
+    r_rows, r_pos, r_g, r_live = _group_rows(0, Lq, group, ROT_ROWS)
+    is_key = (r_rows >= Lq * group) & (r_rows < Lq * group + Lq)
+    p_key = tl.where(is_key, r_rows - Lq * group, 0)
     if APPEND:
         start = tl.load(index_ptr)
         slots = start + p_key
     else:
         slots = tl.load(index_ptr + p_key, mask=is_key, other=0)
     cols = tl.arange(0, BLOCK_D)
-    position = tl.where(is_key, p_key, pos)
-    angle = (live | is_key)[:, None] & (cols[None, :] < D)
+    position = tl.where(is_key, p_key, r_pos)
+    angle = (r_live | is_key)[:, None] & (cols[None, :] < D)
     cos = tl.load(cos_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
     sin = tl.load(sin_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
-    heads = tl.where(is_key, k_ptr + b * sk_b + p_key * sk_l + kvh * sk_h, q_ptr + b * sq_b + pos * sq_l + h * sq_h)
-    rotated = rotated_rows(heads, live | is_key, tl.where(is_key, wk_ptr, wq_ptr)[:, None],
+    heads = tl.where(is_key, k_ptr + b * sk_b + p_key * sk_l + kvh * sk_h,
+                     q_ptr + b * sq_b + r_pos * sq_l + (kvh * group + r_g) * sq_h)
+    rotated = rotated_rows(heads, r_live | is_key, tl.where(is_key, wk_ptr, wq_ptr)[:, None],
                            tl.where(is_key, eps_k, eps_q), cos.to(tl.float32), sin.to(tl.float32), D,
-                           DTYPE, EMULATE_BF16, BLOCK_M, BLOCK_D, NORM)
+                           DTYPE, EMULATE_BF16, ROT_ROWS, BLOCK_D, NORM)
     # The step's keys and values of this key/value head, by the program whose split holds their slot.
     new = is_key
     if SPLIT:
@@ -107,6 +112,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     if APPEND:  # arrive now (every thread has read the position); learn whether last at the end
         arrived = tl.atomic_add(position_arrivals, 1, sem="release")
     q = rotated.to(kc_ptr.dtype.element_ty)
+    q = tl.reshape(tl.broadcast_to(q[None, :, :], (BLOCK_M // ROT_ROWS, ROT_ROWS, BLOCK_D)), (BLOCK_M, BLOCK_D))
     if UPCAST:
         q = q.to(tl.float32)
     _attend(q, k_base, v_base, mask_ptr + b * sm_b + h * sm_h + pos * sm_q, out_ptr, b * so_b + h * so_h + pos * so_l,
@@ -165,7 +171,8 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=row_plan.fp32_io and q.dtype == torch.bfloat16,
         NORM=weights is not None, APPEND=append, HAS_MASK=mask is not None,
         MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal, SPLIT=split,
-        SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
+        SPLIT_TILES=plan.split_keys // plan.block_n,
+        ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
         **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )

@@ -15,13 +15,15 @@ from ascend_compile.ops.library import bi_op
 
 
 @bi_op("mm")
-def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``bias + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``bias`` broadcasts to (M, N)."""
-    return bi_matmul(a, b, bias)
+def mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, b_is_weight: bool = False) -> torch.Tensor:
+    """``bias + a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N); ``bias`` broadcasts to (M, N).
+    ``b_is_weight``: ``b`` views a parameter nothing writes (``rewrite_matmul`` says so)."""
+    return bi_matmul(a, b, bias, b_is_weight=b_is_weight)
 
 
 @mm.register_fake
-def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def _mm_fake(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None,
+             b_is_weight: bool = False) -> torch.Tensor:
     torch._check(a.dim() == 2 and b.dim() == 2, lambda: "ascend_bi::mm takes 2-D operands")
     torch._check(a.shape[1] == b.shape[0], lambda: f"ascend_bi::mm shape mismatch {a.shape} @ {b.shape}")
     return a.new_empty((a.shape[0], b.shape[1]))

@@ -49,6 +49,24 @@ def test_decode_step_equals_prefill_row() -> None:
         assert torch.equal(decode[:, :, 0], prefill[:, :, t]), f"position {t}"
 
 
+def test_free_cache_slots_change_nothing() -> None:
+    """A static cache's free slots, masked out, give the bits of keys that are not there, in both
+    schedules (a split's tiles past the last key are not run).  Negative control: one more visible
+    key changes the output."""
+    q, k, v = _qkv(1)
+    q = q[:, :, :1]
+    for visible in (70, 513):
+        keep = torch.zeros(1, 1, 1, LENGTH, dtype=torch.bool)
+        keep[..., :visible] = True
+        short = bi_attention(q, k[:, :, :visible], v[:, :, :visible])
+        for split in (False, True):
+            schedule = AttentionSchedule(block_m=16, split=split, num_warps=4)
+            assert torch.equal(bi_attention(q, k, v, keep, schedule=schedule), short), (visible, split)
+            assert torch.equal(bi_attention(q, k[:, :, :visible], v[:, :, :visible], schedule=schedule), short)
+        keep[..., visible] = True
+        assert not torch.equal(bi_attention(q, k, v, keep), short)
+
+
 def test_stock_sdpa_decode_differs_from_prefill() -> None:
     """Negative control: the same check catches stock SDPA (CPU flash kernel)."""
     q, k, v = _qkv(2)

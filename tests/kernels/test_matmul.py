@@ -57,8 +57,9 @@ def test_split_and_serial_schedules_give_identical_bits(dtype: torch.dtype) -> N
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks run side by side (2 or 4 in flight) add up in the plan's order: the bits of one and
-    of the split, for plain and gated products.  Negative control: chunks of another size (the
-    same products summed in another order) change fp32 bits, so the comparison can fail."""
+    of the split (its weight chunk streamed or preloaded), for plain and gated products.  Negative
+    control: chunks of another size (the same products summed in another order) change fp32 bits,
+    so the comparison can fail."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(12, 1024, generator=gen).to(dtype)
     w = torch.randn(96, 1024, generator=gen).to(dtype)
@@ -67,6 +68,8 @@ def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: 
     base = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
     outs = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, chunks_in_flight=count)) for count in (1, 2, 4)]
     outs.append(bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True)))
+    outs.append(bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True, preload_weight=True),
+                          b_is_weight=True))
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
     default_schedule = matmul_module.matmul_schedule
@@ -86,6 +89,10 @@ def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: 
     assert not torch.equal(bi_matmul(xf, wf.t(), schedule=base), four_in_flight)
     with pytest.raises(ValueError, match="chunks_in_flight must be 1, 2 or 4 and divide the plan's 8 chunks, got 3"):
         bi_matmul(x, w.t(), schedule=dataclasses.replace(base, chunks_in_flight=3))
+    monkeypatch.setattr(matmul_module, "matmul_plan",
+                        lambda *args: dataclasses.replace(default_plan(*args), chunk_blocks=3, num_chunks=3))
+    with pytest.raises(ValueError, match="preload_weight takes chunks of 1, 2 or 4 blocks, the plan's have 3"):
+        bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True, preload_weight=True))
 
 
 def test_bmm_rows_are_invariant_and_accurate() -> None:

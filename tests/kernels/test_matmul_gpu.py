@@ -35,7 +35,7 @@ def test_rows_bitwise_equal_at_every_batch_size(k: int, n: int, dtype: torch.dty
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_split_serial_and_in_flight_schedules_agree(dtype: torch.dtype) -> None:
+def test_split_serial_preloaded_and_in_flight_schedules_agree(dtype: torch.dtype) -> None:
     torch.manual_seed(1)
     k, n = 3072, 1024
     w = torch.randn(n, k, device="cuda", dtype=dtype)
@@ -48,6 +48,9 @@ def test_split_serial_and_in_flight_schedules_agree(dtype: torch.dtype) -> None:
         outs = [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(
                     base, split=s, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, chunks_in_flight=1))
                 for s in (True, False) for bm, bn, warps in ((16, 64, 4), (64, 128, 4), (128, 64, 8))]
+        outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # the split, weight chunk preloaded
+                     base, split=True, block_m=bm, block_n=bn, num_warps=4, preload_weight=True), b_is_weight=True)
+                 for bm, bn in ((16, 32), (64, 64))]
         outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # chunks side by side
                      base, split=False, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, chunks_in_flight=count))
                  for count, bm, bn, warps in ((2, 16, 64, 4), (4, 16, 32, 2), (2, 64, 64, 4))]

@@ -62,6 +62,24 @@ def test_chunks_in_flight_divide_the_chunks_and_serve_small_decode_batches() -> 
     assert matmul_schedule(short, 32, 4096, 1, 2, GPU).chunks_in_flight == 1
 
 
+def test_decode_split_programs_preload_their_weight() -> None:
+    """Split programs of decode rows load their weight chunk before the wait; wider rows, serial
+    programs and the interpreter do not."""
+    long_k = matmul_plan(2048, 1024, torch.bfloat16, GPU)
+    for m in (1, 8, 16, 32):
+        s = matmul_schedule(long_k, m, 1024, 1, 2, GPU)
+        assert s.split and s.preload_weight, m
+    assert matmul_schedule(long_k, 64, 1024, 1, 2, GPU).split
+    assert not matmul_schedule(long_k, 64, 1024, 1, 2, GPU).preload_weight
+    for k in (64, 1000, 1024, 3072, 4096):
+        plan = matmul_plan(k, 1024, torch.bfloat16, GPU)
+        for m in (1, 8, 32, 64, 512):
+            for gated in (False, True):
+                s = matmul_schedule(plan, m, 1024, 1, 2, GPU, gated=gated)
+                assert not s.preload_weight or (s.split and plan.chunk_blocks in (1, 2, 4))
+    assert not matmul_schedule(matmul_plan(2048, 1024, torch.bfloat16, CPU), 8, 1024, 1, 2, CPU).preload_weight
+
+
 def test_operand_readability_with_unbacked_extents() -> None:
     """An unbacked batch extent (``mark_unbacked``) cannot be guarded on: the rule decides without it."""
     from torch.fx.experimental.symbolic_shapes import ShapeEnv

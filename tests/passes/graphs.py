@@ -15,7 +15,7 @@ from ascend_compile.settings import Settings
 
 
 def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
-               static_positions: frozenset[int] = frozenset(),
+               static_positions: frozenset[int] = frozenset(), parameter_positions: frozenset[int] = frozenset(),
                decompose: tuple[object, ...] = (), executor: str = "fx") -> torch.fx.GraphModule:
     """``fn`` traced to aten ops (``decompose``: ops written out as Inductor's decompositions do),
     functionalized as AOTAutograd does: an input ``fn`` mutates is written back by a ``copy_`` at the end."""
@@ -23,7 +23,8 @@ def aten_graph(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor,
     gm = make_fx(torch.func.functionalize(fn), decomposition_table={op: table[op] for op in decompose},
                  tracing_mode="fake")(*inputs)
     report = CompileReport(graph="test_graph", device="cpu", executor=executor)
-    attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions, report=report))
+    attach(gm, GraphFacts(device=devices.detect(inputs), static_positions=static_positions | parameter_positions,
+                          report=report, parameter_positions=parameter_positions))
     return gm
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ascend_compile import devices
+from ascend_compile.backend import graph_facts
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
+from ascend_compile.report import CompileReport
 from ascend_compile.settings import Settings
 from tests.passes.graphs import aten_graph, targets
 
@@ -49,3 +52,30 @@ def test_idempotent() -> None:
     gm = aten_graph(lambda x, w: torch.mm(x, w), torch.randn(2, 3), torch.randn(3, 4))
     assert rewrite_matmul(gm, SETTINGS) == 1
     assert rewrite_matmul(gm, SETTINGS) == 0
+
+
+def test_weights_are_told_apart_from_activations_and_written_parameters() -> None:
+    """``ascend_bi::mm`` learns that its B is a weight (it may then be read before the previous kernel
+    ends) only for views of parameters the graph never writes."""
+    def fn(x, w, y, m):
+        out = torch.mm(x, w.t()), torch.addmm(y[0, :3], x, w.t()), torch.mm(x, y), torch.mm(x, m.t())
+        m.add_(1.0)  # a parameter written in the graph: its readers may not run ahead
+        return out
+
+    inputs = (torch.randn(2, 4), torch.randn(3, 4), torch.randn(4, 3), torch.randn(3, 4))
+    gm = aten_graph(fn, *inputs, parameter_positions=frozenset({1, 3}))
+    assert rewrite_matmul(gm, SETTINGS) == 4
+    flags = [n.args[3] if len(n.args) > 3 else False for n in gm.graph.nodes if n.target == bi.mm.default]
+    assert flags == [True, True, False, False]
+    gm.recompile()
+    for got, want in zip(gm(*[t.clone() for t in inputs]), fn(*[t.clone() for t in inputs]), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_graph_facts_mark_parameters_and_buffers() -> None:
+    linear = torch.nn.Linear(4, 3)
+    buffer = torch.ones(3)
+    torch._dynamo.mark_static_address(buffer)
+    facts = graph_facts([torch.randn(2, 4), linear.weight, buffer, linear.bias], devices.detect([buffer]),
+                        CompileReport(graph="g", device="cpu", executor="fx"))
+    assert facts.parameter_positions == {1, 3} and facts.static_positions == {1, 2, 3}
