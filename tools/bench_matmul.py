@@ -3,10 +3,11 @@
 For every Qwen3-0.6B linear shape (K, N) and row count M it checks, in bf16:
 
 * invariance: every row of ``X[:M] @ W.T`` equals, bitwise, the same row computed at the largest
-  M (and the split and serial schedules of the plan agree bitwise);
+  M (and the split -- weight streamed or preloaded -- and serial schedules of the plan agree bitwise);
 * accuracy: relative error against a float64 reference;
-* speed: time per call of ``ascend_bi::mm``'s kernel and of ``torch.mm`` (cuBLAS), both replayed
-  from CUDA graphs of back-to-back calls over enough weight copies that L2 cannot hold them.
+* speed: time per call of ``ascend_bi::mm``'s kernel, called as a compiled model calls it on a
+  weight (``b_is_weight``), and of ``torch.mm`` (cuBLAS), both replayed from CUDA graphs of
+  back-to-back calls over enough weight copies that L2 cannot hold them.
 
 Usage: ``python -m ascend_compile.tools.bench_matmul [--json PATH] [--markdown PATH] [--sweep PATH]``.
 ``--sweep`` also times a grid of schedules per point (schedules never change the bits, so the
@@ -23,6 +24,7 @@ import sys
 
 import torch
 
+from ascend_compile.kernels.plans import MatmulSchedule
 from ascend_compile.tools.benchmarking import bench_parser, card_line, finish, geomean, graph_time_us, start, versions
 
 logger = logging.getLogger(__name__)
@@ -60,21 +62,21 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
     weights = [torch.randn(n, k, device="cuda", dtype=dtype, generator=gen) / math.sqrt(k) for _ in range(copies)]
     x_all = torch.randn(max(rows), k, device="cuda", dtype=dtype, generator=gen)
     w = weights[0]
-    reference_rows = bi_matmul(x_all, w.t())
+    reference_rows = bi_matmul(x_all, w.t(), b_is_weight=True)
     device = devices.of_tensor(x_all)
     plan = matmul_plan(k, n, dtype, device)
     points = []
     for m in rows:
         x = x_all[:m].clone()
-        out = bi_matmul(x, w.t())
+        out = bi_matmul(x, w.t(), b_is_weight=True)
         invariant = torch.equal(out, reference_rows[:m])
         base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
-        split = bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=True))
-        serial = bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=False))
-        agree = torch.equal(split, serial) and torch.equal(split, out)
+        others = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=split, preload_weight=preload),
+                            b_is_weight=True) for split, preload in ((True, False), (True, True), (False, False))]
+        agree = all(torch.equal(other, out) for other in others)
         ref = x.double() @ w.double().t()
         rel = ((out.double() - ref).norm() / ref.norm()).item()
-        bi_us = graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t()) for wi in weights])
+        bi_us = graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t(), b_is_weight=True) for wi in weights])
         cublas_us = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us))
         logger.info("K=%d N=%d M=%d: invariant=%s agree=%s err=%.2e bi=%.1fus cublas=%.1fus",
@@ -82,36 +84,43 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
     return points
 
 
-def sweep_candidates(m: int) -> list[tuple[int, int, bool, int, int]]:
-    """(block_m, block_n, split, num_stages, num_warps) to try at ``m`` rows."""
+def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
+    """Schedules to try at ``m`` rows of a plan with ``num_chunks`` chunks: at decode rows, split
+    programs with their weight streamed or preloaded and serial ones with 1, 2 or 4 chunks in flight."""
     if m <= 32:  # decode rows: narrow tiles, few warps, deep pipelines
-        return [(16, bn, split, stages, warps) for bn in (16, 32, 64) for split in (True, False)
-                for stages in (3, 5, 7) for warps in (2, 4, 8)]
+        return [MatmulSchedule(block_m=16, block_n=bn, split=split, num_warps=warps, num_stages=stages, group_m=8,
+                               chunks_in_flight=in_flight, preload_weight=preload)
+                for bn in (16, 32, 64) for stages in (3, 5, 7) for warps in (2, 4, 8)
+                for split, in_flight, preload in ((True, 1, False), (True, 1, True), (False, 1, False),
+                                                  (False, 2, False), (False, 4, False))
+                if num_chunks % in_flight == 0]
     block_ms = (32, 64) if m <= 64 else (64, 128)
-    return [(bm, bn, split, 3, 8 if bm * bn >= 128 * 128 else 4) for bm in block_ms for bn in (64, 128, 256)
-            for split in (True, False)]
+    return [MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
+                           num_stages=3, group_m=8)
+            for bm in block_ms for bn in (64, 128, 256) for split in (True, False)]
 
 
 def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
     from ascend_compile import devices
     from ascend_compile.kernels.matmul import bi_matmul
-    from ascend_compile.kernels.plans import MatmulSchedule
+    from ascend_compile.kernels.plans import matmul_plan
 
     gen = torch.Generator(device="cuda").manual_seed(k + n)
     copies = max(1, min(16, math.ceil(_L2_FLUSH_BYTES / (k * n * 2))))
     weights = [torch.randn(n, k, device="cuda", dtype=dtype, generator=gen) for _ in range(copies)]
     device = devices.of_tensor(weights[0])
+    num_chunks = matmul_plan(k, n, dtype, device).num_chunks
     results = []
     for m in rows:
         x = torch.randn(m, k, device="cuda", dtype=dtype, generator=gen)
         cublas = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
-        for bm, bn, split, stages, warps in sweep_candidates(m):
-            tiles = -(-m // bm) * -(-n // bn)
-            if split and tiles >= 4 * device.compute_units:
+        for sched in sweep_candidates(m, num_chunks):
+            tiles = -(-m // sched.block_m) * -(-n // sched.block_n)
+            if sched.split and tiles >= 4 * device.compute_units:
                 continue
-            sched = MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=warps, num_stages=stages, group_m=8)
             try:
-                us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s) for wi in weights])
+                us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s, b_is_weight=True)
+                                    for wi in weights])
             except Exception as error:  # out of shared memory for this tile: not a candidate
                 logger.info("skip %s: %s", sched, str(error).splitlines()[0])
                 continue
