@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import ascend_compile.ops.matmul as matmul_ops
 from ascend_compile import devices
 from ascend_compile.backend import graph_facts
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
@@ -79,3 +81,31 @@ def test_graph_facts_mark_parameters_and_buffers() -> None:
     facts = graph_facts([torch.randn(2, 4), linear.weight, buffer, linear.bias], devices.detect([buffer]),
                         CompileReport(graph="g", device="cpu", executor="fx"))
     assert facts.parameter_positions == {1, 3} and facts.static_positions == {1, 2, 3}
+
+
+def test_a_compiled_model_reads_its_linear_weights_as_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From ``torch.compile`` to the kernel: a Linear's weight reaches ``bi_matmul`` as a weight, an
+    activation operand does not."""
+    seen: list[bool] = []
+    real = matmul_ops.bi_matmul
+
+    def recording(a, b, bias=None, *, b_is_weight=False, **kwargs):
+        seen.append(b_is_weight)
+        return real(a, b, bias, b_is_weight=b_is_weight, **kwargs)
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 8)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.linear(x) @ y
+
+    monkeypatch.setattr(matmul_ops, "bi_matmul", recording)
+    torch._dynamo.reset()
+    x, y = torch.randn(3, 16), torch.randn(8, 5)
+    model = Model()
+    with torch.no_grad():
+        out = torch.compile(model, backend="ascend_bi", options={"executor": "fx"})(x, y)
+        torch.testing.assert_close(out, model(x, y))
+    assert seen == [True, False]
