@@ -10,6 +10,9 @@ the previous kernel writes or reads.  Our kernels that take ``OVERLAP`` do exact
   (``prefetch_rows``).  A prefetch only moves lines into L2, the GPU's point of coherence: a
   write the previous kernel makes to such a line still lands there, and the matmul reads the
   line only after the wait;
+* a split matmul program of decode rows goes further and loads its chunk of the weight into
+  registers (``preload_weight``), but only a parameter the graph never writes (``b_is_weight``):
+  the only kernels that can still be running are ours, and none of them writes a parameter;
 * ``wait_for_inputs`` then waits for the previous kernel (which itself waited for its own, so
   every earlier kernel is done) and lets the next kernel start.  A short kernel followed by a
   large one waits (``wait_for_previous``) and lets the next start only after its last store
