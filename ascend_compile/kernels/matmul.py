@@ -39,6 +39,7 @@ from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
 from ascend_compile.kernels.overlap import PREFETCH_BYTES, prefetch_rows, wait_for_inputs
 from ascend_compile.kernels.plans import (
+    PRELOAD_CHUNK_BLOCKS,
     MatmulPlan,
     MatmulSchedule,
     launch_options,
@@ -285,13 +286,12 @@ def _matmul_tile(
         kb = chunk * (CHUNK_BLOCKS * BLOCK_K) + tl.arange(0, BLOCK_K).to(rm.dtype)
         b0, b1, b2, b3 = _preload_b(b_ptr, rn, kb, N, K, stride_bk, stride_bn, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST,
                                     B_T)
-    if OVERLAP and not PRELOAD:
-        if B_T:
+    if OVERLAP:
+        if B_T and not PRELOAD:
             _prefetch_weight(b_ptr, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K, PREFETCH_STEP)
             if GATED:
                 _prefetch_weight(b_ptr + up_off, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K,
                                  PREFETCH_STEP)
-    if OVERLAP:
         wait_for_inputs()
 
     if SPLIT:
@@ -512,9 +512,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
     dtype = dtype or out.dtype
     if sched.chunks_in_flight not in (1, 2, 4) or plan.num_chunks % sched.chunks_in_flight:
         raise ValueError(f"matmul schedule chunks_in_flight must be 1, 2 or 4 and divide the plan's "
-                         f"{plan.num_chunks} chunks, "
-                         f"got {sched.chunks_in_flight}")
-    if sched.preload_weight and plan.chunk_blocks not in (1, 2, 4):
+                         f"{plan.num_chunks} chunks, got {sched.chunks_in_flight}")
+    if sched.preload_weight and plan.chunk_blocks not in PRELOAD_CHUNK_BLOCKS:
         raise ValueError(f"matmul schedule preload_weight takes chunks of 1, 2 or 4 blocks, the plan's have "
                          f"{plan.chunk_blocks}")
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)

@@ -308,6 +308,8 @@ _DECODE_ROWS = 32
 _DECODE_BLOCK_N = 32
 #: Decode rows up to here keep a one-pass tile's chunks in flight (``MatmulSchedule.chunks_in_flight``).
 _IN_FLIGHT_ROWS = 16
+#: Blocks per chunk a preloading split program holds (``MatmulSchedule.preload_weight``; ``_preload_b``).
+PRELOAD_CHUNK_BLOCKS = (1, 2, 4)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -354,7 +356,7 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
     # Decode rows' split programs hold their weight chunk in registers from before the wait (H200, 28
     # layers' o and down projections: 0.89x at 1-16 rows, 0.95-1.0x at 32; at 64 rows 1.1-1.2x).
-    preload = split and m <= _DECODE_ROWS and plan.chunk_blocks in (1, 2, 4)
+    preload = split and m <= _DECODE_ROWS and plan.chunk_blocks in PRELOAD_CHUNK_BLOCKS
     return MatmulSchedule(block_m=block_m, block_n=block_n, split=split, num_warps=4, num_stages=stages, group_m=8,
                           preload_weight=preload)
 
