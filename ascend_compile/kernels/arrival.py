@@ -1,10 +1,12 @@
 """Arrival counters: how a split launch folds its partials without a second launch.
 
-A split schedule runs the parts of one output tile (K-chunks of a matmul, key splits of an
-attention row block) in separate programs.  Each program writes its partial to a workspace and
-bumps the tile's counter; the program that arrives last reads every partial back in the plan's
-order, folds them, writes the tile and resets the counter to zero.  Arrival order decides only
-*which* program folds, never the arithmetic, so the bits are those of the serial schedule.
+A split schedule runs the parts of one output tile (K-chunks of a matmul) in separate programs.
+Each program writes its partial to a workspace and bumps the tile's counter; the program that
+arrives last reads every partial back in the plan's order, folds them, writes the tile and resets
+the counter to zero.  Arrival order decides only *which* program folds, never the arithmetic, so
+the bits are those of the serial schedule.  (Attention's key splits fold in a second launch
+instead: on an H200 the counter and the read-back cost its decode step more than a launch.)  The
+kernels that append to a cache count on one too, so that the last program advances its position.
 
 One buffer per device serves every kernel: inference runs one compute stream per device, and each
 launch leaves all its counters at zero.

@@ -1,9 +1,10 @@
 """Batch-invariant attention: fixed split *size* over keys, splits folded in order.
 
 For each query row: keys are cut into the plan's splits (aligned to key 0); a split runs the
-online softmax over its ``BLOCK_N``-key tiles in order from a fresh state (running max,
-denominator via ``tree_sum_rows``, weighted values ``acc`` via ``tl.dot``); splits are then folded
-in split order by ``_fold``.  Masked keys (causal, boolean or additive masks,
+online softmax over its ``BLOCK_N``-key tiles in order from a fresh state (running max; weighted
+values ``acc`` via ``tl.dot``; the denominator via ``tl.dot`` of the same rounded weights by ones,
+or ``tree_sum_rows`` on NPUs: ``AttentionPlan.denominator_by_dot``); splits are then folded in
+split order by ``_fold``.  Masked keys (causal, boolean or additive masks,
 keys past the end) contribute exact zeros, and folding a fully masked tile or split changes
 nothing bit for bit, so a query's result depends only on the keys it sees: the same in any batch,
 and the same in a prefill and in a decode step.
@@ -13,9 +14,11 @@ position (GQA): each key tile is loaded once per group, not once per query head.
 (every row's dot products, sums and folds are its own), so the packing is a schedule, not a plan.
 
 Two schedules fold the same splits in the same order: *serial* (one program per row block walks
-its splits) and *split* (one program per (row block, split) writes the split's state; the last to
-arrive folds them all, ``arrival.py``): decode at small batch has few row blocks, so its splits
-run in parallel.
+its splits) and *split* (one program per (row block, split) writes the split's state, and a second
+launch folds them, ``fold_splits``): decode at small batch has few row blocks, so its splits run
+in parallel.  The second launch waits for the first as any overlapped launch does (0.5 us on an
+H200); the last split program to arrive folding them instead (an arrival counter, then reading
+every state back) cost 3.7 us a call there.
 
 Multiplies and adds are never contracted into FMAs (``fp_fusion=False``): which pairs the compiler
 contracts depends on the code around them (the fold runs in different code in the two schedules,
@@ -35,7 +38,6 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
 from ascend_compile.kernels.overlap import wait_for_inputs
 from ascend_compile.kernels.plans import (
     AttentionPlan,
@@ -45,6 +47,9 @@ from ascend_compile.kernels.plans import (
     launch_options,
 )
 from ascend_compile.kernels.tree import tree_sum_rows
+
+#: Columns of the ones block the denominator is a dot with (``tl.dot``'s narrowest operand).
+DENOM_COLS = tl.constexpr(16)
 
 
 @triton.jit
@@ -93,24 +98,33 @@ def _visible(keys, Lk, live, pos, IS_CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _mask_tile(mask_rows, keys, stride_mk, visible):
-    """The mask's (row, key) entries where ``visible``, zero elsewhere."""
-    return tl.load(mask_rows[:, None] + keys[None, :] * stride_mk, mask=visible, other=0)
+def _mask_tile(mask_rows, keys, stride_mk, visible, keys_in, MASK_ROW: tl.constexpr):
+    """The mask's (row, key) entries where ``visible``, zero elsewhere.  ``MASK_ROW``: every row's
+    entries are the one row at ``mask_rows`` (a decode step's mask, shared by the heads), read once
+    as a vector where ``keys_in``; entries no row sees are discarded by the caller."""
+    if MASK_ROW:
+        tile = tl.load(mask_rows + keys * stride_mk, mask=keys_in, other=0)[None, :]
+    else:
+        tile = tl.load(mask_rows[:, None] + keys[None, :] * stride_mk, mask=visible, other=0)
+    return tile
 
 
 @triton.jit
 def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
                  stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV,
-                 HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                 HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
                  INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
     values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
-    ``mask_rows[r]``.  A boolean mask adds ``masked_score`` where it is False (-inf: the key is
-    skipped)."""
+    ``mask_rows[r]`` (at ``mask_rows`` for all rows when ``MASK_ROW``).  A boolean mask adds
+    ``masked_score`` where it is False (-inf: the key is skipped)."""
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    denom = tl.zeros((BLOCK_M,), tl.float32)
+    # ``DENOM_DOT`` (``AttentionPlan.denominator_by_dot``): the denominator is a dot too, of the
+    # weights acc sums by a block of ones; every column of ``denoms`` holds the same sums, and one
+    # is taken once per split.
+    denoms = tl.zeros((BLOCK_M, DENOM_COLS if DENOM_DOT else 1), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
     dk = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
@@ -118,16 +132,19 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
     tiles = tl.minimum(SPLIT_TILES, tl.cdiv(Lk - split * SPLIT_TILES * BLOCK_N, BLOCK_N))
     if HAS_MASK and not K_T:  # GPUs read mask tiles a tile ahead: the pipeliner prefetches dot operands only
         keys = split * SPLIT_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
-        bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL))
+        bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL), keys < Lk,
+                               MASK_ROW)
     for t in range(tiles):
         keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         visible = _visible(keys, Lk, live, pos, IS_CAUSAL)
         if HAS_MASK and not K_T:
             bias = bias_next
+            more = t + 1 < SPLIT_TILES
             bias_next = _mask_tile(mask_rows, keys + BLOCK_N, stride_mk,
-                                   _visible(keys + BLOCK_N, Lk, live, pos, IS_CAUSAL) & (t + 1 < SPLIT_TILES))
+                                   _visible(keys + BLOCK_N, Lk, live, pos, IS_CAUSAL) & more,
+                                   (keys + BLOCK_N < Lk) & more, MASK_ROW)
         elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
-            bias = _mask_tile(mask_rows, keys, stride_mk, visible)
+            bias = _mask_tile(mask_rows, keys, stride_mk, visible, keys < Lk, MASK_ROW)
         if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
             k = tl.trans(tl.load(k_base + keys[:, None] * stride_kl + dk[None, :] * stride_kd,
                                  mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
@@ -150,39 +167,47 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
         shift = tl.where(new_m == float("-inf"), 0.0, new_m)
         alpha = tl.exp(m - shift)
         p = tl.exp(s - shift[:, None])
-        denom = denom * alpha + tree_sum_rows(p, BLOCK_M, BLOCK_N)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        if DENOM_DOT:
+            p = p.to(v.dtype)
+            sums = tl.dot(p, tl.full((BLOCK_N, DENOM_COLS), 1.0, v.dtype), input_precision=INPUT_PRECISION)
+        else:
+            sums = tl.reshape(tree_sum_rows(p, BLOCK_M, BLOCK_N), (BLOCK_M, 1))
+            p = p.to(v.dtype)
+        denoms = denoms * alpha[:, None] + sums
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=INPUT_PRECISION)
         m = new_m
-    return m, denom, acc
+    return m, tl.max(denoms, axis=1), acc
 
 
 @triton.jit
-def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
-                      Lq, Lk, KVH, BKV, group, num_splits, sm_scale, masked_score, D, DV,
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+                      Lq, Lk, KVH, BKV, num_splits, sm_scale, masked_score, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
-                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr,
-                      OVERLAP: tl.constexpr = False):
+                      GROUP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+                      MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
+                      SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
+                      INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, OVERLAP: tl.constexpr = False):
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
-        blocks = (Lq * group + BLOCK_M - 1) // BLOCK_M
+        blocks = (Lq * GROUP + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
-            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
-                             w % blocks, w // blocks, 0, Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
+            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+                             w % blocks, w // blocks, 0, Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                             sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                             False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, True)
+                             sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+                             IS_CAUSAL, False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                             INPUT_PRECISION, True)
     else:
-        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr,
+        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                          tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
+                         Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                         sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                         SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, False)
+                         sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
+                         SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT, INPUT_PRECISION,
+                         False)
 
 
 @triton.jit
@@ -194,14 +219,15 @@ def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id,
+def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bkv, split_id,
                      Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
-                     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                     SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+                     HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
+                     IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Row block ``block`` of batch x key/value head ``bkv`` (and, when ``SPLIT``, key split
     ``split_id`` of it)."""
     b = bkv // KVH
@@ -213,52 +239,37 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                 mask=live[:, None] & (dk[None, :] < D), other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h,
-            mask_ptr + b * sm_b + h * sm_h + pos * sm_q, out_ptr, b * so_b + h * so_h + pos * so_l,
-            ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id, rows, pos, live, Lq, Lk, group, num_splits,
-            sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
-            HAS_MASK, MASK_IS_BOOL, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST,
-            INPUT_PRECISION, K_T)
+    mask_rows = mask_ptr + b * sm_b  # ``MASK_ROW``: the one mask row every row reads
+    if not MASK_ROW:
+        mask_rows += h * sm_h + pos * sm_q
+    _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h, mask_rows, out_ptr,
+            b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, block, bkv, split_id, rows, pos, live, Lq, Lk, group,
+            num_splits, sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
+            HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
+            UPCAST, DENOM_DOT, INPUT_PRECISION, K_T)
 
 
 @triton.jit
-def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc, counter_ptr, block, bkv, split_id,
+def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc, block, bkv, split_id,
             rows, pos, live, Lq, Lk, group, num_splits, sm_scale, masked_score, D, DV,
             sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
-            HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr,
+            HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
             SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-            UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+            UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
     """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``:
-    split ``split_id``'s state, folded by the last split to arrive (``SPLIT``), or every split in
-    order; the result goes to ``out_ptr + out_rows``."""
+    split ``split_id``'s state, for ``fold_splits`` (``SPLIT``), or every split folded in order, the
+    result to ``out_ptr + out_rows``."""
     dv = tl.arange(0, BLOCK_DV)
     if SPLIT:
-        split = split_id
-        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION, K_T)
-        state = (split * tl.num_programs(1) + bkv) * Lq * group + rows
+        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split_id, Lk, sm_scale, masked_score,
+                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
+                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                                     INPUT_PRECISION, K_T)
+        state = (split_id * tl.num_programs(1) + bkv) * Lq * group + rows
         tl.store(ws_m + state, m, mask=live)
         tl.store(ws_l + state, denom, mask=live)
         tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=live[:, None])
-        tl.debug_barrier()
-        tile = block * tl.num_programs(1) + bkv
-        if tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel") == num_splits - 1:  # last to arrive folds
-            big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
-            # Four splits' states are loaded at once, then folded one by one in split order: the
-            # loads' latency is paid once per four splits, not once per split.
-            for first in range(0, num_splits, 4):
-                s0 = _stored_state(ws_m, ws_l, ws_acc, first, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
-                s1 = _stored_state(ws_m, ws_l, ws_acc, first + 1, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
-                s2 = _stored_state(ws_m, ws_l, ws_acc, first + 2, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
-                s3 = _stored_state(ws_m, ws_l, ws_acc, first + 3, num_splits, bkv, Lq, group, rows, live, dv, BLOCK_DV)
-                big_m, big_l, big_a = _fold(big_m, big_l, big_a, s0[0], s0[1], s0[2])
-                big_m, big_l, big_a = _fold_if(first + 1 < num_splits, big_m, big_l, big_a, s1[0], s1[1], s1[2])
-                big_m, big_l, big_a = _fold_if(first + 2 < num_splits, big_m, big_l, big_a, s2[0], s2[1], s2[2])
-                big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
-            _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
-            tl.atomic_xchg(counter_ptr + tile, 0)
     else:
         big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
         last = num_splits
@@ -266,9 +277,9 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)
         for split in range(0, last):
             m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL,
-                                         SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, INPUT_PRECISION,
-                                         K_T)
+                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+                                         IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                                         INPUT_PRECISION, K_T)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
         _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
 
@@ -278,6 +289,33 @@ def _store_rows(out_ptr, acc, denom, row_offsets, live, dv, so_d, DV):
     out = acc / tl.where(live, denom, 1.0)[:, None]  # padding rows: no 0/0
     tl.store(out_ptr + row_offsets[:, None] + dv[None, :] * so_d, out.to(out_ptr.dtype.element_ty),
              mask=live[:, None] & (dv[None, :] < DV))
+
+
+@triton.jit
+def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, Lq, KVH, num_splits, DV, so_b, so_h, so_l, so_d,
+                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                        OVERLAP: tl.constexpr = False):
+    """Row block ``program_id(0)`` of batch x key/value head ``program_id(1)``: its splits' states
+    folded in split order, the result stored."""
+    if OVERLAP:  # launched early (overlap.py)
+        wait_for_inputs()
+    bkv = tl.program_id(1)
+    rows, pos, g, live = _group_rows(tl.program_id(0), Lq, GROUP, BLOCK_M)
+    dv = tl.arange(0, BLOCK_DV)
+    big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
+    # Four splits' states are loaded at once, then folded one by one in split order: the loads'
+    # latency is paid once per four splits, not once per split.
+    for first in range(0, num_splits, 4):
+        s0 = _stored_state(ws_m, ws_l, ws_acc, first, num_splits, bkv, Lq, GROUP, rows, live, dv, BLOCK_DV)
+        s1 = _stored_state(ws_m, ws_l, ws_acc, first + 1, num_splits, bkv, Lq, GROUP, rows, live, dv, BLOCK_DV)
+        s2 = _stored_state(ws_m, ws_l, ws_acc, first + 2, num_splits, bkv, Lq, GROUP, rows, live, dv, BLOCK_DV)
+        s3 = _stored_state(ws_m, ws_l, ws_acc, first + 3, num_splits, bkv, Lq, GROUP, rows, live, dv, BLOCK_DV)
+        big_m, big_l, big_a = _fold(big_m, big_l, big_a, s0[0], s0[1], s0[2])
+        big_m, big_l, big_a = _fold_if(first + 1 < num_splits, big_m, big_l, big_a, s1[0], s1[1], s1[2])
+        big_m, big_l, big_a = _fold_if(first + 2 < num_splits, big_m, big_l, big_a, s2[0], s2[1], s2[2])
+        big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
+    h = (bkv % KVH) * GROUP + g
+    _store_rows(out_ptr, big_a, big_l, (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
 
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -312,20 +350,28 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     mask_strides = mask.stride() if mask is not None else (0, 0, 0, 0)
     splits = plan.num_splits(lk)
     blocks = triton.cdiv(lq * group, sched.block_m)
-    split = sched.split and not sched.programs and splits > 1 and blocks * batch * kv_heads <= COUNTERS_PER_DEVICE
-    ws_m, ws_l, ws_acc, counters = split_workspace(plan, splits, batch * heads * lq, out) if split else (out,) * 4
+    split = sched.split and not sched.programs and splits > 1
+    ws = split_workspace(plan, splits, batch * heads * lq, out) if split else (out,) * 3
     grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
     _attention_kernel[grid](
-        q, k, v, mask_arg, out, ws_m, ws_l, ws_acc, counters,
-        lq, lk, kv_heads, batch * kv_heads, group, splits, scale if scale is not None else d ** -0.5, masked_score,
-        d, dv,
+        q, k, v, mask_arg, out, *ws,
+        lq, lk, kv_heads, batch * kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score, d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
-        HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal,
-        SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
-        BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        GROUP=group, HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool,
+        MASK_ROW=mask_row(mask, lq), IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,
+        BLOCK_M=sched.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
+        UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot, INPUT_PRECISION=plan.input_precision,
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
+    if split:
+        fold_splits(ws, out, blocks, kv_heads, batch * kv_heads, group, splits, sched, plan)
     return out.to(q.dtype)
+
+
+def mask_row(mask: torch.Tensor | None, lq: int) -> bool:
+    """Whether every query row of ``mask`` (expanded to (batch, heads, lq, keys)) is one row per batch:
+    a decode step's mask shared by the heads, which attention reads as one vector per key tile."""
+    return mask is not None and (mask.shape[1] == 1 or mask.stride(1) == 0) and (lq == 1 or mask.stride(2) == 0)
 
 
 def attention_output(q: torch.Tensor, heads: int, lq: int, dv: int, plan: AttentionPlan,
@@ -338,8 +384,19 @@ def attention_output(q: torch.Tensor, heads: int, lq: int, dv: int, plan: Attent
 
 
 def split_workspace(plan: AttentionPlan, splits: int, rows: int,
-                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each split's state of ``rows`` query rows (max, denominator, weighted values) and the arrival counters."""
+                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each split's state of ``rows`` query rows: max, denominator, weighted values."""
     ws_m = torch.empty(splits * rows, dtype=torch.float32, device=out.device)
     ws_acc = torch.empty(splits * rows * plan.block_dv, dtype=torch.float32, device=out.device)
-    return ws_m, torch.empty_like(ws_m), ws_acc, arrival_counters(out.device)
+    return ws_m, torch.empty_like(ws_m), ws_acc
+
+
+def fold_splits(ws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], out: torch.Tensor, blocks: int, kv_heads: int,
+                bkv: int, group: int, splits: int, sched: AttentionSchedule, plan: AttentionPlan) -> None:
+    """The split schedule's second launch: each row block's split states (``ws``) folded in order into
+    ``out`` (batch, heads, length, dv); ``bkv`` counts (batch, key/value head) pairs."""
+    _fold_splits_kernel[(blocks, bkv)](
+        *ws, out, out.shape[2], kv_heads, splits, out.shape[3], out.stride(0), out.stride(1), out.stride(2),
+        out.stride(3), GROUP=group, BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
+        **launch_options(devices.of_tensor(out), sched.num_warps, fp_fusion=False, overlap=True),
+    )

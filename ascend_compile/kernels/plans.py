@@ -453,6 +453,11 @@ class AttentionPlan:
     block_dv: int
     input_precision: str
     fp32_io: bool
+    #: The denominator is a ``tl.dot`` of the weights (rounded as ``acc`` takes them) by a block of
+    #: ones, not a ``tree_sum_rows`` of them: a tree across a GPU tile's columns crosses warps every
+    #: tile (an H200 decode step's attention 2.7-11% faster); NPUs sum rows in the vector unit and
+    #: keep the tree (no round trip through the cube).
+    denominator_by_dot: bool = True
     #: Bytes per element of q, k and v (sizes NPU tiles; no part of the order).
     itemsize: int = 4
 
@@ -474,6 +479,7 @@ def attention_plan(head_dim: int, value_dim: int, dtype: torch.dtype, device: De
         block_dv=block_dv,
         input_precision="ieee",
         fp32_io=device.triton_interpreted and dtype != torch.float32,
+        denominator_by_dot=device.plan_kind != "npu",
         itemsize=_ITEMSIZE[dtype],
     )
 
@@ -481,7 +487,7 @@ def attention_plan(head_dim: int, value_dim: int, dtype: torch.dtype, device: De
 @dataclass(frozen=True)
 class AttentionSchedule:
     block_m: int
-    #: Splits run in parallel programs and the last to finish folds them (decode, few programs),
+    #: Splits run in parallel programs and a second launch folds them (decode, few programs),
     #: instead of one program folding them as it goes.
     split: bool
     num_warps: int

@@ -18,10 +18,11 @@ attention program does that work itself before it reads the keys:
   and, once all its threads have, arrives on an arrival counter (``arrival.py``) without waiting for
   the answer; at its end the program that arrived last advances the position by the step's length.
 
-Then it is ``kernels/attention.py``'s split state and in-order fold (``_attend``): the same plan,
-the same bits as the two launches.  Only decode shapes take this path -- one row block holds the
-query rows and the key rows, so that every program that reads a step's key is the one that wrote
-it -- and ``bi_rope_attention`` launches the two kernels otherwise.
+Then it is ``kernels/attention.py``'s split state (``_attend``), and in the split schedule its
+fold launch (``fold_splits``): the same plan, the same bits as the two launches.  Only decode
+shapes take this path -- one row block holds the query rows and the key rows, so that every program
+that reads a step's key is the one that wrote it -- and ``bi_rope_attention`` launches the two
+kernels otherwise.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ import triton
 import triton.language as tl
 
 from ascend_compile import devices
-from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
+from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.attention import (
     _attend,
     _group_rows,
     attention_output,
     bi_attention,
+    fold_splits,
+    mask_row,
     split_workspace,
 )
 from ascend_compile.kernels.overlap import wait_for_inputs
@@ -57,16 +60,18 @@ DECODE_ROWS = 16
 
 @triton.jit
 def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, index_ptr,
-                           mask_ptr, out_ptr, ws_m, ws_l, ws_acc, counter_ptr, position_arrivals,
-                           Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, eps_q, eps_k, D,
+                           mask_ptr, out_ptr, ws_m, ws_l, ws_acc, position_arrivals,
+                           Lq, Lk, KVH, num_splits, sm_scale, masked_score, eps_q, eps_k, D,
                            sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                            skc_b, skc_h, skc_l, skc_d, svc_b, svc_h, svc_l, svc_d,
                            sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                            DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
-                           APPEND: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
+                           APPEND: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
+                           MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
                            IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
                            ROT_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                           UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr = False):
+                           UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
+                           INPUT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Program (batch x key/value head ``program_id(1)``, key split ``program_id(2)``) of the one row block."""
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
@@ -74,14 +79,14 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     split_id = tl.program_id(2)
     b = bkv // KVH
     kvh = bkv % KVH
-    rows, pos, g, live = _group_rows(0, Lq, group, BLOCK_M)
-    h = kvh * group + g
+    rows, pos, g, live = _group_rows(0, Lq, GROUP, BLOCK_M)
+    h = kvh * GROUP + g
     # One rotation over the rows that hold something (``ROT_ROWS``): the packed query rows, then row
-    # Lq * group + p for position p's key.  Attention's tile is that tile repeated down its rows: past
+    # Lq * GROUP + p for position p's key.  Attention's tile is that tile repeated down its rows: past
     # the query's rows it masks every key, so the repeats and the key rows are never read.
-    r_rows, r_pos, r_g, r_live = _group_rows(0, Lq, group, ROT_ROWS)
-    is_key = (r_rows >= Lq * group) & (r_rows < Lq * group + Lq)
-    p_key = tl.where(is_key, r_rows - Lq * group, 0)
+    r_rows, r_pos, r_g, r_live = _group_rows(0, Lq, GROUP, ROT_ROWS)
+    is_key = (r_rows >= Lq * GROUP) & (r_rows < Lq * GROUP + Lq)
+    p_key = tl.where(is_key, r_rows - Lq * GROUP, 0)
     if APPEND:
         start = tl.load(index_ptr)
         slots = start + p_key
@@ -93,7 +98,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     cos = tl.load(cos_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
     sin = tl.load(sin_ptr + b * sc_b + position[:, None] * sc_l + cols[None, :] * sc_d, mask=angle, other=0.0)
     heads = tl.where(is_key, k_ptr + b * sk_b + p_key * sk_l + kvh * sk_h,
-                     q_ptr + b * sq_b + r_pos * sq_l + (kvh * group + r_g) * sq_h)
+                     q_ptr + b * sq_b + r_pos * sq_l + (kvh * GROUP + r_g) * sq_h)
     rotated = rotated_rows(heads, r_live | is_key, tl.where(is_key, wk_ptr, wq_ptr)[:, None],
                            tl.where(is_key, eps_k, eps_q), cos.to(tl.float32), sin.to(tl.float32), D,
                            DTYPE, EMULATE_BF16, ROT_ROWS, BLOCK_D, NORM)
@@ -115,10 +120,13 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     q = tl.reshape(tl.broadcast_to(q[None, :, :], (BLOCK_M // ROT_ROWS, ROT_ROWS, BLOCK_D)), (BLOCK_M, BLOCK_D))
     if UPCAST:
         q = q.to(tl.float32)
-    _attend(q, k_base, v_base, mask_ptr + b * sm_b + h * sm_h + pos * sm_q, out_ptr, b * so_b + h * so_h + pos * so_l,
-            ws_m, ws_l, ws_acc, counter_ptr, 0, bkv, split_id, rows, pos, live, Lq, Lk, group, num_splits, sm_scale,
-            masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL, IS_CAUSAL, SPLIT,
-            SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, INPUT_PRECISION, False)
+    mask_rows = mask_ptr + b * sm_b  # ``MASK_ROW``: the one mask row every row reads
+    if not MASK_ROW:
+        mask_rows += h * sm_h + pos * sm_q
+    _attend(q, k_base, v_base, mask_rows, out_ptr, b * so_b + h * so_h + pos * so_l,
+            ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP, num_splits, sm_scale,
+            masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
+            SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, DENOM_DOT, INPUT_PRECISION, False)
     if APPEND:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)
@@ -157,23 +165,25 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         mask = mask.expand(batch, heads, length, slots)
     sched = schedule or attention_schedule(plan, length * group, slots, batch * kv_heads, device)
     splits = plan.num_splits(slots)
-    split = sched.split and splits > 1 and batch * kv_heads < COUNTERS_PER_DEVICE
-    ws_m, ws_l, ws_acc, counters = split_workspace(plan, splits, batch * heads * length, out) if split else (out,) * 4
-    position_arrivals = arrival_counters(q.device)[COUNTERS_PER_DEVICE - 1:]  # the fold's counters start at 0
+    split = sched.split and splits > 1
+    ws = split_workspace(plan, splits, batch * heads * length, out) if split else (out,) * 3
     _rope_attention_kernel[(1, batch * kv_heads, splits if split else 1)](
         q, k, v, *(weights or (q, q)), cos, sin, k_cache, v_cache, index, mask if mask is not None else q, out,
-        ws_m, ws_l, ws_acc, counters, position_arrivals,
-        length, slots, kv_heads, group, splits, scale if scale is not None else d ** -0.5, masked_score,
+        *ws, arrival_counters(q.device),
+        length, slots, kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score,
         *(eps or (0.0, 0.0)), d,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
         *k_cache.stride(), *v_cache.stride(), *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
         DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=row_plan.fp32_io and q.dtype == torch.bfloat16,
-        NORM=weights is not None, APPEND=append, HAS_MASK=mask is not None,
-        MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, IS_CAUSAL=is_causal, SPLIT=split,
-        SPLIT_TILES=plan.split_keys // plan.block_n,
+        NORM=weights is not None, APPEND=append, GROUP=group, HAS_MASK=mask is not None,
+        MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, MASK_ROW=mask_row(mask, length),
+        IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,
         ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
-        BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, INPUT_PRECISION=plan.input_precision,
+        BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot,
+        INPUT_PRECISION=plan.input_precision,
         **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
+    if split:
+        fold_splits(ws, out, 1, kv_heads, batch * kv_heads, group, splits, sched, plan)
     return out.to(q.dtype)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ascend_compile.kernels.attention import bi_attention
+from ascend_compile.kernels.attention import bi_attention, mask_row
 from ascend_compile.kernels.plans import AttentionSchedule
 from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
 
@@ -92,8 +92,8 @@ def test_group_packing_leaves_each_head_unchanged() -> None:
 
 @pytest.mark.parametrize("length", [LENGTH, 2600])
 def test_split_and_serial_schedules_agree(length: int) -> None:
-    """The split schedule's last program folds the stored states four at a time: 2600 keys are
-    six splits (one group of four, one short group)."""
+    """The split schedule's fold launch reads the stored states four at a time: 2600 keys are six
+    splits (one group of four, one short group)."""
     q, k, v = _qkv(1, length=length)
     serial = bi_attention(q[:, :, -3:], k, v, schedule=AttentionSchedule(block_m=16, split=False, num_warps=4))
     split = bi_attention(q[:, :, -3:], k, v, schedule=AttentionSchedule(block_m=16, split=True, num_warps=4))
@@ -113,6 +113,24 @@ def test_boolean_and_additive_masks_and_scale() -> None:
     bias = torch.randn(1, HEADS, 70, 70, generator=torch.Generator().manual_seed(2))
     want = _reference(q, k, v, attn_mask=bias.double(), scale=0.3)
     assert rel_error(bi_attention(q, k, v, bias, scale=0.3), want) < 1e-5
+
+
+def test_decode_mask_shared_by_heads_is_read_as_one_row() -> None:
+    """A decode step's mask of shape (batch, 1, 1, keys) is read as one vector per key tile
+    (``mask_row``); it gives the bits of the same mask laid out per head and position, read per row,
+    in both schedules, boolean and additive."""
+    q, k, v = _qkv(2)
+    q = q[:, :, :1]
+    keep = torch.rand(2, 1, 1, LENGTH, generator=torch.Generator().manual_seed(3)) > 0.2
+    for mask in (keep, torch.where(keep, 0.0, -1e4)):
+        per_row = mask.expand(2, HEADS, 1, LENGTH).contiguous()
+        assert mask_row(mask.expand(2, HEADS, 1, LENGTH), 1) and not mask_row(per_row, 1)
+        for split in (False, True):
+            schedule = AttentionSchedule(block_m=16, split=split, num_warps=4)
+            assert torch.equal(bi_attention(q, k, v, mask, schedule=schedule),
+                               bi_attention(q, k, v, per_row, schedule=schedule)), (mask.dtype, split)
+    assert mask_row(keep.expand(2, HEADS, 3, LENGTH), 3)  # three positions, one row for all
+    assert not mask_row(torch.ones(2, 1, 3, LENGTH, dtype=torch.bool).expand(2, HEADS, 3, LENGTH), 3)
 
 
 def test_heads_inner_layout() -> None:

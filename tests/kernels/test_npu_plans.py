@@ -126,6 +126,10 @@ def test_gpu_and_cpu_plans_are_untouched() -> None:
     assert row_plan(VOCAB, torch.float32, GPU).block == 1024 and row_plan(VOCAB, torch.float32, CPU).block == 4096
     assert attention_plan(128, 128, torch.bfloat16, GPU).split_keys == 256
     assert attention_plan(128, 128, torch.bfloat16, CPU).split_keys == 512
+    # GPUs (and the interpreter that stands for them) sum softmax weights with a dot; NPUs with a tree.
+    assert attention_plan(128, 128, torch.bfloat16, GPU).denominator_by_dot
+    assert attention_plan(128, 128, torch.bfloat16, CPU).denominator_by_dot
+    assert not attention_plan(128, 128, torch.bfloat16, NPU).denominator_by_dot
     assert matmul_schedule(matmul_plan(1024, 1024, torch.bfloat16, GPU), 1, 1024, 1, 2, GPU).programs == 0
     assert launch_options(GPU, 4, 3) == {"num_warps": 4, "num_stages": 3}
     with pytest.raises(UnsupportedPlan, match="no Unified Buffer"):
