@@ -1,0 +1,90 @@
+"""Every template kernel compiles for an H100/H200 (sm_90) on this CPU machine (tools/compile_gpu.py).
+
+The interpreter runs kernels as Python and skips GPU-only branches; this is the check that the GPU
+compiler accepts them, before any device time is spent.  Each check runs in a subprocess: the
+tests' own process runs Triton in the interpreter.  Negative control: a kernel the interpreter
+runs (two returns of different shapes under a ``tl.constexpr`` branch) fails to compile."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+
+import ascend_compile.kernels  # noqa: F401 - configures Triton: the interpreter on machines without a GPU
+from ascend_compile import devices
+from ascend_compile.tools.compile_gpu import compile_only
+
+pytestmark = pytest.mark.skipif("nvidia" not in triton.backends.backends, reason="Triton without its NVIDIA backend")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_qwen3_kernels_compile_for_sm_90() -> None:
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--arch", "90")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rope + attention, batch 8 x 1" in done.stdout and "49 launches compiled for sm_90" in done.stdout
+
+
+_TWO_SHAPES = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _pick(x_ptr, ROW: tl.constexpr):
+    if ROW:
+        return tl.load(x_ptr + tl.arange(0, 16))[None, :]
+    return tl.load(x_ptr + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :])
+
+
+@triton.jit
+def two_shapes_kernel(x_ptr, out_ptr, ROW: tl.constexpr):
+    tile = _pick(x_ptr, ROW) + tl.zeros((16, 16), tl.float32)
+    tl.store(out_ptr + tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :], tile)
+"""
+
+_COMPILE_IT = """
+import torch
+from two_shapes import two_shapes_kernel
+from ascend_compile.tools.compile_gpu import compile_only
+
+try:
+    with compile_only(90, []):
+        two_shapes_kernel[(1,)](torch.empty(256), torch.empty(256), ROW=True)
+except Exception as error:
+    while error is not None:  # the compiler's message, then each cause
+        print("rejected:", type(error).__name__, error)
+        error = error.__cause__
+"""
+
+
+interpreted = pytest.mark.skipif(not devices.triton_interpreted(), reason="runs a kernel in Triton's interpreter")
+
+
+@interpreted
+def test_a_kernel_the_interpreter_runs_fails_to_compile(tmp_path) -> None:
+    (tmp_path / "two_shapes.py").write_text(_TWO_SHAPES)
+    spec = importlib.util.spec_from_file_location("two_shapes", tmp_path / "two_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = torch.empty(16, 16)
+    module.two_shapes_kernel[(1,)](torch.arange(256.0), out, ROW=True)  # the interpreter runs it
+    assert torch.equal(out, torch.arange(16.0).expand(16, 16))
+    (tmp_path / "compile_it.py").write_text(_COMPILE_IT)
+    done = _run(str(tmp_path / "compile_it.py"))
+    assert "rejected: CompilationError" in done.stdout and "return types" in done.stdout, done.stderr
+
+
+@interpreted
+def test_compile_only_refuses_the_interpreter() -> None:
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=0"), compile_only(90, []):
+        pass
