@@ -76,7 +76,9 @@ def launch_options(device: Device, num_warps: int, num_stages: int | None = None
 
     ``fp_fusion=False`` keeps a multiply and the add after it as two roundings on GPUs (no FMA
     contraction), for kernels whose bits must equal those of separate kernels; the interpreter
-    never contracts.  ``overlap=True`` is for kernels with an ``OVERLAP`` flag (``overlap.py``):
+    never contracts.  Either way the choice is passed, never left to Triton's default (contraction
+    on through Triton 3.9, off from 3.10 on): a Triton upgrade must not change a kernel's bits.
+    ``overlap=True`` is for kernels with an ``OVERLAP`` flag (``overlap.py``):
     where the device overlaps launches, the kernel launches early and waits for its inputs.
     """
     if device.plan_kind == "npu":
@@ -84,8 +86,8 @@ def launch_options(device: Device, num_warps: int, num_stages: int | None = None
     options: dict[str, int | bool] = {"num_warps": num_warps}
     if num_stages is not None:
         options["num_stages"] = num_stages
-    if not fp_fusion and device.plan_kind == "cuda":
-        options["enable_fp_fusion"] = False
+    if device.plan_kind == "cuda":
+        options["enable_fp_fusion"] = fp_fusion
     if overlap and device.overlapped_launches:
         options["launch_pdl"] = options["OVERLAP"] = True
     return options

@@ -131,7 +131,9 @@ def test_gpu_and_cpu_plans_are_untouched() -> None:
     assert attention_plan(128, 128, torch.bfloat16, CPU).denominator_by_dot
     assert not attention_plan(128, 128, torch.bfloat16, NPU).denominator_by_dot
     assert matmul_schedule(matmul_plan(1024, 1024, torch.bfloat16, GPU), 1, 1024, 1, 2, GPU).programs == 0
-    assert launch_options(GPU, 4, 3) == {"num_warps": 4, "num_stages": 3}
+    # FMA contraction is always passed on GPUs, never left to Triton's default (it flips in Triton 3.10).
+    assert launch_options(GPU, 4, 3) == {"num_warps": 4, "num_stages": 3, "enable_fp_fusion": True}
+    assert launch_options(GPU, 4, 3, fp_fusion=False)["enable_fp_fusion"] is False
     with pytest.raises(UnsupportedPlan, match="no Unified Buffer"):
         npu_ub_budget(GPU)
 

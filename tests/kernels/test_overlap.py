@@ -20,10 +20,11 @@ CPU = Device(kind="cpu", index=0, compute_units=2, triton_interpreted=True)
 
 
 def test_the_launch_option_comes_with_the_kernel_flag_where_the_device_overlaps() -> None:
-    assert launch_options(HOPPER, 4, 3, overlap=True) == {"num_warps": 4, "num_stages": 3, "launch_pdl": True,
-                                                          "OVERLAP": True}
-    assert launch_options(HOPPER, 4, 3) == {"num_warps": 4, "num_stages": 3}  # a kernel that does not wait
-    assert launch_options(GPU, 4, 3, overlap=True) == {"num_warps": 4, "num_stages": 3}
+    assert launch_options(HOPPER, 4, 3, overlap=True) == {"num_warps": 4, "num_stages": 3, "enable_fp_fusion": True,
+                                                          "launch_pdl": True, "OVERLAP": True}
+    # a kernel that does not wait
+    assert launch_options(HOPPER, 4, 3) == {"num_warps": 4, "num_stages": 3, "enable_fp_fusion": True}
+    assert launch_options(GPU, 4, 3, overlap=True) == {"num_warps": 4, "num_stages": 3, "enable_fp_fusion": True}
     assert launch_options(NPU, 4, 3, overlap=True) == {}
     assert launch_options(CPU, 4, overlap=True) == {"num_warps": 4}
 
