@@ -89,7 +89,8 @@ def compile_only(arch: int, compiled: list[str]) -> Iterator[None]:
 
 
 def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
-    """Every template kernel at Qwen3-0.6B's shapes: decode at batch 1, 8 and 32, then a prefill."""
+    """The template kernels a Qwen3-0.6B step launches (and the vocabulary's softmax) at its shapes:
+    decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2."""
     from ascend_compile.kernels.attention import bi_attention
     from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
     from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
