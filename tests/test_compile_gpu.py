@@ -1,4 +1,5 @@
-"""Every template kernel compiles for an H100/H200 (sm_90) on this CPU machine (tools/compile_gpu.py).
+"""A Qwen3-0.6B step's template kernels compile for an H100/H200 (sm_90) on this CPU machine
+(tools/compile_gpu.py).
 
 The interpreter runs kernels as Python and skips GPU-only branches; this is the check that the GPU
 compiler accepts them, before any device time is spent.  Each check runs in a subprocess: the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -73,7 +75,7 @@ interpreted = pytest.mark.skipif(not devices.triton_interpreted(), reason="runs 
 
 
 @interpreted
-def test_a_kernel_the_interpreter_runs_fails_to_compile(tmp_path) -> None:
+def test_a_kernel_the_interpreter_runs_fails_to_compile(tmp_path: pathlib.Path) -> None:
     (tmp_path / "two_shapes.py").write_text(_TWO_SHAPES)
     spec = importlib.util.spec_from_file_location("two_shapes", tmp_path / "two_shapes.py")
     module = importlib.util.module_from_spec(spec)
