@@ -239,14 +239,22 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                 mask=live[:, None] & (dk[None, :] < D), other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    mask_rows = mask_ptr + b * sm_b  # ``MASK_ROW``: the one mask row every row reads
-    if not MASK_ROW:
-        mask_rows += h * sm_h + pos * sm_q
-    _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h, mask_rows, out_ptr,
+    _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h,
+            _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, block, bkv, split_id, rows, pos, live, Lq, Lk, group,
             num_splits, sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
             HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
             UPCAST, DENOM_DOT, INPUT_PRECISION, K_T)
+
+
+@triton.jit
+def _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW: tl.constexpr):
+    """Where each row's mask row starts (batch ``b``, head ``h[r]``, position ``pos[r]``), or with
+    ``MASK_ROW`` the one mask row every row of the program reads."""
+    rows = mask_ptr + b * sm_b
+    if not MASK_ROW:
+        rows += h * sm_h + pos * sm_q
+    return rows
 
 
 @triton.jit
@@ -364,7 +372,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     if split:
-        fold_splits(ws, out, blocks, kv_heads, batch * kv_heads, group, splits, sched, plan)
+        fold_splits(ws, out, kv_heads, splits, sched, plan, device)
     return out.to(q.dtype)
 
 
@@ -391,12 +399,13 @@ def split_workspace(plan: AttentionPlan, splits: int, rows: int,
     return ws_m, torch.empty_like(ws_m), ws_acc
 
 
-def fold_splits(ws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], out: torch.Tensor, blocks: int, kv_heads: int,
-                bkv: int, group: int, splits: int, sched: AttentionSchedule, plan: AttentionPlan) -> None:
+def fold_splits(ws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], out: torch.Tensor, kv_heads: int, splits: int,
+                sched: AttentionSchedule, plan: AttentionPlan, device: devices.Device) -> None:
     """The split schedule's second launch: each row block's split states (``ws``) folded in order into
-    ``out`` (batch, heads, length, dv); ``bkv`` counts (batch, key/value head) pairs."""
-    _fold_splits_kernel[(blocks, bkv)](
-        *ws, out, out.shape[2], kv_heads, splits, out.shape[3], out.stride(0), out.stride(1), out.stride(2),
-        out.stride(3), GROUP=group, BLOCK_M=sched.block_m, BLOCK_DV=plan.block_dv,
-        **launch_options(devices.of_tensor(out), sched.num_warps, fp_fusion=False, overlap=True),
+    ``out`` (batch, heads, length, dv)."""
+    batch, heads, lq, dv = out.shape
+    group = heads // kv_heads
+    _fold_splits_kernel[(triton.cdiv(lq * group, sched.block_m), batch * kv_heads)](
+        *ws, out, lq, kv_heads, splits, dv, *out.stride(), GROUP=group, BLOCK_M=sched.block_m,
+        BLOCK_DV=plan.block_dv, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )

@@ -36,6 +36,7 @@ from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.attention import (
     _attend,
     _group_rows,
+    _mask_rows,
     attention_output,
     bi_attention,
     fold_splits,
@@ -120,13 +121,11 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     q = tl.reshape(tl.broadcast_to(q[None, :, :], (BLOCK_M // ROT_ROWS, ROT_ROWS, BLOCK_D)), (BLOCK_M, BLOCK_D))
     if UPCAST:
         q = q.to(tl.float32)
-    mask_rows = mask_ptr + b * sm_b  # ``MASK_ROW``: the one mask row every row reads
-    if not MASK_ROW:
-        mask_rows += h * sm_h + pos * sm_q
-    _attend(q, k_base, v_base, mask_rows, out_ptr, b * so_b + h * so_h + pos * so_l,
-            ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP, num_splits, sm_scale,
-            masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
-            SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, DENOM_DOT, INPUT_PRECISION, False)
+    _attend(q, k_base, v_base, _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
+            b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP,
+            num_splits, sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL,
+            MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, DENOM_DOT,
+            INPUT_PRECISION, False)
     if APPEND:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)
@@ -185,5 +184,5 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     if split:
-        fold_splits(ws, out, 1, kv_heads, batch * kv_heads, group, splits, sched, plan)
+        fold_splits(ws, out, kv_heads, splits, sched, plan, device)
     return out.to(q.dtype)

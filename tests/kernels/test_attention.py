@@ -118,7 +118,8 @@ def test_boolean_and_additive_masks_and_scale() -> None:
 def test_decode_mask_shared_by_heads_is_read_as_one_row() -> None:
     """A decode step's mask of shape (batch, 1, 1, keys) is read as one vector per key tile
     (``mask_row``); it gives the bits of the same mask laid out per head and position, read per row,
-    in both schedules, boolean and additive."""
+    in both schedules, boolean and additive.  Negative control: the row read is the mask's (one key
+    masked more changes the output), so two paths that both ignored it could not pass."""
     q, k, v = _qkv(2)
     q = q[:, :, :1]
     keep = torch.rand(2, 1, 1, LENGTH, generator=torch.Generator().manual_seed(3)) > 0.2
@@ -129,6 +130,9 @@ def test_decode_mask_shared_by_heads_is_read_as_one_row() -> None:
             schedule = AttentionSchedule(block_m=16, split=split, num_warps=4)
             assert torch.equal(bi_attention(q, k, v, mask, schedule=schedule),
                                bi_attention(q, k, v, per_row, schedule=schedule)), (mask.dtype, split)
+    fewer = keep.clone()
+    fewer[1, 0, 0, int(keep[1, 0, 0].nonzero()[-1])] = False
+    assert not torch.equal(bi_attention(q, k, v, fewer)[1], bi_attention(q, k, v, keep)[1])
     assert mask_row(keep.expand(2, HEADS, 3, LENGTH), 3)  # three positions, one row for all
     assert not mask_row(torch.ones(2, 1, 3, LENGTH, dtype=torch.bool).expand(2, HEADS, 3, LENGTH), 3)
 
