@@ -366,8 +366,9 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         lq, lk, kv_heads, batch * kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score, d, dv,
         *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         GROUP=group, HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool,
-        MASK_ROW=mask_row(mask, lq), IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,
-        BLOCK_M=sched.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
+        MASK_ROW=mask_row(mask, lq, split), IS_CAUSAL=is_causal, SPLIT=split,
+        SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
+        BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
         UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot, INPUT_PRECISION=plan.input_precision,
         PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
@@ -376,10 +377,14 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     return out.to(q.dtype)
 
 
-def mask_row(mask: torch.Tensor | None, lq: int) -> bool:
-    """Whether every query row of ``mask`` (expanded to (batch, heads, lq, keys)) is one row per batch:
-    a decode step's mask shared by the heads, which attention reads as one vector per key tile."""
-    return mask is not None and (mask.shape[1] == 1 or mask.stride(1) == 0) and (lq == 1 or mask.stride(2) == 0)
+def mask_row(mask: torch.Tensor | None, lq: int, split: bool) -> bool:
+    """Whether attention reads ``mask`` (expanded to (batch, heads, lq, keys)) as one vector per key
+    tile: when every query row of it is one row per batch (a decode step's mask shared by the heads)
+    and the schedule splits the keys.  Serial programs read it per row, as other masks (H200, the
+    decode shapes of BENCHMARKS.md: the vector read 0.3 us faster at bs 1-8, split; at bs 32,
+    serial, 29.0 against 23.7 us).  The values read are the same either way, so are the bits."""
+    return (split and mask is not None and (mask.shape[1] == 1 or mask.stride(1) == 0)
+            and (lq == 1 or mask.stride(2) == 0))
 
 
 def attention_output(q: torch.Tensor, heads: int, lq: int, dv: int, plan: AttentionPlan,

@@ -116,16 +116,17 @@ def test_boolean_and_additive_masks_and_scale() -> None:
 
 
 def test_decode_mask_shared_by_heads_is_read_as_one_row() -> None:
-    """A decode step's mask of shape (batch, 1, 1, keys) is read as one vector per key tile
-    (``mask_row``); it gives the bits of the same mask laid out per head and position, read per row,
-    in both schedules, boolean and additive.  Negative control: the row read is the mask's (one key
-    masked more changes the output), so two paths that both ignored it could not pass."""
+    """A decode step's mask of shape (batch, 1, 1, keys) is read as one vector per key tile in the
+    split schedule (``mask_row``); it gives the bits of the same mask laid out per head and position,
+    read per row, in both schedules, boolean and additive.  Negative control: the row read is the
+    mask's (one key masked more changes the output), so two paths that both ignored it could not pass."""
     q, k, v = _qkv(2)
     q = q[:, :, :1]
     keep = torch.rand(2, 1, 1, LENGTH, generator=torch.Generator().manual_seed(3)) > 0.2
     for mask in (keep, torch.where(keep, 0.0, -1e4)):
         per_row = mask.expand(2, HEADS, 1, LENGTH).contiguous()
-        assert mask_row(mask.expand(2, HEADS, 1, LENGTH), 1) and not mask_row(per_row, 1)
+        assert mask_row(mask.expand(2, HEADS, 1, LENGTH), 1, True) and not mask_row(per_row, 1, True)
+        assert not mask_row(mask.expand(2, HEADS, 1, LENGTH), 1, False)
         for split in (False, True):
             schedule = AttentionSchedule(block_m=16, split=split, num_warps=4)
             assert torch.equal(bi_attention(q, k, v, mask, schedule=schedule),
@@ -133,8 +134,8 @@ def test_decode_mask_shared_by_heads_is_read_as_one_row() -> None:
     fewer = keep.clone()
     fewer[1, 0, 0, int(keep[1, 0, 0].nonzero()[-1])] = False
     assert not torch.equal(bi_attention(q, k, v, fewer)[1], bi_attention(q, k, v, keep)[1])
-    assert mask_row(keep.expand(2, HEADS, 3, LENGTH), 3)  # three positions, one row for all
-    assert not mask_row(torch.ones(2, 1, 3, LENGTH, dtype=torch.bool).expand(2, HEADS, 3, LENGTH), 3)
+    assert mask_row(keep.expand(2, HEADS, 3, LENGTH), 3, True)  # three positions, one row for all
+    assert not mask_row(torch.ones(2, 1, 3, LENGTH, dtype=torch.bool).expand(2, HEADS, 3, LENGTH), 3, True)
 
 
 def test_heads_inner_layout() -> None:
