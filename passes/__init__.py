@@ -25,6 +25,7 @@ from ascend_compile.passes.rewrite_norms import rewrite_norms
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
 from ascend_compile.passes.rewrite_softmax import rewrite_softmax
 from ascend_compile.passes.rewrite_vllm_ops import rewrite_vllm_ops
+from ascend_compile.passes.share_computed_operands import share_computed_operands
 from ascend_compile.passes.verify_batch_invariance import verify_batch_invariance
 
 Pass = Callable[[torch.fx.GraphModule, "Settings"], int]  # noqa: F821
@@ -46,6 +47,7 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_norm_rope,  # reads fuse_sibling_norms' pairs
     fuse_rope,  # after fuse_norm_rope: the rotations left have no norms before them
     fuse_rope_attention,  # reads fuse_norm_rope's and fuse_rope's cache-writing rotations
+    share_computed_operands,  # after every fusion: it counts the templates that read a value
     verify_batch_invariance,
 )
 PASS_NAMES: tuple[str, ...] = tuple(p.__name__ for p in PIPELINE)
