@@ -514,7 +514,9 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         raise ValueError(f"matmul schedule chunks_in_flight must be 1, 2 or 4 and divide the plan's "
                          f"{plan.num_chunks} chunks, got {sched.chunks_in_flight}")
     if sched.preload_weight and plan.chunk_blocks not in PRELOAD_CHUNK_BLOCKS:
-        raise ValueError(f"matmul schedule preload_weight takes chunks of 1, 2 or 4 blocks, the plan's have "
+        *first, last = PRELOAD_CHUNK_BLOCKS
+        accepted = f"{', '.join(map(str, first))} or {last}"
+        raise ValueError(f"matmul schedule preload_weight takes chunks of {accepted} blocks, the plan's have "
                          f"{plan.chunk_blocks}")
     tiles = triton.cdiv(m, sched.block_m) * triton.cdiv(n, sched.block_n)
     split = (sched.split and not sched.programs and plan.num_chunks > 1 and up is None
