@@ -19,9 +19,10 @@ the previous kernel writes or reads.  Our kernels that take ``OVERLAP`` do exact
   (``release_dependents``): the next kernel's programs, once placed, hold their SM slots while
   they wait, and at attention's size (hundreds of programs at batch 32) that cost more than the
   launch it hid (H200, docs/BENCHMARKS.md).  Releasing *before* the wait, so that a matmul's
-  weight requests start two kernels back, measured slower in every form tried: every kernel, the
-  norms and attention's fold launch only, the matmuls only (H200, docs/BENCHMARKS.md); likely
-  because the chain is bandwidth-bound there, so requests issued early slow the kernel running then.
+  weight requests start two kernels back, measured slower for every kernel and for the norms and
+  attention's fold launch alone, and gained nothing for the matmuls (H200, docs/BENCHMARKS.md);
+  likely because the chain is bandwidth-bound there: requests issued early slow the kernel then
+  running.
 
 Nothing is written and nothing produced by another kernel is read before the wait, so results
 (and bits) are those of serialized launches.  The launch option and the kernel flag always come
