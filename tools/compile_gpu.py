@@ -7,7 +7,10 @@ tool runs each kernel's real host wrapper at Qwen3-0.6B shapes -- decode at batc
 and a prefill -- with CPU tensors standing in for GPU ones and ``devices.of_tensor`` answering for
 an H100/H200 (132 SMs, overlapped launches), so the wrappers pick the GPU's plans and schedules.
 Each launch is compiled by ``triton.compile`` for the target instead (frontend, GPU passes,
-ptxas); outputs stay uninitialized.
+ptxas); outputs stay uninitialized.  The arguments are not specialized as a launch specializes
+them (pointers and integers divisible by 16, unit strides as constants), so the build checks that
+the code compiles, not what the launched kernel looks like: without those facts Triton's
+pipeliner issues no asynchronous copies, and register counts differ.
 
 Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90]``.  Exit 0 when
 every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
