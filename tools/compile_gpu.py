@@ -10,7 +10,7 @@ Each launch is compiled by ``triton.compile`` for the target instead (frontend, 
 ptxas); outputs stay uninitialized.  The arguments are not specialized as a launch specializes
 them (pointers and integers divisible by 16, unit strides as constants), so the build checks that
 the code compiles, not what the launched kernel looks like: without those facts Triton's
-pipeliner issues no asynchronous copies, and register counts differ.
+pipeliner issues no asynchronous copies, and register counts may differ.
 
 Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90]``.  Exit 0 when
 every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
