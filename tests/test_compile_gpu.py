@@ -71,6 +71,47 @@ except Exception as error:
 """
 
 
+_PIPELINED = """
+import torch
+from ascend_compile.kernels.matmul import bi_matmul_group
+from ascend_compile.tools import compile_gpu
+
+
+def async_copies() -> int:
+    kernels = []
+    with compile_gpu.compile_only(90, kernels):
+        weights = [torch.empty(n, 1024, dtype=torch.bfloat16).t() for n in (2048, 1024, 1024)]
+        bi_matmul_group(torch.empty(8, 1024, dtype=torch.bfloat16), weights)
+    (kernel,) = kernels
+    return kernel.asm["ttgir"].count("async_copy_global_to_local")
+
+
+print("specialized:", async_copies())
+specialized = compile_gpu.launch_source
+
+
+def unspecialized(*args, **kwargs):
+    source, options = specialized(*args, **kwargs)
+    source.attrs = {}
+    return source, options
+
+
+compile_gpu.launch_source = unspecialized
+print("unspecialized:", async_copies())
+"""
+
+
+def test_builds_are_specialized_as_launches_are(tmp_path: pathlib.Path) -> None:
+    """The decode query/key/value matmul's weight loads become asynchronous copies (its pipeline) only
+    when the build knows what a launch knows: pointers and strides divisible by 16.  Negative
+    control: the same build without those attributes has none."""
+    (tmp_path / "pipelined.py").write_text(_PIPELINED)
+    done = _run(str(tmp_path / "pipelined.py"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = dict(line.split(": ") for line in done.stdout.splitlines() if ": " in line)
+    assert int(counts["specialized"]) > 0 and int(counts["unspecialized"]) == 0, done.stdout
+
+
 interpreted = pytest.mark.skipif(not devices.triton_interpreted(), reason="runs a kernel in Triton's interpreter")
 
 

@@ -7,10 +7,8 @@ tool runs each kernel's real host wrapper at Qwen3-0.6B shapes -- decode at batc
 and a prefill -- with CPU tensors standing in for GPU ones and ``devices.of_tensor`` answering for
 an H100/H200 (132 SMs, overlapped launches), so the wrappers pick the GPU's plans and schedules.
 Each launch is compiled by ``triton.compile`` for the target instead (frontend, GPU passes,
-ptxas); outputs stay uninitialized.  The arguments are not specialized as a launch specializes
-them (pointers and integers divisible by 16, unit strides as constants), so the build checks that
-the code compiles, not what the launched kernel looks like: without those facts Triton's
-pipeliner issues no asynchronous copies, and register counts may differ.
+ptxas), specialized on the arguments as a launch specializes them (``launch_source``), so the
+build is the one a launch makes; outputs stay uninitialized.
 
 Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90]``.  Exit 0 when
 every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
@@ -32,55 +30,39 @@ from ascend_compile import devices
 
 logger = logging.getLogger(__name__)
 
-#: Triton's signature names of the pointer types the wrappers pass.
-_POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int32: "*i32",
-                  torch.int64: "*i64", torch.bool: "*i1", torch.int8: "*i8"}
-_OPTIONS = ("num_warps", "num_stages", "launch_pdl", "enable_fp_fusion")
+def launch_source(fn: Any, backend: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The ``ASTSource`` and compile options a launch of JIT function ``fn`` with these arguments
+    compiles, specialized by Triton's own binder as the launch would be: pointers and integers
+    divisible by 16 marked so, integers equal to 1 made constants.  Without those facts Triton
+    cannot prove loads aligned and contiguous, and its pipeliner issues no asynchronous copies."""
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import create_function_from_signature
 
-
-def signature(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Triton's (signature, constexprs) for a launch of JIT function ``fn`` with these arguments."""
-    values = dict(zip((p.name for p in fn.params[:len(args)]), args, strict=True))
-    values.update(kwargs)
-    types: dict[str, str] = {}
-    constexprs: dict[str, Any] = {}
-    for param in fn.params:
-        value = values[param.name] if param.name in values else param.default
-        if param.is_constexpr:
-            types[param.name], constexprs[param.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            types[param.name] = _POINTER_TYPES[value.dtype]
-        elif isinstance(value, bool):
-            types[param.name] = "i1"
-        elif isinstance(value, int):
-            types[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
-        elif isinstance(value, float):
-            types[param.name] = "fp32"
-        else:
-            raise TypeError(f"compile_gpu: argument {param.name} of {fn.__name__} is a {type(value).__name__}")
-    return types, constexprs
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, types, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    return ASTSource(fn, types, constexprs, attrs), options.__dict__
 
 
 @contextlib.contextmanager
-def compile_only(arch: int, compiled: list[str]) -> Iterator[None]:
+def compile_only(arch: int, compiled: list[Any]) -> Iterator[None]:
     """Within this block CPU tensors plan as a GPU of compute capability ``arch`` and every Triton
-    launch is compiled for it instead of run (the kernel's name appended to ``compiled``)."""
+    launch is compiled for it instead of run (the compiled kernel appended to ``compiled``)."""
     import triton
     import triton.runtime.jit as jit
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler import make_backend
 
     if devices.triton_interpreted():
         raise RuntimeError("compile_gpu needs compiled Triton kernels: run it with TRITON_INTERPRET=0")
     gpu = devices.Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False,
                          overlapped_launches=arch >= 90)
     target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
 
     def run(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
-        options = {k: kwargs.pop(k) for k in list(kwargs) if k in _OPTIONS}
-        types, constexprs = signature(self, args, kwargs)
-        triton.compile(ASTSource(self, types, constexprs), target=target, options=options)
-        compiled.append(self.__name__)
+        source, options = launch_source(self, backend, args, kwargs)
+        compiled.append(triton.compile(source, target=target, options=options))
         logger.info("compiled %s for sm_%d", self.__name__, arch)
 
     saved_run, saved_of_tensor = jit.JITFunction.run, devices.of_tensor
@@ -148,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    compiled: list[str] = []
+    compiled: list[Any] = []
     with compile_only(args.arch, compiled):
         for name, launch in qwen3_launches():
             try:
