@@ -300,13 +300,16 @@ def _store_rows(out_ptr, acc, denom, row_offsets, live, dv, so_d, DV):
 
 
 @triton.jit
-def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, Lq, KVH, num_splits, DV, so_b, so_h, so_l, so_d,
-                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
-                        OVERLAP: tl.constexpr = False):
+def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, index_ptr, advance, Lq, KVH, num_splits, DV,
+                        so_b, so_h, so_l, so_d, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                        ADVANCE: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Row block ``program_id(0)`` of batch x key/value head ``program_id(1)``: its splits' states
-    folded in split order, the result stored."""
+    folded in split order, the result stored.  ``ADVANCE``: the first program then adds ``advance``
+    to the cache's write position at ``index_ptr``, which the split programs read."""
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
+    if ADVANCE:
+        start = tl.load(index_ptr)
     bkv = tl.program_id(1)
     rows, pos, g, live = _group_rows(tl.program_id(0), Lq, GROUP, BLOCK_M)
     dv = tl.arange(0, BLOCK_DV)
@@ -324,6 +327,9 @@ def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, Lq, KVH, num_splits, DV, so
         big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
     h = (bkv % KVH) * GROUP + g
     _store_rows(out_ptr, big_a, big_l, (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
+    if ADVANCE:
+        if (tl.program_id(0) == 0) & (bkv == 0):
+            tl.store(index_ptr, start + advance)
 
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -405,12 +411,16 @@ def split_workspace(plan: AttentionPlan, splits: int, rows: int,
 
 
 def fold_splits(ws: tuple[torch.Tensor, torch.Tensor, torch.Tensor], out: torch.Tensor, kv_heads: int, splits: int,
-                sched: AttentionSchedule, plan: AttentionPlan, device: devices.Device) -> None:
+                sched: AttentionSchedule, plan: AttentionPlan, device: devices.Device,
+                advance: tuple[torch.Tensor, int] | None = None) -> None:
     """The split schedule's second launch: each row block's split states (``ws``) folded in order into
-    ``out`` (batch, heads, length, dv)."""
+    ``out`` (batch, heads, length, dv).  ``advance``: a cache's write position and the step's length,
+    added to it once the split programs that read it are done (``bi_rope_attention`` appending)."""
     batch, heads, lq, dv = out.shape
     group = heads // kv_heads
+    index, length = advance or (out, 0)
     _fold_splits_kernel[(triton.cdiv(lq * group, sched.block_m), batch * kv_heads)](
-        *ws, out, lq, kv_heads, splits, dv, *out.stride(), GROUP=group, BLOCK_M=sched.block_m,
-        BLOCK_DV=plan.block_dv, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
+        *ws, out, index, length, lq, kv_heads, splits, dv, *out.stride(), GROUP=group, BLOCK_M=sched.block_m,
+        BLOCK_DV=plan.block_dv, ADVANCE=advance is not None,
+        **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )

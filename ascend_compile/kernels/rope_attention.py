@@ -14,9 +14,12 @@ attention program does that work itself before it reads the keys:
 * the step's key and value go to the caches at the step's slots, written by the program whose key
   split holds the slot (by the one program when it walks every split); a barrier orders the writes
   before the program's threads read its key tiles;
-* appending (transformers' ``StaticLayer.update``), every program reads the cache's write position
-  and, once all its threads have, arrives on an arrival counter (``arrival.py``) without waiting for
-  the answer; at its end the program that arrived last advances the position by the step's length.
+* appending (transformers' ``StaticLayer.update``), every program reads the cache's write position,
+  and it is advanced by the step's length once all have read it: in the split schedule by the fold
+  launch, which runs after them anyway; in the serial schedule by the program that arrives last on
+  an arrival counter (``arrival.py``).  The split programs take no counter: its atomic, ordered after
+  the cache writes, stood between every program and its first key tile (H200, bs 8: the decode
+  step 1.131 ms without it against 1.150-1.154 with, docs/BENCHMARKS.md).
 
 Then it is ``kernels/attention.py``'s split state (``_attend``), and in the split schedule its
 fold launch (``fold_splits``): the same plan, the same bits as the two launches.  Only decode
@@ -115,7 +118,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     value = tl.load(v_ptr + b * sv_b + p_key[:, None] * sv_l + kvh * sv_h + cols[None, :], mask=written)
     tl.store(v_base + slots[:, None] * svc_l + cols[None, :] * svc_d, value, mask=written)
     tl.debug_barrier()  # the keys just written are read below by the program's other threads
-    if APPEND:  # arrive now (every thread has read the position); learn whether last at the end
+    if APPEND and not SPLIT:  # arrive now (every thread has read the position); learn whether last at the end
         arrived = tl.atomic_add(position_arrivals, 1, sem="release")
     q = rotated.to(kc_ptr.dtype.element_ty)
     q = tl.reshape(tl.broadcast_to(q[None, :, :], (BLOCK_M // ROT_ROWS, ROT_ROWS, BLOCK_D)), (BLOCK_M, BLOCK_D))
@@ -126,7 +129,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
             num_splits, sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL,
             MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, DENOM_DOT,
             INPUT_PRECISION, False)
-    if APPEND:  # the last to arrive advances the position, after every program's read of it
+    if APPEND and not SPLIT:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)
             tl.atomic_xchg(position_arrivals, 0)
@@ -184,5 +187,5 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     if split:
-        fold_splits(ws, out, kv_heads, splits, sched, plan, device)
+        fold_splits(ws, out, kv_heads, splits, sched, plan, device, advance=(index, length) if append else None)
     return out.to(q.dtype)
