@@ -314,7 +314,7 @@ def _matmul_tile(
                 total += tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + local, cache_modifier=".cg")
             _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                       stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
-            tl.atomic_xchg(counter_ptr + tile, 0)
+            tl.atomic_xchg(counter_ptr + tile, 0, sem="relaxed")
     else:
         total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,

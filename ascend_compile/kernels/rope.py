@@ -140,7 +140,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
         tl.debug_barrier()
         if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
             tl.store(index_ptr, tl.load(index_ptr) + L)
-            tl.atomic_xchg(arrival_ptr, 0)
+            tl.atomic_xchg(arrival_ptr, 0, sem="relaxed")
     if OVERLAP:
         release_dependents()
 

@@ -132,7 +132,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     if APPEND and not SPLIT:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)
-            tl.atomic_xchg(position_arrivals, 0)
+            tl.atomic_xchg(position_arrivals, 0, sem="relaxed")
 
 
 def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
