@@ -6,10 +6,13 @@ arrives last reads every partial back in the plan's order, folds them, writes th
 the counter to zero.  Arrival order decides only *which* program folds, never the arithmetic, so
 the bits are those of the serial schedule.  (Attention's key splits fold in a second launch
 instead: on an H200 the counter and the read-back cost its decode step more than a launch.)  The
-kernels that append to a cache count on one too, so that the last program advances its position.
+kernels that append to a cache count on one too, so that the last program advances its position
+(not attention's split programs: their fold launch advances it).
 
 One buffer per device serves every kernel: inference runs one compute stream per device, and each
-launch leaves all its counters at zero.
+launch leaves all its counters at zero.  The last program resets a counter with a relaxed exchange:
+only a later launch reads it again, and the kernel boundary orders the two (an acquire-release
+exchange made the program's output stores complete first; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
