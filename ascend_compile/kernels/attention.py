@@ -308,7 +308,7 @@ def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, index_ptr, advance, Lq, KVH
     to the cache's write position at ``index_ptr``, which the split programs read."""
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
-    if ADVANCE:
+    if ADVANCE:  # read at entry with the states, so that program 0's store at its end waits on no load
         start = tl.load(index_ptr)
     bkv = tl.program_id(1)
     rows, pos, g, live = _group_rows(tl.program_id(0), Lq, GROUP, BLOCK_M)
