@@ -133,3 +133,32 @@ def test_a_kernel_the_interpreter_runs_fails_to_compile(tmp_path: pathlib.Path) 
 def test_compile_only_refuses_the_interpreter() -> None:
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=0"), compile_only(90, []):
         pass
+
+
+def _report_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    rows = [line.strip("|").split(" | ") for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return {(row[0].strip(), row[1]): [cell.strip() for cell in row[2:]] for row in rows[1:]}
+
+
+def test_report_finds_the_serial_attention_atomic_before_its_first_key_tile() -> None:
+    """The serial rope-attention (batch 32) arrives on the write position's counter right after its
+    cache writes: the atomic lies between its dependency wait and its first key tile's copy.  The
+    split schedule (batch 8) leaves the position to the fold launch: nothing but barriers there (the
+    ninth session's change; the serial case is the report's positive control, to be replaced by
+    another known case if that atomic moves).  The report reads registers from ptxas as well."""
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "rope + attention, batch", "--report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _report_rows(done.stdout)
+    serial = rows["rope + attention, batch 32 x 1", "_rope_attention_kernel"]
+    split = rows["rope + attention, batch 8 x 1", "_rope_attention_kernel"]
+    warps, registers, spills, shared, copies, ordering, before = split
+    assert int(registers) > 0 and int(copies) > 0 and ordering == "none", split
+    assert "atom" not in before and "bar.sync" in before, split
+    assert "atom.global.gpu.release.add" in serial[-1], serial
+
+
+def test_report_refuses_an_unknown_launch_name() -> None:
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "no such launch")
+    assert done.returncode == 2 and "no launch name contains 'no such launch'" in done.stderr, done.stderr
+    assert "rope + attention, batch 8 x 1" in done.stderr
+

@@ -10,8 +10,9 @@ Each launch is compiled by ``triton.compile`` for the target instead (frontend, 
 ptxas), specialized on the arguments as a launch specializes them (``launch_source``), so the
 build is the one a launch makes; outputs stay uninitialized.
 
-Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90]``.  Exit 0 when
-every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
+Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90] [--only TEXT]
+[--report]``; ``--report`` adds a table of what each build waits on (``kernel_facts.py``).  Exit 0
+when every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from ascend_compile import devices
+from ascend_compile.tools.kernel_facts import TABLE_HEADER, default_ptxas, kernel_facts
 
 logger = logging.getLogger(__name__)
 
@@ -130,18 +132,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ascend_compile.tools.compile_gpu",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90: H100/H200)")
+    parser.add_argument("--only", default="", metavar="TEXT",
+                        help="compile only the launches whose name contains TEXT (e.g. 'batch 8 x 1')")
+    parser.add_argument("--report", action="store_true",
+                        help="print what each build waits on (tools/kernel_facts.py): registers, spills, shared "
+                             "memory, async copies, atomics and fences, and those before the first async copy")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    launches = [(name, launch) for name, launch in qwen3_launches() if args.only in name]
+    if not launches:
+        print(f"no launch name contains {args.only!r}; the names: "
+              f"{', '.join(name for name, _ in qwen3_launches())}", file=sys.stderr)
+        return 2
     compiled: list[Any] = []
+    built: list[tuple[str, Any]] = []
     with compile_only(args.arch, compiled):
-        for name, launch in qwen3_launches():
+        for name, launch in launches:
+            first = len(compiled)
             try:
                 launch()
             except Exception as error:  # the compiler's message is the result
                 print(f"FAILED {name}: {error}", file=sys.stderr)
                 return 1
+            built += [(name, kernel) for kernel in compiled[first:]]
             print(f"ok {name}")
     print(f"{len(compiled)} launches compiled for sm_{args.arch}")
+    if args.report:
+        ptxas = default_ptxas(args.arch)
+        print(TABLE_HEADER)
+        for name, kernel in built:
+            print(kernel_facts(kernel, ptxas).row(name))
     return 0
 
 
