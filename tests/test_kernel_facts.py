@@ -1,5 +1,6 @@
 """The PTX reading of tools/kernel_facts.py on texts whose answer is known: which atomics, fences
-and barriers lie between a program's dependency wait and its first asynchronous copy.  The real
+and barriers lie between a program's dependency wait and its first read (asynchronous copy, or
+global load in a kernel without copies).  The real
 builds are read in tests/test_compile_gpu.py."""
 
 from __future__ import annotations
@@ -44,17 +45,51 @@ def test_atomics_after_the_first_copy_are_not_before_it() -> None:
     assert before == () and len(ordering) == 2 and copies == 1
 
 
-def test_a_kernel_without_copies_has_no_region() -> None:
-    ptx = _PTX.format(between="").replace("    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd2 + 0 ], 0x10, %r3;\n", "")
-    assert ptx_facts(ptx)[0] == 0 and ptx_facts(ptx)[2] is None
+def test_without_copies_the_region_ends_at_the_first_load_after_the_wait() -> None:
+    without_copy = _PTX.replace("    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd2 + 0 ], 0x10, %r3;\n", "")
+    assert ptx_facts(without_copy.format(between=""))[2] is None  # the only load comes before the wait
+    between = "    bar.sync 0;\n    ld.global.b32 %r7, [%rd5];\n    fence.acq_rel.gpu;"
+    copies, _, before = ptx_facts(without_copy.format(between=between))
+    assert copies == 0 and before == ("bar.sync",)
 
 
-def test_rows_count_repeats() -> None:
+def test_rows_count_repeats_in_a_row() -> None:
     facts = KernelFacts(name="k", warps=4, shared_bytes=0, registers=None, spill_bytes=None, async_copies=2,
-                        ordering=("atom.a", "atom.a", "fence.b"), before_first_copy=("bar.sync", "bar.sync"))
-    assert facts.row("launch") == "| launch | k | 4 | ? | ? | 0 | 2 | 2 × atom.a, fence.b | 2 × bar.sync |"
+                        ordering=("atom.a", "atom.a", "fence.b", "atom.a"), before_first_read=("bar.sync", "bar.sync"))
+    assert facts.row("launch") == "| launch | k | 4 | ? | ? | 0 | 2 | 2 × atom.a, fence.b, atom.a | 2 × bar.sync |"
 
 
 def test_registers_are_unknown_without_a_ptxas(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     assert ptxas_usage(_PTX.format(between=""), str(tmp_path / "no-ptxas")) is None
     assert "ptxas could not be run" in caplog.text
+
+
+_BRANCHING = """
+.visible .entry k()
+{
+    griddepcontrol.wait;
+    atom.global.gpu.release.add.u32 %r1, [%rd1], 1;
+    @%p1 bra $L__BB0_2;
+    red.global.gpu.relaxed.add.u32 [%rd1], 1;
+$L__BB0_2:
+    bar.sync 0;
+    bra.uni $L__BB0_4;
+$L__BB0_3:
+    bar.sync 0;
+    fence.acq_rel.gpu;
+    ret;
+$L__BB0_4:
+    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd2 + 0 ], 0x10, %r3;
+    @%p2 bra $L__BB0_4;
+    bra.uni $L__BB0_3;
+}
+"""
+
+
+def test_only_what_every_path_runs_before_the_first_copy_counts() -> None:
+    """The atomic in the entry and the barrier where the branch joins run on every path to the copy
+    in the loop; the reduction under the branch may not, and the loop's exit block, placed before
+    the loop in the text as compilers place it, runs after it."""
+    copies, ordering, before = ptx_facts(_BRANCHING)
+    assert copies == 1 and len(ordering) == 3
+    assert before == ("atom.global.gpu.release.add.u32", "bar.sync")

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile only the launches whose name contains TEXT (e.g. 'batch 8 x 1')")
     parser.add_argument("--report", action="store_true",
                         help="print what each build waits on (tools/kernel_facts.py): registers, spills, shared "
-                             "memory, async copies, atomics and fences, and those before the first async copy")
+                             "memory, async copies, atomics and fences, and those before the first read after the wait")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     launches = [(name, launch) for name, launch in qwen3_launches() if args.only in name]

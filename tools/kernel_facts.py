@@ -3,7 +3,8 @@
 A decode step at small batch is latency-bound: each kernel's time is mostly its programs waiting,
 on the kernel before them and then on their own first loads (docs/BENCHMARKS.md, decode section).
 What stands between a program's wait for the kernel before it (``griddepcontrol.wait``) and its
-first asynchronous copy is on every step's critical path: an atomic there is a round trip to L2,
+first read after it (its first asynchronous copy, or its first global load in a kernel that makes
+no copies) is on every step's critical path: an atomic there is a round trip to L2,
 a fence waits for the program's stores to complete, and a barrier waits for the slowest warp.
 Such things are invisible in the Python source -- Triton hands a scalar atomic's result to every
 thread through shared memory, behind a barrier -- and were found by reading the build
@@ -18,7 +19,7 @@ import logging
 import re
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ _ASYNC_COPY = re.compile(r"^cp\.async\.(?:ca|cg|bulk)\b")
 _ORDERING = re.compile(r"^(?:atom|red|fence|membar)\.")
 _BARRIER = re.compile(r"^(?:bar|barrier)\.sync\b")
 _TARGET = re.compile(r"^\.target\s+(sm_\w+)", re.MULTILINE)
+_BLOCK_LABEL = re.compile(r"^(\$L__BB\w+):")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,52 +44,136 @@ class KernelFacts:
     spill_bytes: int | None  # spill stores plus loads
     async_copies: int
     ordering: tuple[str, ...]  # atomics and fences, as opcodes, in program order
-    before_first_copy: tuple[str, ...] | None  # atomics, fences and barriers from the wait to the first copy
+    before_first_read: tuple[str, ...] | None  # atomics, fences and barriers from the wait to the first read
 
     def row(self, launch: str) -> str:
         def count(value: int | None) -> str:
             return "?" if value is None else str(value)
 
-        before = "-" if self.before_first_copy is None else ", ".join(_counted(self.before_first_copy)) or "none"
+        before = "-" if self.before_first_read is None else ", ".join(_runs(self.before_first_read)) or "none"
         return (f"| {launch} | {self.name} | {self.warps} | {count(self.registers)} | {count(self.spill_bytes)} | "
-                f"{self.shared_bytes} | {self.async_copies} | {', '.join(_counted(self.ordering)) or 'none'} | "
+                f"{self.shared_bytes} | {self.async_copies} | {', '.join(_runs(self.ordering)) or 'none'} | "
                 f"{before} |")
 
 
 TABLE_HEADER = ("| launch | kernel | warps | registers | spill bytes | shared bytes | async copies | atomics and "
-                "fences | between the wait and the first async copy |\n|---|---|---:|---:|---:|---:|---:|---|---|")
+                "fences | between the wait and the first read |\n|---|---|---:|---:|---:|---:|---:|---|---|")
 
 
-def _counted(opcodes: Sequence[str]) -> list[str]:
-    """``["a", "a", "b"]`` as ``["2 × a", "b"]``, in order of first appearance."""
-    counts: dict[str, int] = {}
+def _runs(opcodes: Sequence[str]) -> list[str]:
+    """``["a", "a", "b", "a"]`` as ``["2 × a", "b", "a"]``: repeats in a row counted, order kept."""
+    runs: list[list[Any]] = []
     for opcode in opcodes:
-        counts[opcode] = counts.get(opcode, 0) + 1
-    return [f"{n} × {op}" if n > 1 else op for op, n in counts.items()]
+        if runs and runs[-1][0] == opcode:
+            runs[-1][1] += 1
+        else:
+            runs.append([opcode, 1])
+    return [f"{n} × {op}" if n > 1 else op for op, n in runs]
 
 
-def _instructions(ptx: str) -> list[str]:
-    """Each instruction's opcode (the first word, predicate removed), in text order."""
-    opcodes = []
+@dataclasses.dataclass
+class _Block:
+    """A basic block of PTX: its instructions' opcodes and the blocks control may pass to."""
+
+    opcodes: list[str] = dataclasses.field(default_factory=list)
+    successors: list[int] = dataclasses.field(default_factory=list)
+
+
+def _control_flow(ptx: str) -> list[_Block]:
+    """The kernel's basic blocks in text order, block 0 its entry.  Blocks start at ``$L__BB``
+    labels and after branches and returns; a branch goes to its label, and also falls through
+    when it is predicated."""
+    blocks, ends, labels = [_Block()], [""], {}
     for line in ptx.splitlines():
-        text = _PREDICATE.sub("", line.strip())
-        if text and not text.startswith(("//", ".", "{", "}", "$")) and text[0].isalpha():
-            opcodes.append(text.split()[0].rstrip(";"))
-    return opcodes
+        text = line.strip()
+        label = _BLOCK_LABEL.match(text)
+        if label:
+            if blocks[-1].opcodes:
+                blocks.append(_Block())
+                ends.append("")
+            labels[label.group(1)] = len(blocks) - 1
+            continue
+        body = _PREDICATE.sub("", text)
+        if not body or not body[0].isalpha():
+            continue
+        opcode = body.split()[0].rstrip(";")
+        blocks[-1].opcodes.append(opcode)
+        if opcode.startswith(("bra", "ret", "exit")):
+            ends[-1] = text
+            blocks.append(_Block())
+            ends.append("")
+    for i, (block, end) in enumerate(zip(blocks, ends, strict=True)):
+        body = _PREDICATE.sub("", end)
+        if body.startswith("bra"):
+            block.successors.append(labels[body.split()[-1].rstrip(";")])
+        if (not body or end != body) and i + 1 < len(blocks):  # falls through: no jump, or a predicated one
+            block.successors.append(i + 1)
+    return blocks
+
+
+def _dominators(blocks: list[_Block]) -> list[set[int]]:
+    """For each block, the blocks every path from the entry to it passes through (itself included)."""
+    predecessors: list[list[int]] = [[] for _ in blocks]
+    for i, block in enumerate(blocks):
+        for successor in block.successors:
+            predecessors[successor].append(i)
+    everything = set(range(len(blocks)))
+    dominators = [{0}] + [set(everything) for _ in blocks[1:]]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(1, len(blocks)):
+            incoming = [dominators[p] for p in predecessors[i]]
+            update = {i} | (set.intersection(*incoming) if incoming else set())
+            if update != dominators[i]:
+                dominators[i], changed = update, True
+    return dominators
+
+
+def _reverse_postorder(blocks: list[_Block]) -> list[int]:
+    """The blocks reachable from the entry, each after every block that reaches it without a back edge."""
+    order, seen, stack = [], {0}, [(0, iter(blocks[0].successors))]
+    while stack:
+        block, successors = stack[-1]
+        successor = next((s for s in successors if s not in seen), None)
+        if successor is None:
+            order.append(block)
+            stack.pop()
+        else:
+            seen.add(successor)
+            stack.append((successor, iter(blocks[successor].successors)))
+    return order[::-1]
 
 
 def ptx_facts(ptx: str) -> tuple[int, tuple[str, ...], tuple[str, ...] | None]:
-    """Async copies, atomics and fences, and what lies between the dependency wait (or the kernel's
-    start) and the first async copy (None when the kernel makes none) in a PTX text."""
-    opcodes = _instructions(ptx)
-    copies = [i for i, op in enumerate(opcodes) if _ASYNC_COPY.match(op)]
+    """Async copies, atomics and fences, and what every path runs between the dependency wait (or
+    the kernel's start) and the first read after it -- its first async copy, or in a kernel that
+    makes none, its first global load -- in a PTX text (None when it has no such read)."""
+    blocks = _control_flow(ptx)
+    opcodes = [op for block in blocks for op in block.opcodes]
+    copies = sum(1 for op in opcodes if _ASYNC_COPY.match(op))
     ordering = tuple(op for op in opcodes if _ORDERING.match(op))
-    before = None
-    if copies:
-        waits = [i for i, op in enumerate(opcodes[:copies[0]]) if op.startswith("griddepcontrol.wait")]
-        start = waits[-1] + 1 if waits else 0
-        before = tuple(op for op in opcodes[start:copies[0]] if _ORDERING.match(op) or _BARRIER.match(op))
-    return len(copies), ordering, before
+    dominators = _dominators(blocks)
+    wait_block, wait_at = next(((b, i) for b, block in enumerate(blocks) for i, op in enumerate(block.opcodes)
+                                if op.startswith("griddepcontrol.wait")), (0, -1))
+
+    def after_wait(b: int) -> list[tuple[int, str]]:
+        if wait_block not in dominators[b]:
+            return []
+        first = wait_at + 1 if b == wait_block else 0
+        return list(enumerate(blocks[b].opcodes))[first:]
+
+    def reads(is_read: Callable[[str], object]) -> list[tuple[int, int]]:
+        return [(b, i) for b in range(len(blocks)) for i, op in after_wait(b) if is_read(op)]
+
+    found = reads(_ASYNC_COPY.match) if copies else reads(lambda op: op.startswith("ld.global"))
+    if not found:
+        return copies, ordering, None
+    rank = {b: n for n, b in enumerate(_reverse_postorder(blocks))}
+    read_block, read_at = min(found, key=lambda read: (rank.get(read[0], len(blocks)), read[1]))
+    on_every_path = [op for b in sorted(dominators[read_block], key=lambda d: len(dominators[d]))
+                     for i, op in after_wait(b) if b != read_block or i < read_at]
+    return copies, ordering, tuple(op for op in on_every_path if _ORDERING.match(op) or _BARRIER.match(op))
 
 
 def ptxas_usage(ptx: str, ptxas: str) -> tuple[int, int] | None:
@@ -136,4 +222,4 @@ def kernel_facts(kernel: Any, ptxas: str | None) -> KernelFacts:
     usage = ptxas_usage(ptx, ptxas) if ptxas else None
     return KernelFacts(name=kernel.name, warps=kernel.metadata.num_warps, shared_bytes=kernel.metadata.shared,
                        registers=usage[0] if usage else None, spill_bytes=usage[1] if usage else None,
-                       async_copies=copies, ordering=ordering, before_first_copy=before)
+                       async_copies=copies, ordering=ordering, before_first_read=before)
