@@ -161,4 +161,3 @@ def test_report_refuses_an_unknown_launch_name() -> None:
     done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "no such launch")
     assert done.returncode == 2 and "no launch name contains 'no such launch'" in done.stderr, done.stderr
     assert "rope + attention, batch 8 x 1" in done.stderr
-

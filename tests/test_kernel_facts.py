@@ -1,7 +1,6 @@
 """The PTX reading of tools/kernel_facts.py on texts whose answer is known: which atomics, fences
 and barriers lie between a program's dependency wait and its first read (asynchronous copy, or
-global load in a kernel without copies).  The real
-builds are read in tests/test_compile_gpu.py."""
+global load in a kernel without copies).  Real builds are read in tests/test_compile_gpu.py."""
 
 from __future__ import annotations
 
