@@ -15,6 +15,7 @@ spills ``ptxas`` reports for the same PTX.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import re
 import subprocess
@@ -62,20 +63,17 @@ TABLE_HEADER = ("| launch | kernel | warps | registers | spill bytes | shared by
 
 def _runs(opcodes: Sequence[str]) -> list[str]:
     """``["a", "a", "b", "a"]`` as ``["2 × a", "b", "a"]``: repeats in a row counted, order kept."""
-    runs: list[list[Any]] = []
-    for opcode in opcodes:
-        if runs and runs[-1][0] == opcode:
-            runs[-1][1] += 1
-        else:
-            runs.append([opcode, 1])
+    runs = [(op, len(list(run))) for op, run in itertools.groupby(opcodes)]
     return [f"{n} × {op}" if n > 1 else op for op, n in runs]
 
 
 @dataclasses.dataclass
 class _Block:
-    """A basic block of PTX: its instructions' opcodes and the blocks control may pass to."""
+    """A basic block of PTX: its instructions' opcodes, the branch or return that ends it (if one
+    does) and the blocks control may pass to."""
 
     opcodes: list[str] = dataclasses.field(default_factory=list)
+    end: str = ""
     successors: list[int] = dataclasses.field(default_factory=list)
 
 
@@ -83,14 +81,13 @@ def _control_flow(ptx: str) -> list[_Block]:
     """The kernel's basic blocks in text order, block 0 its entry.  Blocks start at ``$L__BB``
     labels and after branches and returns; a branch goes to its label, and also falls through
     when it is predicated."""
-    blocks, ends, labels = [_Block()], [""], {}
+    blocks, labels = [_Block()], {}
     for line in ptx.splitlines():
         text = line.strip()
         label = _BLOCK_LABEL.match(text)
         if label:
             if blocks[-1].opcodes:
                 blocks.append(_Block())
-                ends.append("")
             labels[label.group(1)] = len(blocks) - 1
             continue
         body = _PREDICATE.sub("", text)
@@ -99,14 +96,13 @@ def _control_flow(ptx: str) -> list[_Block]:
         opcode = body.split()[0].rstrip(";")
         blocks[-1].opcodes.append(opcode)
         if opcode.startswith(("bra", "ret", "exit")):
-            ends[-1] = text
+            blocks[-1].end = text
             blocks.append(_Block())
-            ends.append("")
-    for i, (block, end) in enumerate(zip(blocks, ends, strict=True)):
-        body = _PREDICATE.sub("", end)
+    for i, block in enumerate(blocks):
+        body = _PREDICATE.sub("", block.end)
         if body.startswith("bra"):
             block.successors.append(labels[body.split()[-1].rstrip(";")])
-        if (not body or end != body) and i + 1 < len(blocks):  # falls through: no jump, or a predicated one
+        if (not body or block.end != body) and i + 1 < len(blocks):  # falls through: no jump, or a predicated one
             block.successors.append(i + 1)
     return blocks
 
