@@ -357,7 +357,8 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     if out.numel() == 0:
         return out.to(q.dtype)
     group = heads // kv_heads
-    sched = schedule or attention_schedule(plan, lq * group, lk, batch * kv_heads, device)
+    sched = schedule or attention_schedule(plan, lq * group, lk, batch * kv_heads, device,
+                                           additive_mask=mask is not None and mask.dtype != torch.bool)
     if mask is not None:
         mask = mask.expand(batch, heads, lq, lk)
     mask_arg = mask if mask is not None else q

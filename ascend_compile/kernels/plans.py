@@ -501,22 +501,31 @@ class AttentionSchedule:
 
 
 @functools.lru_cache(maxsize=4096)
-def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device) -> AttentionSchedule:
+def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device,
+                       additive_mask: bool = False) -> AttentionSchedule:
     """Rows per program and the split choice; free to depend on the batch.
 
     ``queries`` counts a group's packed rows (query positions x query heads per key/value head),
-    ``heads`` the (batch, key/value head) pairs.
+    ``heads`` the (batch, key/value head) pairs; ``additive_mask``: the scores read a floating mask.
     """
     if device.plan_kind == "npu":
         return _npu_attention_schedule(plan, queries, heads, device)
     if device.triton_interpreted:
         return AttentionSchedule(block_m=16, split=False, num_warps=4)
     block_m = 16 if queries <= 16 else 64
-    programs = heads * -(-queries // block_m)
-    split = plan.num_splits(keys) > 1 and programs < device.compute_units
-    # 4 warps for every block (H200: prefill blocks of 64 rows over 512 causal keys took 13.0 us
-    # against 32.6 with 8 warps, the 512-token prefill at bs 4 18.4 ms against 19.4).
-    return AttentionSchedule(block_m=block_m, split=split, num_warps=4)
+    blocks = -(-queries // block_m)
+    # Splits while programs leave SMs idle and a head's keys make at least as many splits as its
+    # rows make blocks: the fold's states grow with the rows (H200, split / serial time at bs 1: a
+    # 512-token prefill 1.58x causal, 1.66x with a boolean mask; 128 query positions over 1024 keys
+    # 0.72x, 64 over 2048 0.46x, 32 over 4096 0.35x).
+    splits = plan.num_splits(keys)
+    split = 1 < splits and blocks <= splits and heads * blocks < device.compute_units
+    # 4 warps (H200: prefill blocks of 64 rows over 512 causal keys took 13.0 us against 32.6 with
+    # 8 warps, the 512-token prefill at bs 4 18.4 ms against 19.4), except 64-row blocks that add a
+    # floating mask: with 4 warps they spill (triton 3.9's sm_90 build), with 8 a 512-token prefill
+    # took 0.91-0.95x the time at bs 1-8 (boolean masks and causal blocks: 1.4-1.6x slower with 8).
+    warps = 8 if block_m == 64 and additive_mask else 4
+    return AttentionSchedule(block_m=block_m, split=split, num_warps=warps)
 
 
 def attention_ub_bytes(block_m: int, plan: AttentionPlan, device: Device) -> int:

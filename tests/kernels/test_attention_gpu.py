@@ -31,7 +31,8 @@ def test_decode_equals_prefill_and_schedules_agree_on_gpu(dtype: torch.dtype) ->
 def test_boolean_additive_and_causal_masks_give_one_result_on_gpu() -> None:
     """A boolean causal mask, the additive mask SDPA would make of it and ``is_causal`` hide the
     same keys, and a hidden key adds an exact zero: the compiled kernel gives all three the same
-    bits, and a decode step with every key visible gives the prefill's row."""
+    bits (the additive mask's 64-row blocks run with 8 warps, the others with 4), and a decode step
+    with every key visible gives the prefill's row."""
     gen = torch.Generator("cuda").manual_seed(2)
     q, k, v = (torch.randn(1, h, 300, 128, device="cuda", generator=gen).to(torch.bfloat16) for h in (16, 8, 8))
     keep = torch.ones(300, 300, dtype=torch.bool, device="cuda").tril()[None, None]

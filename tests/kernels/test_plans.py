@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from ascend_compile.devices import Device
-from ascend_compile.kernels.plans import matmul_operand_readable, matmul_plan, matmul_schedule
+from ascend_compile.kernels.plans import (
+    attention_plan,
+    attention_schedule,
+    matmul_operand_readable,
+    matmul_plan,
+    matmul_schedule,
+)
 
 GPU = Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False)
 CPU = Device(kind="cpu", index=0, compute_units=2, triton_interpreted=True)
@@ -78,6 +84,30 @@ def test_decode_split_programs_preload_their_weight() -> None:
                 s = matmul_schedule(plan, m, 1024, 1, 2, GPU, gated=gated)
                 assert not s.preload_weight or (s.split and plan.chunk_blocks in (1, 2, 4))
     assert not matmul_schedule(matmul_plan(2048, 1024, torch.bfloat16, CPU), 8, 1024, 1, 2, CPU).preload_weight
+
+
+def test_attention_warps_change_with_the_mask_only_in_prefill_blocks() -> None:
+    """A floating mask gives 64-row GPU blocks 8 warps (4 spill registers there in triton 3.9); decode blocks,
+    boolean masks, causal blocks and the interpreter keep 4.  The plan never sees the mask."""
+    assert list(inspect.signature(attention_plan).parameters) == ["head_dim", "value_dim", "dtype", "device"]
+    plan = attention_plan(128, 128, torch.bfloat16, GPU)
+    prefill, decode = (1024, 512, 16), (2, 520, 64)  # packed query rows, keys, (batch, key/value head) pairs
+    assert attention_schedule(plan, *prefill, GPU, additive_mask=True).num_warps == 8
+    assert attention_schedule(plan, *prefill, GPU).num_warps == 4
+    assert attention_schedule(plan, *decode, GPU, additive_mask=True).num_warps == 4
+    cpu_plan = attention_plan(128, 128, torch.bfloat16, CPU)
+    assert attention_schedule(cpu_plan, *prefill, CPU, additive_mask=True).num_warps == 4
+
+
+def test_attention_splits_keys_only_when_they_outnumber_the_row_blocks() -> None:
+    """Splits serve few programs with many keys a row block: a decode step and 128 positions over
+    1024 keys split; a 512-token prefill at batch 1 (16 row blocks a head, 2 splits) runs serially,
+    as does any launch whose programs already fill the SMs."""
+    plan = attention_plan(128, 128, torch.bfloat16, GPU)
+    assert attention_schedule(plan, 2, 520, 64, GPU).split  # decode, bs 8
+    assert attention_schedule(plan, 256, 1024, 8, GPU).split
+    assert not attention_schedule(plan, 1024, 512, 8, GPU).split
+    assert not attention_schedule(plan, 2, 520, 256, GPU).split  # decode, bs 32: 256 programs
 
 
 def test_operand_readability_with_unbacked_extents() -> None:
