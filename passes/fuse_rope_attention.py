@@ -4,7 +4,7 @@ After ``fuse_norm_rope`` / ``fuse_rope`` a layer with a static cache runs, betwe
 projections and the o projection, two of our launches: the norms, rotation and cache writes
 (``rms_norm_rope_cache`` / ``rms_norm_rope_append`` or ``rope_cache`` / ``rope_append``), then
 attention over the caches.  At decode the first moves a few kilobytes and costs about a launch
-(3.5-4.7 us a layer in a chain of a layer's kernels on an H200, docs/BENCHMARKS.md).
+(3.5-4.7 us a layer in a chain of a layer's kernels on an H200, docs/decisions/0015-rope-attention-fusion.md).
 ``ascend_bi::rope_attention`` / ``rope_attention_append`` do both in one launch
 (``kernels/rope_attention.py``; the same bits).
 

@@ -143,9 +143,9 @@ def _report_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
 def test_report_finds_the_serial_attention_atomic_before_its_first_key_tile() -> None:
     """The serial rope-attention (batch 32) arrives on the write position's counter right after its
     cache writes: the atomic lies between its dependency wait and its first key tile's copy.  The
-    split schedule (batch 8) leaves the position to the fold launch: nothing but barriers there (the
-    ninth session's change; the serial case is the report's positive control, to be replaced by
-    another known case if that atomic moves).  The report reads registers from ptxas as well."""
+    split schedule (batch 8) leaves the position to the fold launch: nothing but barriers there.  The
+    serial case is the report's positive control, to be replaced by another known case if that
+    atomic moves.  The report reads registers from ptxas as well."""
     done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "rope + attention, batch", "--report")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _report_rows(done.stdout)

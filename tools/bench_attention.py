@@ -26,6 +26,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -173,9 +174,13 @@ def _yes(check: bool | None) -> str:
     return "—" if check is None else "yes" if check else "NO"
 
 
-def markdown(points: list[Point], info: dict[str, str]) -> str:
+def markdown(doc: dict[str, Any]) -> str:
+    """The results tables of a run's JSON document (``--json``; also how bench_report renders it):
+    decode and prefill points, then the mask forms."""
+    points = [Point(**p) for p in doc["points"] if p["kind"] != "mask"]
+    masks = [MaskPoint(**p) for p in doc["points"] if p["kind"] == "mask"]
     lines = [
-        card_line(info),
+        card_line(doc["info"]),
         "",
         "| kind | batch | context | bitwise invariant | decode == prefill | ascend_bi µs | SDPA (GQA) µs "
         "| SDPA (repeated KV) µs | ascend_bi / best stock |",
@@ -190,7 +195,7 @@ def markdown(points: list[Point], info: dict[str, str]) -> str:
         if ratios:
             lines.append(f"\n{kind}: ascend_bi time / best stock SDPA time, geo-mean {geomean(ratios):.2f}×, "
                          f"worst {max(ratios):.2f}×.")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + mask_markdown(masks)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,8 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         points.append(prefill(length))
         logger.info("%s", points[-1])
     mask_points = [p for batch in args.rows for p in masks(batch, args.contexts[0])]
-    info = versions()
-    finish(args, info, [*points, *mask_points], markdown(points, info) + "\n\n" + mask_markdown(mask_points))
+    finish(args, versions(), [*points, *mask_points], markdown)
     return 0 if all(p.invariant and p.decode_equals_prefill is not False for p in points) \
         and all(p.equals_cut is not False for p in mask_points) else 1
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ascend_compile.tools.benchmarking import card_line, geomean, start, versions
+from ascend_compile.tools.benchmarking import card_line, copy_bandwidth, finish, geomean, mean_call_ms, start, versions
 from ascend_compile.tools.models import llama_3_2_1b, qwen3_0_6b
 
 logger = logging.getLogger(__name__)
@@ -116,35 +115,6 @@ class Workload:
         return _ids(batch, model.config.vocab_size, self.tokens), None, None
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start_event.record()
-    for _ in range(10):
-        dst.copy_(src)
-    end_event.record()
-    end_event.synchronize()
-    return 2 * src.numel() * 10 / (start_event.elapsed_time(end_event) / 1e3)
-
-
-def _time_ms(call: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        call()
-    torch.cuda.synchronize()
-    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start_event.record()
-    for _ in range(repeats):
-        call()
-    end_event.record()
-    end_event.synchronize()
-    return start_event.elapsed_time(end_event) / repeats
-
-
 def measure(model: torch.nn.Module, modes: list[str], workloads: dict[Workload, list[int]],
             repeats: int) -> tuple[list[Point], dict[tuple[str, str], bool]]:
     """Every mode over every workload's batch sizes (a mode's compiled step is shared by both)."""
@@ -171,7 +141,7 @@ def _measure_mode(mode: str, available: tuple[Step, Callable[[], contextlib.Abst
             first = step(ids, cache, position)[0].clone()
             torch.cuda.synchronize()
             first_s, mib = time.perf_counter() - start_s, (torch.cuda.memory_allocated() - before) / 2**20
-            ms = _time_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
+            ms = mean_call_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
                           repeats)
         rows.append(first)
         points.append(Point(workload.kind, mode, bucket, ms, first_s, mib))
@@ -187,8 +157,7 @@ def hbm_floor_ms(model: torch.nn.Module, bucket: int, context: int, bandwidth: f
     return (weights + kv) / bandwidth * 1e3
 
 
-def _table(points: list[Point], invariant: dict[tuple[str, str], bool], kind: str,
-           floors: dict[int, float] | None) -> list[str]:
+def _table(points: list[Point], invariant: dict[str, bool], kind: str, floors: dict[int, float] | None) -> list[str]:
     """Milliseconds per mode and batch for one workload, ratios to reduce-overhead's time."""
     mine = [p for p in points if p.kind == kind]
     modes = list(dict.fromkeys(p.mode for p in mine))
@@ -198,7 +167,7 @@ def _table(points: list[Point], invariant: dict[tuple[str, str], bool], kind: st
              "|---|" + "---:|" * len(batches) + ":---:|"]
     for mode in modes:
         lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in batches)
-                     + f" | {'yes' if invariant[kind, mode] else 'no'} |")
+                     + f" | {'yes' if invariant[f'{kind} {mode}'] else 'no'} |")
     if floors:
         lines.append("| HBM floor | " + " | ".join(f"{floors[b]:.2f}" for b in batches) + " | |")
     lines += ["", "| mode | first call per batch: s (MiB added) |", "|---|---|"]
@@ -213,17 +182,21 @@ def _table(points: list[Point], invariant: dict[tuple[str, str], bool], kind: st
     return lines
 
 
-def markdown(points: list[Point], invariant: dict[tuple[str, str], bool], floors: dict[int, float],
-             info: dict[str, str], workloads: dict[Workload, list[int]], bandwidth: float) -> str:
+def markdown(doc: dict[str, Any]) -> str:
+    """The results tables of a run's JSON document (``--json``; also how bench_report renders it)."""
+    info, points = doc["info"], [Point(**p) for p in doc["points"]]
+    floors = {int(bucket): ms for bucket, ms in doc["floors"].items()}
+    # Documents written before the model and the token counts were stored ran the defaults.
+    model, tokens = info.get("model", "qwen3-0.6b (28 layers)"), doc.get("tokens", {})
     lines = [card_line(info) + f" transformers {info.get('transformers', '?')}."]
-    for workload in workloads:
-        if workload.kind == "decode":
-            title = (f"Decode step, {info['model']} shapes, bf16, context {workload.tokens}; ms per step "
-                     f"(copy bandwidth {bandwidth / 1e12:.2f} TB/s).")
+    for kind in dict.fromkeys(p.kind for p in points):
+        if kind == "decode":
+            title = (f"Decode step, {model} shapes, bf16, context {tokens.get(kind, 512)}; ms per step "
+                     f"(copy bandwidth {doc['bandwidth'] / 1e12:.2f} TB/s).")
         else:
-            title = f"Prefill of {workload.tokens} tokens per sequence, {info['model']} shapes, bf16; ms per prefill."
-        floor = floors if workload.kind == "decode" else None
-        lines += ["", title, "", *_table(points, invariant, workload.kind, floor)]
+            title = f"Prefill of {tokens.get(kind, 512)} tokens per sequence, {model} shapes, bf16; ms per prefill."
+        floor = floors if kind == "decode" else None
+        lines += ["", title, "", *_table(points, doc["invariant"], kind, floor)]
     return "\n".join(lines)
 
 
@@ -280,20 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     floors = {b: hbm_floor_ms(model, b, args.context, bandwidth) for b in args.buckets}
     info = versions() | {"transformers": transformers.__version__,
                          "model": f"{args.model} ({model.config.num_hidden_layers} layers)"}
-    table = markdown(points, invariant, floors, info, workloads, bandwidth)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"info": info, "bandwidth": bandwidth, "floors": floors,
-                       "invariant": {f"{kind} {mode}": ok for (kind, mode), ok in invariant.items()},
-                       "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+    finish(args, info, points, markdown, bandwidth=bandwidth, floors={str(b): ms for b, ms in floors.items()},
+           tokens={workload.kind: workload.tokens for workload in workloads},
+           invariant={f"{kind} {mode}": ok for (kind, mode), ok in invariant.items()})
     if args.plot and args.buckets:
         plot(points, floors, args.plot)
     elif args.plot:
         logger.warning("no decode buckets were timed: no plot written to %s", args.plot)
-    print(table)
     return 0 if all(ok for (_, mode), ok in invariant.items() if mode.startswith("ascend_bi")) else 1
 
 

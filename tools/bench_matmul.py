@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import sys
+from typing import Any
 
 import torch
 
@@ -131,9 +132,11 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
     return results
 
 
-def markdown(points: list[Point], info: dict[str, str]) -> str:
+def markdown(doc: dict[str, Any]) -> str:
+    """The results table of a run's JSON document (``--json``; also how bench_report renders it)."""
+    points = [Point(**p) for p in doc["points"]]
     lines = [
-        card_line(info),
+        card_line(doc["info"]),
         "",
         "| K | N | M | bitwise invariant | split == serial | rel. error vs fp64 "
         "| ascend_bi µs | cuBLAS µs | speed vs cuBLAS |",
@@ -162,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.sweep, "w") as f:
             json.dump(grid, f, indent=1)
     points = [p for k, n in SHAPES for p in measure(k, n, tuple(args.rows), torch.bfloat16)]
-    info = versions()
-    finish(args, info, points, markdown(points, info))
+    finish(args, versions(), points, markdown)
     return 0 if all(p.invariant and p.schedules_agree for p in points) else 1
 
 

@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -76,9 +77,11 @@ def measure(name: str, n: int, ours: Op, stock: Op, rows: tuple[int, ...]) -> li
     return points
 
 
-def markdown(points: list[Point], info: dict[str, str]) -> str:
+def markdown(doc: dict[str, Any]) -> str:
+    """The results table of a run's JSON document (``--json``; also how bench_report renders it)."""
+    points = [Point(**p) for p in doc["points"]]
     lines = [
-        card_line(info),
+        card_line(doc["info"]),
         "",
         "| op | n | rows | bitwise invariant | ascend_bi µs | eager µs | torch.compile µs | vs eager | vs compile |",
         "|---|---:|---:|:---:|---:|---:|---:|---:|---:|",
@@ -97,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if not start("bench_reductions"):
         return 2
     points = [p for name, (n, ours, stock) in _ops().items() for p in measure(name, n, ours, stock, tuple(args.rows))]
-    info = versions()
-    finish(args, info, points, markdown(points, info))
+    finish(args, versions(), points, markdown)
     return 0 if all(p.invariant for p in points) else 1
 
 

@@ -41,6 +41,37 @@ def graph_time_us(calls: list[Callable[[], object]], repeats: int = 20) -> float
     return sorted(times)[len(times) // 2]
 
 
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end_event.record()
+    end_event.synchronize()
+    return 2 * src.numel() * 10 / (start_event.elapsed_time(end_event) / 1e3)
+
+
+def mean_call_ms(call: Callable[[], object], repeats: int) -> float:
+    """Mean time of ``call`` over ``repeats`` calls in a row, after three warm-up calls (a whole step,
+    with its own graph replays and host work, as a server runs it)."""
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    for _ in range(repeats):
+        call()
+    end_event.record()
+    end_event.synchronize()
+    return start_event.elapsed_time(end_event) / repeats
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -80,11 +111,16 @@ def start(name: str) -> bool:
     return True
 
 
-def finish(args: argparse.Namespace, info: dict[str, str], points: list[Any], table: str) -> None:
-    """Write the points (JSON) and the table (Markdown) where asked, and print the table."""
+def finish(args: argparse.Namespace, info: dict[str, str], points: list[Any],
+           markdown: Callable[[dict[str, Any]], str], **extra: Any) -> None:
+    """Write the run's JSON document (its versions, ``extra`` and every point) and its table (Markdown) where
+    asked, and print the table.  The table is rendered from the document, as ``bench_report`` renders
+    docs/BENCHMARKS.md from the stored JSON, so the two cannot differ."""
+    doc = {"info": info, **extra, "points": [dataclasses.asdict(p) for p in points]}
+    table = markdown(doc)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "points": [dataclasses.asdict(p) for p in points]}, f, indent=1)
+            json.dump(doc, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(table + "\n")

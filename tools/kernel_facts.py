@@ -1,7 +1,7 @@
 """What a GPU build of a template kernel waits on, read from its PTX without a GPU.
 
 A decode step at small batch is latency-bound: each kernel's time is mostly its programs waiting,
-on the kernel before them and then on their own first loads (docs/BENCHMARKS.md, decode section).
+on the kernel before them and then on their own first loads (docs/decisions/0002, 0010).
 What stands between a program's wait for the kernel before it (``griddepcontrol.wait``) and its
 first read after it (its first asynchronous copy, or its first global load in a kernel that makes
 no copies) is on every step's critical path: an atomic there is a round trip to L2,

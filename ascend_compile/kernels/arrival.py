@@ -12,7 +12,7 @@ kernels that append to a cache count on one too, so that the last program advanc
 One buffer per device serves every kernel: inference runs one compute stream per device, and each
 launch leaves all its counters at zero.  The last program resets a counter with a relaxed exchange:
 only a later launch reads it again, and the kernel boundary orders the two (an acquire-release
-exchange made the program's output stores complete first; docs/BENCHMARKS.md).
+exchange made the program's output stores complete first; docs/decisions/0002-split-k-arrival-counter.md).
 """
 
 from __future__ import annotations

@@ -388,8 +388,9 @@ def mask_row(mask: torch.Tensor | None, lq: int, split: bool) -> bool:
     """Whether attention reads ``mask`` (expanded to (batch, heads, lq, keys)) as one vector per key
     tile: when every query row of it is one row per batch (a decode step's mask shared by the heads)
     and the schedule splits the keys.  Serial programs read it per row, as other masks (H200, the
-    decode shapes of BENCHMARKS.md: the vector read 0.3 us faster at bs 1-8, split; at bs 32,
-    serial, 29.0 against 23.7 us).  The values read are the same either way, so are the bits."""
+    decode shapes of docs/decisions/0013-attention-mask-reads.md: the vector read 0.3 us faster at
+    bs 1-8, split; at bs 32, serial, 29.0 against 23.7 us).  The values read are the same either
+    way, so are the bits."""
     return (split and mask is not None and (mask.shape[1] == 1 or mask.stride(1) == 0)
             and (lq == 1 or mask.stride(2) == 0))
 

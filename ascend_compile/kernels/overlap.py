@@ -18,9 +18,9 @@ the previous kernel writes or reads.  Our kernels that take ``OVERLAP`` do exact
   large one waits (``wait_for_previous``) and lets the next start only after its last store
   (``release_dependents``): the next kernel's programs, once placed, hold their SM slots while
   they wait, and at attention's size (hundreds of programs at batch 32) that cost more than the
-  launch it hid (H200, docs/BENCHMARKS.md).  Releasing *before* the wait, so that a matmul's
+  launch it hid (H200, docs/decisions/0005-overlapped-launches.md).  Releasing *before* the wait, so that a matmul's
   weight requests start two kernels back, measured slower for every kernel and for the norms and
-  attention's fold launch alone, and gained nothing for the matmuls (H200, docs/BENCHMARKS.md);
+  attention's fold launch alone, and gained nothing for the matmuls (H200, docs/decisions/0005-overlapped-launches.md);
   likely because the chain is bandwidth-bound there: requests issued early slow the kernel then
   running.
 

@@ -319,10 +319,10 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
                     a_transposed: bool = False, b_transposed: bool = False, gated: bool = False) -> MatmulSchedule:
     """Tiles and split choice for ``batch`` matmuls of ``m`` rows; free to depend on ``m``.
 
-    Chosen from sweeps of tiles x split x warps x stages on an H200 (tools/bench_matmul.py
-    --sweep, docs/BENCHMARKS.md): narrow tiles and deep pipelines for decode rows, which are bound
-    by weight reads; the split whenever the output has fewer tiles than the device has SMs and K
-    has chunks enough to spread.  ``gated``: the tile computes two products (``GATED``), so it
+    Chosen from sweeps of tiles x split x warps x stages on an H200 (tools/bench_matmul.py --sweep,
+    docs/decisions/0003-decode-matmul-schedules.md): narrow tiles and deep pipelines for decode
+    rows, which are bound by weight reads; the split whenever the output has fewer tiles than the
+    device has SMs and K has chunks enough to spread.  ``gated``: the tile computes two products (``GATED``), so it
     is half as wide.  ``a_transposed``/``b_transposed`` (an operand's unit stride is along K for
     B, along M for A) only change NPU schedules, whose UB must hold the transposing loads.
     """

@@ -2,8 +2,8 @@
 
 At decode a layer runs the norm-and-rotate kernel (``kernels/rope.py``) and then attention: two
 dependent launches, the first moving a few kilobytes.  In a chain of a layer's kernels on an H200
-the first adds 3.5-4.7 us a layer (docs/BENCHMARKS.md), nearly all of it the launch.  Here each
-attention program does that work itself before it reads the keys:
+the first adds 3.5-4.7 us a layer (docs/decisions/0015-rope-attention-fusion.md), nearly all of
+it the launch.  Here each attention program does that work itself before it reads the keys:
 
 * one rotation over the tile's live rows (``rope.rotated_rows``, the norm-and-rotate kernel's
   arithmetic, so its bits): the query rows attention packs per key/value head
@@ -19,7 +19,7 @@ attention program does that work itself before it reads the keys:
   launch, which runs after them anyway; in the serial schedule by the program that arrives last on
   an arrival counter (``arrival.py``).  The split programs take no counter: its atomic, ordered after
   the cache writes, stood between every program and its first key tile (H200, bs 8: the decode
-  step 1.131 ms without it against 1.150-1.154 with, docs/BENCHMARKS.md).
+  step 1.131 ms without it against 1.150-1.154 with, docs/decisions/0015-rope-attention-fusion.md).
 
 Then it is ``kernels/attention.py``'s split state (``_attend``), and in the split schedule its
 fold launch (``fold_splits``): the same plan, the same bits as the two launches.  Only decode
