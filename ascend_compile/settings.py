@@ -1,16 +1,19 @@
 """One frozen settings object per compiled graph, built from ``options=`` and the environment.
 
 ``torch.compile(model, backend="ascend_bi", options={...})`` hands its options here; environment
-variables (``ASCEND_BI_<FIELD>``) supply defaults that options override.  Every field is
-documented below; an unknown key or a bad value raises ``ValueError`` naming the key and the
-accepted values, so a typo never silently leaves a model non-invariant.
+variables (``ASCEND_BI_<FIELD>``) supply defaults that options override.  One rule reads both:
+a field takes its Python value (``True``, ``[1, 2, 4]``, ``{"slot_mapping": -1}``) or the text its
+environment variable would hold (``"yes"``, ``"1,2,4"``, ``"slot_mapping=-1"``), through the same
+parser, so an option means the same wherever it comes from (vLLM's JSON configs, shell variables,
+Python).  Every field is documented below; an unknown key or a bad value raises ``ValueError``
+naming the key and the accepted values, so a typo never silently leaves a model non-invariant.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -82,66 +85,82 @@ _FIELD_NAMES = frozenset(f.name for f in fields(Settings))
 
 
 def _parse(name: str, value: Any, *, source: str) -> Any:
-    if name == "executor":
-        if value not in EXECUTORS:
-            raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: {', '.join(EXECUTORS)}")
-        return value
-    if name == "strict":
-        return _bool(value, source)
-    if name == "dump_dir":
-        if value is None or (isinstance(value, (str, os.PathLike)) and str(value)):
-            return None if value is None else str(value)
-        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: a folder path or None")
-    if name == "disable_passes":
-        from ascend_compile.passes import PASS_NAMES
+    """One rule for every field: its Python value, or the text its environment variable would hold."""
+    return _PARSERS[name](value, source)
 
-        names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-        optional = [n for n in PASS_NAMES if n != "verify_batch_invariance"]
-        unknown = [n for n in names if n not in optional]
-        if unknown:
-            raise ValueError(
-                f"ascend_bi: {source} names passes that cannot be disabled or do not exist: {unknown}; "
-                f"accepted values: {', '.join(optional)}"
-            )
-        return names
-    if name == "graphs":
-        if value not in GRAPHS:
-            raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: {', '.join(GRAPHS)}")
+
+def _invalid(source: str, value: Any, accepted: str) -> ValueError:
+    return ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: {accepted}")
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def parse(value: Any, source: str) -> str:
+        if value not in choices:
+            raise _invalid(source, value, ", ".join(choices))
         return value
-    if name == "capture_sizes":
-        return None if value is None else _positive_ints(value, source)
-    if name == "max_capture_size":
-        return _positive_ints(value if isinstance(value, str) else (value,), source)[0]
-    if name == "pad_values":
-        return _pad_values(value, source)
-    if name == "clone_outputs":
-        return _bool(value, source)
-    raise AssertionError(f"settings field {name} has no parser")
+
+    return parse
 
 
 def _bool(value: Any, source: str) -> bool:
+    """``True``/``False``, ``1``/``0``, or one of the words (any case)."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if isinstance(value, str) and value.lower() in TRUE_WORDS + FALSE_WORDS:
         return value.lower() in TRUE_WORDS
-    raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: True, False")
+    raise _invalid(source, value, f"True, False, 1, 0 or one of {', '.join(TRUE_WORDS[2:] + FALSE_WORDS[2:])}")
+
+
+def _folder(value: Any, source: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return str(value)
+    raise _invalid(source, value, "a folder path or None")
+
+
+def _pass_names(value: Any, source: str) -> tuple[str, ...]:
+    from ascend_compile.passes import PASS_NAMES
+
+    names = tuple(n.strip() for n in value.split(",") if n.strip()) if isinstance(value, str) else value
+    optional = [n for n in PASS_NAMES if n != "verify_batch_invariance"]
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        raise _invalid(source, value, f"pass names (a list, or comma-separated): {', '.join(optional)}")
+    unknown = [n for n in names if n not in optional]
+    if unknown:
+        raise ValueError(
+            f"ascend_bi: {source} names passes that cannot be disabled or do not exist: {unknown}; "
+            f"accepted values: {', '.join(optional)}"
+        )
+    return tuple(names)
 
 
 def _positive_ints(value: Any, source: str) -> tuple[int, ...]:
-    """A non-empty collection of positive integers (or "1,2,4" from the environment), sorted."""
-    items = value.split(",") if isinstance(value, str) else value
+    """One positive integer or a non-empty collection of them ("1,2,4" as text), sorted."""
+    items = value.split(",") if isinstance(value, str) else (value,) if isinstance(value, int) else value
     try:
         sizes = tuple(int(v) if isinstance(v, str) else v for v in items)
     except (TypeError, ValueError):
         sizes = ()
     if not sizes or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
-        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: positive integers "
-                         "(a non-empty list, e.g. [1, 2, 4, 8])")
+        raise _invalid(source, value, "positive integers (one, or a non-empty list, e.g. [1, 2, 4, 8] or \"1,2,4,8\")")
     return tuple(sorted(set(sizes)))
 
 
+def _capture_sizes(value: Any, source: str) -> tuple[int, ...] | None:
+    return None if value is None else _positive_ints(value, source)
+
+
+def _positive_int(value: Any, source: str) -> int:
+    if isinstance(value, str) and "," in value or isinstance(value, (list, tuple)):
+        raise _invalid(source, value, "one positive integer")
+    return _positive_ints(value, source)[0]
+
+
 def _pad_values(value: Any, source: str) -> tuple[tuple[str, float], ...]:
-    """``{"input name": number}`` (or "name=value,..." from the environment)."""
+    """``{"input name": number}`` (or "name=value,..." as text)."""
     if isinstance(value, str):
         try:
             value = dict(item.split("=", 1) for item in value.split(",") if item)
@@ -152,6 +171,20 @@ def _pad_values(value: Any, source: str) -> tuple[tuple[str, float], ...]:
         value = dict(value)
     if not isinstance(value, Mapping) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items()):
-        raise ValueError(f"ascend_bi: {source} = {value!r} is not valid; accepted values: a mapping from input "
-                         "name to a number, e.g. {'slot_mapping': -1}")
+        raise _invalid(source, value, "a mapping from input name to a number, e.g. {'slot_mapping': -1} "
+                                      "or \"slot_mapping=-1\"")
     return tuple(sorted(value.items()))
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "executor": _choice(EXECUTORS),
+    "strict": _bool,
+    "dump_dir": _folder,
+    "disable_passes": _pass_names,
+    "graphs": _choice(GRAPHS),
+    "capture_sizes": _capture_sizes,
+    "max_capture_size": _positive_int,
+    "pad_values": _pad_values,
+    "clone_outputs": _bool,
+}
+assert set(_PARSERS) == _FIELD_NAMES, "every settings field needs a parser"
