@@ -91,6 +91,12 @@ def npu_available() -> bool:
     return bool(npu is not None and npu.is_available())
 
 
+def present_kinds() -> tuple[str, ...]:
+    """The device types this machine has, accelerators first (the CPU always)."""
+    return tuple(k for k, here in (("cuda", torch.cuda.is_available()), ("npu", npu_available()), ("cpu", True))
+                 if here)
+
+
 def configure_triton() -> None:
     """Run Triton kernels in the interpreter when the machine has no GPU or NPU.
 

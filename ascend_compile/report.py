@@ -64,7 +64,10 @@ def record(report: CompileReport) -> None:
 
 
 def reports() -> list[CompileReport]:
-    """Reports of every graph ``ascend_bi`` compiled in this process, oldest first."""
+    """Reports of every graph ``ascend_bi`` compiled in this process, oldest first.
+
+    Empty until a graph compiles (the first call of a compiled model): ``eager_mode()`` compiles
+    nothing and adds none."""
     return list(_reports)
 
 

@@ -10,15 +10,19 @@ device's dispatch key through
 ``torch.library.Library("aten", "IMPL")`` and are removed on exit.
 
 The original kernel is replaced, not wrapped, so a call the template cannot take (integer or
-float64 dtypes) raises a clear error instead of silently running a non-invariant kernel.
+float64 dtypes) raises a clear error instead of silently running a non-invariant kernel.  Asking
+for a device the machine does not have is an error, and a block in which no overridden op ran on
+the chosen device (its tensors were elsewhere) ends with a warning: either would otherwise leave
+the model silently non-invariant.  Nothing is compiled, so ``ascend_compile.reports()`` gets no entry.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -77,24 +81,47 @@ def _softmax_override(log: bool):
     return softmax
 
 
+_OVERRIDES: dict[str, Callable[..., torch.Tensor]] = {
+    "mm": _mm, "addmm": _addmm, "bmm": _bmm, "mean.dim": _mean,
+    "_softmax": _softmax_override(log=False), "_log_softmax": _softmax_override(log=True),
+}
+
+
+def _counted(kernel: Callable[..., torch.Tensor], calls: list[int]) -> Callable[..., torch.Tensor]:
+    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls[0] += 1
+        return kernel(*args, **kwargs)
+
+    return run
+
+
 @contextmanager
-def eager_mode(device: str | torch.device = "cpu") -> Iterator[None]:
-    """Run aten matmuls on ``device``'s type batch-invariantly until the block exits."""
-    key = devices.dispatch_key(torch.device(device).type)
+def eager_mode(device: str | torch.device | None = None, *, warn_unused: bool = True) -> Iterator[None]:
+    """Run aten matmuls, means and softmaxes on ``device``'s type batch-invariantly until the block exits.
+
+    ``device`` defaults to the machine's accelerator (CUDA, then NPU), else the CPU.  A device type
+    the machine does not have raises ``RuntimeError``; a block in which no overridden op ran on it
+    warns when it ends (``warn_unused=False``: for callers whose blocks may legitimately run none)."""
+    kind = torch.device(device).type if device is not None else devices.present_kinds()[0]
+    key = devices.dispatch_key(kind)
+    if kind not in devices.present_kinds():
+        raise RuntimeError(f"ascend_bi eager mode: this machine has no {kind!r} device; "
+                           f"present device types: {', '.join(devices.present_kinds())}")
+    calls = [0]
     library = torch.library.Library("aten", "IMPL")
     with warnings.catch_warnings():
         # torch warns that a registered kernel is being overridden: that is the point of this mode.
         warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
         warnings.filterwarnings("ignore", message=".*Warning only once for all operators.*")
-        library.impl("mm", _mm, key)
-        library.impl("addmm", _addmm, key)
-        library.impl("bmm", _bmm, key)
-        library.impl("mean.dim", _mean, key)
-        library.impl("_softmax", _softmax_override(log=False), key)
-        library.impl("_log_softmax", _softmax_override(log=True), key)
-    logger.info("ascend_bi eager mode on for %s (aten mm, addmm, bmm, mean.dim, _softmax, _log_softmax)", key)
+        for op, kernel in _OVERRIDES.items():
+            library.impl(op, _counted(kernel, calls), key)
+    logger.info("ascend_bi eager mode on for %s (aten %s)", kind, ", ".join(_OVERRIDES))
     try:
         yield
     finally:
         library._destroy()
-        logger.info("ascend_bi eager mode off for %s", key)
+        logger.info("ascend_bi eager mode off for %s: %d overridden calls ran", kind, calls[0])
+    if warn_unused and not calls[0]:
+        warnings.warn(f"ascend_bi eager mode ({kind}): no aten {', '.join(_OVERRIDES)} ran on {kind} inside the "
+                      f"block, so nothing in it was made batch-invariant; are the model and inputs on another "
+                      f"device? (present device types: {', '.join(devices.present_kinds())})", stacklevel=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -127,7 +128,8 @@ def test_dump_dir_holds_every_pass_and_a_summary(tmp_path) -> None:
     assert "summary.json" in names
     for i, name in enumerate(PASS_NAMES):
         assert f"{i:02d}_{name}.before.py" in names and f"{i:02d}_{name}.after.py" in names
-    assert "ascend_bi.mm" in (folder / "01_rewrite_matmul.after.py").read_text()
+    position = PASS_NAMES.index("rewrite_matmul")
+    assert "ascend_bi.mm" in (folder / f"{position:02d}_rewrite_matmul.after.py").read_text()
 
 
 def test_eager_mode_covers_mean_and_softmax() -> None:
@@ -138,3 +140,28 @@ def test_eager_mode_covers_mean_and_softmax() -> None:
         assert all(all_bitwise_equal(*rows_in_batches(lambda x: x.mean(-1), p)) for p in probes)
         torch.testing.assert_close(torch.log_softmax(probes[0], -1), torch.ops.ascend_bi.softmax(probes[0], -1, True))
     assert any(not all_bitwise_equal(*rows_in_batches(lambda x: x.mean(-1), p)) for p in probes)
+
+
+def test_eager_mode_refuses_a_device_the_machine_lacks() -> None:
+    absent = next(k for k in ("cuda", "npu") if k not in ascend_compile.devices.present_kinds())
+    with pytest.raises(RuntimeError, match=f"no '{absent}' device; present device types: .*cpu"):
+        with ascend_compile.eager_mode(absent):
+            pass
+
+
+def test_eager_mode_warns_when_nothing_ran_on_its_device() -> None:
+    """Tensors on another device than the block's run stock kernels: the block says so when it ends."""
+    with pytest.warns(UserWarning, match=r"eager mode \(cpu\): no aten mm.*ran on cpu"):
+        with ascend_compile.eager_mode("cpu"):
+            torch.ones(3) + 1  # no overridden op
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ascend_compile.eager_mode("cpu"):
+            torch.ones(2, 2) @ torch.ones(2, 2)
+
+
+def test_reports_are_empty_until_something_compiles() -> None:
+    ascend_compile.clear_reports()
+    with ascend_compile.eager_mode("cpu"):
+        torch.ones(2, 2) @ torch.ones(2, 2)
+    assert ascend_compile.reports() == []
