@@ -24,6 +24,7 @@ import logging
 import torch
 import torch.fx
 
+from ascend_compile.kernels.plans import FLOAT_DTYPES
 from ascend_compile.passes.graph_facts import facts_of, source_line
 from ascend_compile.passes.replace import UNSUPPORTED
 from ascend_compile.report import UncoveredNode
@@ -105,9 +106,17 @@ def _order_sensitive(node: torch.fx.Node) -> bool:
 def _reason(node: torch.fx.Node) -> str:
     if node.meta.get(UNSUPPORTED):
         return f"{node.target} not rewritten: {node.meta[UNSUPPORTED]}"
-    dtypes = sorted({str(a.meta["val"].dtype).removeprefix("torch.") for a in node.all_input_nodes
-                     if isinstance(a.meta.get("val"), torch.Tensor)})
-    return f"no batch-invariant template for {_op(node)} with dtypes {', '.join(dtypes) or 'unknown'}"
+    dtypes = {a.meta["val"].dtype for a in node.all_input_nodes if isinstance(a.meta.get("val"), torch.Tensor)}
+    unplanned = sorted(_name(d) for d in dtypes if d.is_floating_point and d not in FLOAT_DTYPES)
+    if unplanned:
+        return (f"dtype {', '.join(unplanned)}: templates take {', '.join(map(_name, FLOAT_DTYPES))} only "
+                f"({_op(node)} left stock)")
+    named = ", ".join(sorted(map(_name, dtypes))) or "unknown"
+    return f"no batch-invariant template for {_op(node)} with dtypes {named}"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def verify_batch_invariance(gm: torch.fx.GraphModule, settings: Settings) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ascend_compile.tools.check import compare, ulp_distance
+from ascend_compile.tools.check import compare, format_check, run_check, ulp_distance
 from ascend_compile.tools.cli import main
 from ascend_compile.tools.locate import _probe_slice
 from ascend_compile.tools.targets import TargetError, load_target
@@ -120,3 +120,46 @@ def test_probe_slice_follows_batch_major_flattening() -> None:
     assert _probe_slice(torch.zeros(4, 2), alone, batch=3, row=1) is None  # no dim is 3 x the alone extent
     weight = torch.randn(2, 2)
     assert _probe_slice(weight, weight, batch=3, row=1) is weight  # no batch dim: compared whole
+
+
+def test_module_target_resolves_from_the_working_directory(tmp_path: Path) -> None:
+    """``ascend-bi check mymodule:function`` finds ``mymodule.py`` in the folder it runs from, as
+    ``python -m`` does, also as the installed console script (whose ``sys.path`` lacks that folder)."""
+    (tmp_path / "cwd_target_module.py").write_text("def build():\n    raise RuntimeError('found me')\n")
+    script = Path(sys.executable).parent / "ascend-bi"
+    assert script.exists(), "pip install -e . installs the ascend-bi console script"
+    result = subprocess.run([str(script), "check", "cwd_target_module:build"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "raised RuntimeError: found me" in result.stderr, result.stderr
+
+
+def test_batch_dim_finds_a_sequence_first_models_batch() -> None:
+    """With the batch on dim 1 the probe is a whole sequence and ascend_bi keeps its bits; read as dim 0 the
+    'probe' would be one position, and a softmax over positions would change it for both backends."""
+    target = load_target("tests.cli_targets.seq_first:target", batch_dim=1)
+    result = run_check(target, {}, batch_sizes=(5, 8), draws=1)
+    rows = {(r["mode"], r["batch"]): r for r in result["rows"]}
+    assert result["invariant"] and all(rows[("ascend_bi", b)]["bitwise_equal"] for b in (5, 8))
+    assert not all(rows[("torch.compile", b)]["bitwise_equal"] for b in (5, 8))  # negative control
+    wrong = load_target("tests.cli_targets.seq_first:target")  # dim 0: positions taken for batch rows
+    result = run_check(wrong, {}, batch_sizes=(5,), draws=1)
+    assert not any(r["bitwise_equal"] for r in result["rows"])
+
+
+def test_an_output_without_the_batch_on_its_dim_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "tests.cli_targets.seq_first:batch_first_in_sequence_first_out", "--batch-sizes", "3",
+                 "--companions", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("ascend-bi check: output tensor 0 has shape (6, 3, 4) in a batch of 3 and (6, 1, 4) alone: its "
+                   "batch is not on dim 0; check compares the probe's row of every output (pass --batch-dim for a "
+                   "model whose batch is elsewhere)")
+    with pytest.raises(TargetError, match="batch on dim 2, but some have only 2 dims"):
+        load_target("tests.cli_targets.rms_head:target", batch_dim=2)
+
+
+def test_left_stock_lines_say_why() -> None:
+    uncovered = [{"node": "addmm", "target": "aten.addmm.default", "source": "model.py:3",
+                  "reason": "dtype float64: templates take float32, bfloat16, float16 only (aten.addmm.default left "
+                            "stock)"}]
+    text = format_check({"rows": [], "invariant": True, "uncovered_reductions": uncovered, "divergence": None})
+    assert "left stock: addmm (aten.addmm.default): dtype float64: templates take float32" in text

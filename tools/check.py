@@ -1,6 +1,6 @@
 """``ascend-bi check TARGET``: does a row get the same bits whatever batch it runs in, and if not, why?
 
-The probe (row 0 of the target's example inputs) runs alone, then at a random row of batches of
+The probe (row 0 of the target's example inputs along its batch dim) runs alone, then at a random row of batches of
 several sizes whose other rows (companions) are drawn like the example's rows, under ``ascend_bi``
 and under stock ``torch.compile`` (the negative control: its kernels pick their summation order
 by shape).  Every output tensor's probe row is compared with the alone run: bitwise, largest
@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from ascend_compile.report import clear_reports, reports
 from ascend_compile.tools.locate import Divergence, locate
-from ascend_compile.tools.targets import Target
+from ascend_compile.tools.targets import Target, TargetError
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,10 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
     return int((ordered(a) - ordered(b)).abs().max().item())
 
 
-def _draw_like(example: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
+def _draw_like(example: torch.Tensor, batch: int, batch_dim: int, gen: torch.Generator) -> torch.Tensor:
     """Random rows resembling the example's: same dtype, value range (ints) or mean and spread."""
-    shape = (batch, *example.shape[1:])
+    shape = list(example.shape)
+    shape[batch_dim] = batch
     if example.dtype == torch.bool:
         rows = torch.randint(0, 2, shape, generator=gen).bool()
     elif not example.dtype.is_floating_point:
@@ -76,15 +77,16 @@ def _draw_like(example: torch.Tensor, batch: int, gen: torch.Generator) -> torch
     return rows.to(example.device)
 
 
-def make_batch(example_inputs: tuple[Any, ...], batch: int, row: int, gen: torch.Generator) -> tuple[Any, ...]:
+def make_batch(example_inputs: tuple[Any, ...], batch: int, row: int, gen: torch.Generator,
+               batch_dim: int = 0) -> tuple[Any, ...]:
     """Inputs of ``batch`` rows: the probe (row 0 of the examples) at ``row``, drawn companions elsewhere."""
     made = []
     for t in example_inputs:
         if not isinstance(t, torch.Tensor):
             made.append(t)
             continue
-        rows = _draw_like(t, batch, gen)
-        rows[row] = t[0]
+        rows = _draw_like(t, batch, batch_dim, gen)
+        rows.select(batch_dim, row).copy_(t.select(batch_dim, 0))
         made.append(rows)
     return tuple(made)
 
@@ -93,12 +95,21 @@ def _outputs(value: Any) -> list[torch.Tensor]:
     return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor) and leaf.dim() > 0]
 
 
-def compare(batch_out: Any, alone_out: Any, batch: int, row: int) -> tuple[bool, float, int]:
-    """(bitwise equal, max |diff|, max ULPs) of the probe's row of every batch-shaped output."""
-    pairs = [(b[row], a[0]) for b, a in zip(_outputs(batch_out), _outputs(alone_out), strict=True)
-             if b.shape[0] == batch and a.shape[0] == 1]
+def compare(batch_out: Any, alone_out: Any, batch: int, row: int, batch_dim: int = 0) -> tuple[bool, float, int]:
+    """(bitwise equal, max |diff|, max ULPs) of the probe's row of every output tensor.
+
+    Every output tensor must hold the batch on ``batch_dim`` (1 alone, ``batch`` in the batch): one
+    that does not is a ``TargetError``, since a probe row cut from another dim compares unrelated
+    values and reports divergences that are not there."""
+    pairs = []
+    for i, (b, a) in enumerate(zip(_outputs(batch_out), _outputs(alone_out), strict=True)):
+        if b.dim() <= batch_dim or b.shape[batch_dim] != batch or a.shape[batch_dim] != 1:
+            raise TargetError(f"output tensor {i} has shape {tuple(b.shape)} in a batch of {batch} and "
+                              f"{tuple(a.shape)} alone: its batch is not on dim {batch_dim}; check compares the "
+                              "probe's row of every output (pass --batch-dim for a model whose batch is elsewhere)")
+        pairs.append((b.select(batch_dim, row), a.select(batch_dim, 0)))
     if not pairs:
-        raise ValueError("the model's output holds no tensor with the batch on dim 0; check compares output rows")
+        raise TargetError("the model's output holds no tensor; check compares output rows")
     equal = all(torch.equal(b, a) for b, a in pairs)
     diffs = [(b.double() - a.double()).abs().max().item() for b, a in pairs if b.numel()]
     return equal, max(diffs, default=0.0), max((ulp_distance(b, a) for b, a in pairs), default=0)
@@ -115,12 +126,13 @@ def run_check(target: Target, options: dict[str, Any], batch_sizes: tuple[int, .
     """The table rows, the reductions ascend_bi left stock, and where the first divergence is."""
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    alone = tuple(t[:1] if isinstance(t, torch.Tensor) else t for t in target.example_inputs)
+    dim = target.batch_dim
+    alone = tuple(t.narrow(dim, 0, 1) if isinstance(t, torch.Tensor) else t for t in target.example_inputs)
     cases = []
     for bs in batch_sizes:
         for draw in range(draws):
             row = rng.randrange(bs)
-            cases.append((bs, draw, row, make_batch(target.example_inputs, bs, row, gen)))
+            cases.append((bs, draw, row, make_batch(target.example_inputs, bs, row, gen, dim)))
     rows: list[CheckRow] = []
     steps = len(MODES) * (len(cases) + 1)
     done = 0
@@ -135,7 +147,7 @@ def run_check(target: Target, options: dict[str, Any], batch_sizes: tuple[int, .
             for bs, draw, row, inputs in cases:
                 done += 1
                 progress(f"[{done}/{steps}] {mode}: batch {bs}, companions #{draw}, probe at row {row}")
-                equal, diff, ulps = compare(fn(*inputs), reference, bs, row)
+                equal, diff, ulps = compare(fn(*inputs), reference, bs, row, dim)
                 rows.append(CheckRow(mode, bs, draw, row, equal, diff, ulps))
     torch._dynamo.reset()
     uncovered: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -174,7 +186,8 @@ def format_check(result: dict[str, Any]) -> str:
     else:
         lines.append("ascend_bi: NOT batch-invariant.")
     for u in result["uncovered_reductions"]:
-        lines.append(f"  left stock: {u['node']} ({u['target']})" + (f" at {u['source']}" if u["source"] else ""))
+        lines.append(f"  left stock: {u['node']} ({u['target']}): {u['reason']}"
+                     + (f" at {u['source']}" if u["source"] else ""))
     d = result["divergence"]
     if isinstance(d, dict):
         stock = " (an order-sensitive reduction left stock)" if d["left_stock"] else ""

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--companions", type=int, default=2,
                        help="companion draws per batch size (default: 2), each with the probe at a random row")
     check.add_argument("--seed", type=int, default=0, help="seed for companions and probe rows")
+    check.add_argument("--batch-dim", type=int, default=0, metavar="N",
+                       help="the dim of every input and output tensor that holds the batch (default: 0; "
+                            "1 for a (sequence, batch, ...) model)")
     return parser
 
 
@@ -110,15 +113,17 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 def _run_on_target(args: argparse.Namespace, work: Callable[[Target, dict[str, object]], int]) -> int:
     """Load TARGET and run ``work(target, options)``; usage errors become one line and exit 2."""
-    from ascend_compile.tools.targets import load_target
+    from ascend_compile.tools.targets import TargetError, load_target
 
     try:
         options = _backend_options(args)
-        target = load_target(args.target)
+        target = load_target(args.target, getattr(args, "batch_dim", 0))
     except ValueError as e:  # TargetError included
         return _usage_error(args.command, str(e).removeprefix("ascend_bi: "))
     try:
         return work(target, options)
+    except TargetError as e:  # the target's outputs break the contract
+        return _usage_error(args.command, str(e))
     except Exception as e:  # the target's own code may raise anything: one line, traceback with -v
         if args.verbose:
             raise
@@ -148,6 +153,8 @@ def _check(args: argparse.Namespace) -> int:
 
     if args.companions <= 0:
         return _usage_error("check", f"--companions must be a positive integer, got {args.companions}")
+    if args.batch_dim < 0:
+        return _usage_error("check", f"--batch-dim must be 0 or a positive integer, got {args.batch_dim}")
 
     def work(target: Target, options: dict[str, object]) -> int:
         result = run_check(target, options, args.batch_sizes or DEFAULT_BATCH_SIZES, args.companions, args.seed,

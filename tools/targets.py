@@ -4,13 +4,15 @@ A TARGET is one of
 
 - a built-in model name (``tiny-decoder``), so that the tools work with nothing but this package;
 - a Python file, ``path/to/file.py`` or ``path/to/file.py:function`` (default function ``target``);
-- an importable ``module:function``.
+- an importable ``module:function``, found from the working directory first (as ``python -m``,
+  pytest and uvicorn find theirs).
 
 The function takes no arguments and returns ``(model, example_inputs)``: an ``nn.Module`` (or any
-callable) and a tuple of inputs whose tensors have the batch on dim 0 (a single tensor is taken as
-a one-element tuple).  ``check`` builds its batches from these inputs: row 0 is the probe and
-companions are drawn like the other rows.  Anything else is a ``TargetError`` with one line that
-says what was expected, so the CLI can print it instead of a traceback.
+callable) and a tuple of inputs whose tensors have the batch on one dim, 0 unless the caller says
+otherwise (a single tensor is taken as a one-element tuple).  ``check`` builds its batches from
+these inputs: row 0 is the probe and companions are drawn like the other rows.  Anything else is
+a ``TargetError`` with one line that says what was expected, so the CLI can print it instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Target:
     name: str
     model: Callable[..., Any]
     example_inputs: tuple[Any, ...]
+    #: The dim of every input (and output) tensor that holds the batch.
+    batch_dim: int = 0
 
 
 def _tiny_decoder() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
@@ -73,6 +77,8 @@ def _from_file(path: str, function: str) -> Callable[[], Any]:
 
 
 def _from_module(module_name: str, function: str) -> Callable[[], Any]:
+    if os.getcwd() not in sys.path:  # a console script's sys.path lacks the working directory
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as e:
@@ -101,8 +107,9 @@ def _resolve(spec: str) -> Callable[[], Any]:
     )
 
 
-def load_target(spec: str) -> Target:
-    """Load TARGET; raises ``TargetError`` (one line) when it cannot be used."""
+def load_target(spec: str, batch_dim: int = 0) -> Target:
+    """Load TARGET, whose input tensors have the batch on ``batch_dim``; raises ``TargetError``
+    (one line) when it cannot be used."""
     fn = _resolve(spec)
     try:
         result = fn()
@@ -116,10 +123,14 @@ def load_target(spec: str) -> Target:
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
     if not isinstance(inputs, (tuple, list)) or not any(isinstance(t, torch.Tensor) for t in inputs):
         raise TargetError(f"target {spec!r}: example_inputs must be a tensor or a tuple holding tensors")
-    batches = {t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim() > 0}
-    if len(batches) != 1 or any(isinstance(t, torch.Tensor) and t.dim() == 0 for t in inputs):
-        raise TargetError(f"target {spec!r}: every example input tensor needs the batch on dim 0, "
-                          f"with one batch size (got dim-0 sizes {sorted(batches)})")
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    if any(t.dim() <= batch_dim for t in tensors):
+        raise TargetError(f"target {spec!r}: every example input tensor needs the batch on dim {batch_dim}, but "
+                          f"some have only {min(t.dim() for t in tensors)} dims")
+    batches = {t.shape[batch_dim] for t in tensors}
+    if len(batches) != 1:
+        raise TargetError(f"target {spec!r}: every example input tensor needs the batch on dim {batch_dim}, "
+                          f"with one batch size (got dim-{batch_dim} sizes {sorted(batches)})")
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return Target(name=spec, model=model, example_inputs=tuple(inputs))
+    return Target(name=spec, model=model, example_inputs=tuple(inputs), batch_dim=batch_dim)
