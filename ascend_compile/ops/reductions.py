@@ -83,7 +83,9 @@ def layer_norm(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tenso
 def _(x: torch.Tensor, normalized_shape: list[int], weight: torch.Tensor | None,
       bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out, mean, rstd = aten.native_layer_norm.default(x, normalized_shape, weight, bias, eps)
-    return _like(out, x), _like(mean, x), _like(rstd, x)
+    # The statistics are fp32 whatever the input dtype, as the real impl returns them; aten's own CPU
+    # kernel (so its fake on CPU tensors) gives 16-bit inputs 16-bit statistics.
+    return _like(out, x), x.new_empty(mean.shape, dtype=torch.float32), x.new_empty(rstd.shape, dtype=torch.float32)
 
 
 @bi_op("cumsum")
