@@ -6,9 +6,9 @@ import os
 
 # The Triton interpreter's dot is numpy's matmul.  OpenBLAS's AVX2 (Haswell) sgemm kernel gives a row
 # different bits depending on where it sits in the tile, which fails invariance tests on the CPU for a
-# reason no GPU or NPU has; its AVX (Sandybridge) kernel computes every row alike.  Set before numpy
-# loads OpenBLAS; .ci/run exports it too.
-os.environ.setdefault("OPENBLAS_CORETYPE", "Sandybridge")
+# reason no GPU or NPU has; its AVX (Sandybridge) kernel computes every row alike.  Set (over any value
+# the environment has) before numpy loads OpenBLAS; .ci/run exports it too.
+os.environ["OPENBLAS_CORETYPE"] = "Sandybridge"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -252,9 +252,11 @@ def test_graphs_stay_off_on_the_cpu_by_default() -> None:
     assert [r.graphs for r in ascend_compile.reports()] == ["no device graphs on cpu: the graph runs uncaptured"]
 
 
+@pytest.mark.slow
 def test_transformers_prefill_and_decode_run_padded_with_the_same_bits(runners: list[BucketGraphRunner]) -> None:
     """A real model through the runner: Qwen3 prefill (returns its KV cache) and decode steps
-    (read it; the new token is a strided column slice) at batch 5, padded to bucket 8."""
+    (read it; the new token is a strided column slice) at batch 5, padded to bucket 8.  (Slow: the
+    padded buckets' bits are checked on small graphs above; this is the same on a real model.)"""
     from tests.e2e.test_transformers_models import _same_bits_in_every_batch
     from tests.e2e.tiny_transformers import tiny_model
 

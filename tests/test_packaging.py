@@ -47,3 +47,9 @@ def test_npu_extra_pins_torch_npu_to_its_torch() -> None:
     npu = [Requirement(line) for line in importlib.metadata.requires("ascend-compile") if 'extra == "npu"' in line]
     pins = {req.name: req.specifier for req in npu}
     assert str(pins["torch"]).removeprefix("==") == str(pins["torch-npu"]).removeprefix("==")
+
+
+@pytest.mark.parametrize("extra", ["cpu", "dev"])
+def test_interpreter_extras_bring_numpy(extra: str) -> None:
+    """Triton's interpreter imports numpy; torch's CPU wheel and triton do not bring it."""
+    assert "numpy" in _resolved(extra, "x86_64")
