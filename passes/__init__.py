@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch.fx
 
+from ascend_compile.passes.canonicalize_squares import canonicalize_squares
 from ascend_compile.passes.fix_contiguity import fix_contiguity
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
@@ -26,12 +27,16 @@ from ascend_compile.passes.rewrite_reductions import rewrite_reductions
 from ascend_compile.passes.rewrite_softmax import rewrite_softmax
 from ascend_compile.passes.rewrite_vllm_ops import rewrite_vllm_ops
 from ascend_compile.passes.share_computed_operands import share_computed_operands
+from ascend_compile.passes.split_merged_projections import split_merged_projections
 from ascend_compile.passes.verify_batch_invariance import verify_batch_invariance
 
 Pass = Callable[[torch.fx.GraphModule, "Settings"], int]  # noqa: F821
 
 #: The passes, in the order they run.  ``verify_batch_invariance`` is always last.
 PIPELINE: tuple[Pass, ...] = (
+    # Canonical forms first: the same maths written differently reaches the rewrites and fusions as one graph.
+    canonicalize_squares,
+    split_merged_projections,
     rewrite_eager_attention,  # before the matmul and softmax rewrites: it reads their aten ops
     rewrite_matmul,
     rewrite_vllm_ops,

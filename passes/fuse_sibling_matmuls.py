@@ -42,7 +42,7 @@ bi = torch.ops.ascend_bi
 #: Ops through which two linear layers see one activation (each makes its own view of it).
 _ACTIVATION_VIEWS = VIEWS
 #: Ops a weight operand may pass through on its way from the graph input (moved with it).
-_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.transpose.int, *VIEWS)
+_WEIGHT_VIEWS = (aten.permute.default, aten.t.default, aten.transpose.int, aten.slice.Tensor, *VIEWS)
 
 
 def _layout(t: torch.Tensor) -> tuple[str, str]:

@@ -42,6 +42,7 @@ def _names(gm: torch.fx.GraphModule, positions: frozenset[int]) -> frozenset[str
 
 #: Ops whose output is a view of their first argument (how a weight reaches a matmul).
 _VIEWS = frozenset({torch.ops.aten.permute.default, torch.ops.aten.t.default, torch.ops.aten.transpose.int,
+                    torch.ops.aten.slice.Tensor,
                     torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
                     torch.ops.aten.expand.default, torch.ops.aten.alias.default})
 
