@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 import torch.fx
 
+from ascend_compile.passes.fuse_sibling_norms import form_of
 from ascend_compile.passes.rope_patterns import RopeOps, fits_kernel, fold_rope, rope_of
 from ascend_compile.settings import Settings
 
@@ -44,8 +45,8 @@ def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
     forms: Counter[str | None] = Counter()
     for pair in [n for n in gm.graph.nodes if n.target is bi.rms_norm_pair.default]:
         items = sorted((u for u in pair.users if u.target is operator.getitem), key=lambda u: u.args[1])
-        (xq, xk), weights, eps, eps_tensors = pair.args
-        if len(items) != 2 or not fits_kernel(xq, xk):
+        (xq, xk), weights, eps, eps_tensors = pair.args[:4]
+        if len(items) != 2 or form_of(pair) or not fits_kernel(xq, xk):  # the rotation kernel rounds as Llama/Qwen
             continue
         q, k = rope_of(items[0]), rope_of(items[1])
         if q is None or k is None or (q.cos, q.sin) != (k.cos, k.sin):

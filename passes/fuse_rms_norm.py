@@ -1,10 +1,16 @@
-"""Fuse transformers' written-out RMSNorm (and the residual add before it) into one template.
+"""Fuse a written-out RMSNorm (and the residual add before it) into one template.
 
-After ``rewrite_reductions`` a Llama/Qwen RMSNorm is an elementwise prologue, the row template's
-mean and an elementwise epilogue: three launches where a decode step spends most of its time
-launching.  ``ascend_bi::rms_norm`` does the same arithmetic with the same roundings in one
-launch; ``ascend_bi::add_rms_norm`` also takes the residual add that feeds it (and returns the
-sum, the next residual).  The mean's order stays the row plan's, so the fusion changes no bits.
+After ``rewrite_reductions`` an RMSNorm is an elementwise prologue, the row template's mean and
+an elementwise epilogue: three launches where a decode step spends most of its time launching.
+``ascend_bi::rms_norm`` does the same arithmetic with the same roundings in one launch;
+``ascend_bi::add_rms_norm`` also takes the residual add that feeds it (and returns the sum, the
+next residual).  The mean's order stays the row plan's, so the fusion changes no bits.
+
+Models round their norms at different points, and each form keeps its own roundings as the
+kernel's ``NormForm`` flags: transformers' Llama/Qwen (weight times the rounded value, the
+residual sum rounded), Gemma (``(1 + w)`` times the fp32 value, one rounding), torch's
+``_fused_rms_norm`` decomposition (weight times the fp32 value), vLLM's ``forward_native``
+(residual added in fp32, the norm reading the unrounded sum).
 
 Matches (``_to_copy`` in place of ``convert_element_type`` in ``fx``-executor graphs; no
 converts in float32 models; the weight on either side, or none; the residual add optional)::
@@ -17,9 +23,16 @@ converts in float32 models; the weight on either side, or none; the residual add
     y = torch.ops.prims.convert_element_type.default(torch.ops.aten.mul.Tensor(h32, rsqrt), torch.bfloat16)
     out = torch.ops.aten.mul.Tensor(weight, y)
 
-Rewrites to::
+and the other forms' tails (``1 + w`` optional; the sum under ``FP32_SUM``)::
 
-    add_rms_norm = torch.ops.ascend_bi.add_rms_norm.default(residual, x, weight, 1e-06)
+    out = torch.ops.prims.convert_element_type.default(torch.ops.aten.mul.Tensor(normed, torch.ops.aten.add.Tensor(
+        torch.ops.prims.convert_element_type.default(weight, torch.float32), 1)), torch.bfloat16)
+    h32 = torch.ops.aten.add.Tensor(torch.ops.prims.convert_element_type.default(x, torch.float32),
+                                    torch.ops.prims.convert_element_type.default(residual, torch.float32))
+
+Rewrites to (``form``: the ``NormForm`` flags)::
+
+    add_rms_norm = torch.ops.ascend_bi.add_rms_norm.default(residual, x, weight, 1e-06, None, 0)
     out = add_rms_norm[0]
     h = add_rms_norm[1]
 """
@@ -35,6 +48,8 @@ import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
+from ascend_compile.kernels.plans import FLOAT_DTYPES
+from ascend_compile.kernels.rms_norm import NormForm
 from ascend_compile.passes.replace import CASTS, call, converted_to, same_shape, shape_of, sole_user, swap, value
 from ascend_compile.settings import Settings
 
@@ -54,6 +69,12 @@ class _Norm:
     #: The epsilon, or the CPU scalar tensor holding it (a graph input under ``dynamic=True``).
     eps: float | torch.fx.Node
     output: torch.fx.Node
+    #: ``NormForm`` flags: where this model's norm rounds.
+    form: NormForm = NormForm.LLAMA
+    #: Under ``FP32_SUM``, the casts of the fp32 sum to the input dtype: the next residual.
+    sum_casts: tuple[torch.fx.Node, ...] = ()
+    #: The residual add whose place the fused launch takes (``x``, or the fp32 sum under ``FP32_SUM``).
+    anchor: torch.fx.Node | None = None
 
 
 def _dtype(node: object) -> torch.dtype | None:
@@ -73,17 +94,6 @@ def _other(node: torch.fx.Node, known: torch.fx.Node) -> object:
     """The operand of the binary ``node`` that is not ``known``."""
     a, b = node.args[:2]
     return b if a is known else a
-
-
-def _weight(y: torch.fx.Node, n: object, dtype: torch.dtype) -> tuple[torch.fx.Node | None, torch.fx.Node]:
-    """(weight, output): the elementwise weight ``y`` is multiplied by, if any."""
-    scaled = _sole(y, aten.mul.Tensor)
-    if scaled is None:
-        return None, y
-    weight = _other(scaled, y)
-    if isinstance(weight, torch.fx.Node) and _dtype(weight) == dtype and same_shape(shape_of(weight), (n,)):
-        return weight, scaled
-    return None, y
 
 
 def _residual(x: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
@@ -106,6 +116,77 @@ def _is_eps(arg: object) -> bool:
             and val.dtype.is_floating_point and val.device.type == "cpu")
 
 
+@dataclass(frozen=True)
+class _Input:
+    x: torch.fx.Node
+    residual: tuple[torch.fx.Node, torch.fx.Node] | None
+    form: NormForm
+    sum_casts: tuple[torch.fx.Node, ...] = ()
+    anchor: torch.fx.Node | None = None
+
+
+def _input(h32: torch.fx.Node, norm_users: set[torch.fx.Node]) -> _Input | None:
+    """What the norm normalizes, read off ``h32``, its fp32 input (used by ``norm_users``, the square and the
+    normalizing product): a low-precision tensor upcast, an fp32 tensor, or (vLLM) the fp32 sum of two
+    upcast low-precision tensors, whose rounded copies are the next residual."""
+    if _dtype(h32) != torch.float32:
+        return None
+    x = converted_to(h32, torch.float32)
+    if x is not None:  # the upcast is the norm's own
+        return _Input(x, _residual(x), NormForm.LLAMA) if _dtype(x) in _LOW_PRECISION and set(h32.users) == norm_users \
+            else None
+    summed = _residual(h32)
+    terms = [converted_to(t, torch.float32) for t in summed] if summed else []
+    if terms and all(t is not None and _dtype(t) in _LOW_PRECISION for t in terms) and _dtype(terms[0]) == \
+            _dtype(terms[1]) and same_shape(shape_of(terms[0]), shape_of(terms[1])):
+        casts = tuple(u for u in h32.users if u not in norm_users)
+        if all(converted_to(c, _dtype(terms[0])) is h32 for c in casts):
+            return _Input(terms[0], (terms[0], terms[1]), NormForm.FP32_SUM, casts, h32)
+    return _Input(h32, summed, NormForm.LLAMA)  # a float32 input: the norm reads it, others may too
+
+
+def _fp32_weight(w: object, n: object) -> tuple[torch.fx.Node, NormForm] | None:
+    """(weight, flags) when ``w``, multiplying the fp32 normalized value, is a weight: ``(n,)``, upcast or
+    not, or ``1 + weight`` in fp32 (Gemma)."""
+    form = NormForm.WEIGHT_FP32
+    if isinstance(w, torch.fx.Node) and w.target in (aten.add.Tensor, aten.add.Scalar) and 1 in w.args[:2] \
+            and not w.kwargs and _dtype(w) == torch.float32:
+        w, form = _other(w, 1), form | NormForm.WEIGHT_PLUS_ONE
+    if not isinstance(w, torch.fx.Node) or not same_shape(shape_of(w), (n,)) or _dtype(w) not in FLOAT_DTYPES:
+        return None
+    return converted_to(w, torch.float32) or w, form
+
+
+def _output(normed: torch.fx.Node, dtype: torch.dtype, n: object) -> tuple[torch.fx.Node | None, torch.fx.Node,
+                                                                           NormForm] | None:
+    """(weight, output, flags) of the norm after its fp32 normalized value ``normed``, for inputs of ``dtype``."""
+    down = _sole(normed, *CASTS)
+    if dtype in _LOW_PRECISION and down is not None:  # rounded, then weighted in the input dtype
+        if converted_to(down, dtype) is not normed:
+            return None
+        return (*_weight(down, n, dtype), NormForm.LLAMA)
+    scaled = _sole(normed, aten.mul.Tensor)
+    found = _fp32_weight(_other(scaled, normed), n) if scaled is not None else None
+    if found is None:
+        return (None, normed, NormForm.LLAMA) if dtype == torch.float32 else None
+    weight, form = found
+    if dtype == torch.float32:
+        return weight, scaled, form
+    out = _sole(scaled, *CASTS)
+    return (weight, out, form) if out is not None and converted_to(out, dtype) is scaled else None
+
+
+def _weight(y: torch.fx.Node, n: object, dtype: torch.dtype) -> tuple[torch.fx.Node | None, torch.fx.Node]:
+    """(weight, output): the elementwise weight ``y`` is multiplied by, if any."""
+    scaled = _sole(y, aten.mul.Tensor)
+    if scaled is None:
+        return None, y
+    weight = _other(scaled, y)
+    if isinstance(weight, torch.fx.Node) and _dtype(weight) == dtype and same_shape(shape_of(weight), (n,)):
+        return weight, scaled
+    return None, y
+
+
 def _match(mean: torch.fx.Node) -> _Norm | None:
     """Read an RMSNorm off its mean, or None."""
     dims, keepdim, dtype, is_mean = mean.args[1:5]
@@ -121,20 +202,13 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
     normed = _sole(rsqrt, aten.mul.Tensor) if rsqrt is not None else None
     if normed is None or not _is_eps(plus_eps.args[1]) or _other(normed, rsqrt) is not h32:
         return None
-    if _dtype(h32) != torch.float32:
+    read = _input(h32, {square, normed})
+    written = _output(normed, _dtype(read.x), shape_of(read.x)[-1]) if read is not None else None
+    if written is None:
         return None
-    x = converted_to(h32, torch.float32)
-    y = normed
-    if x is None:  # a float32 input: the norm reads it, others may too
-        x = h32
-    elif _dtype(x) in _LOW_PRECISION and set(h32.users) == {square, normed}:  # the upcast is the norm's own
-        y = _sole(normed, *CASTS)
-        if y is None or converted_to(y, _dtype(x)) is not normed:
-            return None
-    else:
-        return None
-    weight, output = _weight(y, shape_of(x)[-1], _dtype(x))
-    return _Norm(x, _residual(x), weight, plus_eps.args[1], output)
+    weight, output, form = written
+    return _Norm(read.x, read.residual, weight, plus_eps.args[1], output, read.form | form, read.sum_casts,
+                 read.anchor or read.x)
 
 
 def _supported(match: Match) -> bool:
@@ -148,16 +222,18 @@ def _rewrite(match: Match, *_: object, **__: object) -> None:
     order = {node: i for i, node in enumerate(graph.nodes)}
     eps = (norm.eps, None) if isinstance(norm.eps, float) else (0.0, norm.eps)
     inputs = [n for n in (norm.weight, *eps) if isinstance(n, torch.fx.Node)]
-    if norm.residual is not None and all(order[n] < order[norm.x] for n in inputs):
-        fused = call(graph, norm.x, bi.add_rms_norm.default, (*norm.residual, norm.weight, *eps))
+    args = (norm.weight, *eps, int(norm.form))
+    if norm.residual is not None and all(order[n] < order[norm.anchor] for n in inputs):
+        fused = call(graph, norm.anchor, bi.add_rms_norm.default, (*norm.residual, *args))
         with graph.inserting_after(fused):
             out = graph.call_function(operator.getitem, (fused, 0))
             total = graph.call_function(operator.getitem, (fused, 1))
         out.meta["val"], total.meta["val"] = fused.meta["val"]
         swap(norm.output, out)
-        swap(norm.x, total)
+        for old in norm.sum_casts if norm.form & NormForm.FP32_SUM else (norm.x,):
+            swap(old, total)
     else:
-        swap(norm.output, call(graph, norm.output, bi.rms_norm.default, (norm.x, norm.weight, *eps)))
+        swap(norm.output, call(graph, norm.output, bi.rms_norm.default, (norm.x, *args)))
 
 
 register_graph_pattern(CallFunctionVarArgs(bi.sum.default), pass_dict=_PATTERNS, extra_check=_supported)(_rewrite)

@@ -7,7 +7,7 @@ launch, each row computed as ``ascend_bi::rms_norm`` computes it, so the bits do
 
 Two ``rms_norm`` nodes pair when their inputs are views of outputs of one node (the query/key/
 value group of ``fuse_sibling_matmuls``, or one projection split by ``split``), with one row
-length and dtype, and weights; each keeps its epsilon.
+length, dtype and rounding form (``NormForm``), and weights; each keeps its epsilon.
 
 Matches::
 
@@ -17,7 +17,7 @@ Matches::
 Rewrites to::
 
     rms_norm_pair = torch.ops.ascend_bi.rms_norm_pair.default([view, view_1], [q_weight, k_weight], [1e-06, 1e-06],
-                                                                [None, None])
+                                                                [None, None], 0)
     rms_norm = rms_norm_pair[0]
     rms_norm_1 = rms_norm_pair[1]
 """
@@ -57,13 +57,18 @@ def _eps_tensor(norm: torch.fx.Node) -> object:
     return norm.args[3] if len(norm.args) > 3 else norm.kwargs.get("eps_tensor")
 
 
+def form_of(norm: torch.fx.Node) -> int:
+    """The norm's ``NormForm`` flags (where it rounds)."""
+    return norm.args[4] if len(norm.args) > 4 else norm.kwargs.get("form", 0)
+
+
 def _key(norm: torch.fx.Node) -> tuple[object, ...] | None:
-    """What paired norms share: producer, row length, dtype, whether the epsilon is a tensor."""
+    """What paired norms share: producer, row length, dtype, whether the epsilon is a tensor, rounding form."""
     x, weight = norm.args[:2]
     producer, val = _producer(x), value(x)
     if producer is None or not isinstance(weight, torch.fx.Node) or not isinstance(val, torch.Tensor):
         return None
-    return producer, str(val.shape[-1]), val.dtype, _eps_tensor(norm) is None
+    return producer, str(val.shape[-1]), val.dtype, _eps_tensor(norm) is None, form_of(norm)
 
 
 def fuse_sibling_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
@@ -85,7 +90,7 @@ def fuse_sibling_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
                 continue
             pair = call(gm.graph, first, bi.rms_norm_pair.default,
                         ([first.args[0], second.args[0]], [first.args[1], second.args[1]],
-                         [first.args[2], second.args[2]], tensors))
+                         [first.args[2], second.args[2]], tensors, form_of(first)))
             swap_items((first, second), pair)
             count += 1
     logger.debug("fuse_sibling_norms: %d pairs of norms share a launch", count)

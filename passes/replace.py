@@ -60,14 +60,18 @@ def sole_user(node: torch.fx.Node) -> bool:
 
 
 def converted_to(node: torch.fx.Node, dtype: torch.dtype) -> torch.fx.Node | None:
-    """The input of ``node`` when ``node`` only casts it to ``dtype`` (Inductor's
-    ``convert_element_type``, or ``_to_copy`` with nothing but a dtype in ``fx``-executor graphs)."""
+    """The input of ``node`` when ``node`` only casts it to ``dtype`` (Inductor's ``convert_element_type``,
+    or ``_to_copy`` with a dtype and nothing else that changes the tensor, as in ``fx``-executor graphs:
+    ``type_as`` also names the layout and the input's own device)."""
     convert, to_copy = CASTS
     if node.target is convert and node.args[1] == dtype:
         return node.args[0]
-    if (node.target is to_copy and node.kwargs.keys() <= {"dtype"}
-            and node.kwargs.get("dtype") == dtype):
-        return node.args[0]
+    if node.target is to_copy and node.kwargs.get("dtype") == dtype and node.kwargs.keys() <= {"dtype", "layout",
+                                                                                             "device"}:
+        source, device = node.args[0], node.kwargs.get("device")
+        same_device = device is None or (isinstance(value(source), torch.Tensor) and value(source).device == device)
+        if node.kwargs.get("layout", torch.strided) == torch.strided and same_device:
+            return source
     return None
 
 

@@ -9,10 +9,14 @@ the next residual), squares summed by the row plan's lanes and ``tree_sum`` (the
 ``kernels/reduce.py``, fixed by the row length, dtype and device kind), divided by n, then ``y``
 rounded to x's dtype and multiplied by the weight.  Floating-point contraction is off so that a
 square is rounded before it is added, as it is when the kernels are separate.
+
+Models round RMSNorm at other points too, and a fused kernel must keep each model's own
+roundings: the ``NormForm`` flags say which, read from the model's graph (never from the batch).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 import torch
@@ -28,12 +32,32 @@ from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum
 
 
+class NormForm(enum.IntFlag):
+    """Where an RMSNorm rounds, besides the normalized value ``h * rsqrt(mean(h**2) + eps)``, which is
+    always fp32."""
+
+    #: transformers' Llama/Qwen form: ``weight * y.to(dtype)``, ``h = x + residual`` rounded to x's dtype
+    #: (also vLLM's with a weight of x's dtype, and ``F.rms_norm``'s composite).
+    LLAMA = 0
+
+    #: ``(y * weight).to(dtype)``: the weight multiplies the fp32 value, one rounding at the end
+    #: (Gemma, torch's ``_fused_rms_norm`` decomposition, vLLM with an fp32 weight).
+    WEIGHT_FP32 = 1
+    #: The weight is ``1 + w``, added in fp32 (Gemma's offset weights; with ``WEIGHT_FP32``).
+    WEIGHT_PLUS_ONE = 2
+    #: The residual is added in fp32 and the norm reads that unrounded sum; the sum returned (the next
+    #: residual) is rounded (vLLM's ``fused_add_rms_norm``).
+    FP32_SUM = 4
+
+
 @triton.jit
 def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                EMULATE_BF16: tl.constexpr):
+                EMULATE_BF16: tl.constexpr, FP32_SUM: tl.constexpr):
     h = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        h = round_to(h + tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32), DTYPE, EMULATE_BF16)
+        h = h + tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if not FP32_SUM:
+            h = round_to(h, DTYPE, EMULATE_BF16)
     return h
 
 
@@ -42,7 +66,8 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
                      rows1, x_off2, w_off2, out_off2, stride_x2, eps2,
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                      EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr,
-                     OVERLAP: tl.constexpr = False):
+                     WEIGHT_FP32: tl.constexpr = False, WEIGHT_PLUS_ONE: tl.constexpr = False,
+                     FP32_SUM: tl.constexpr = False, OVERLAP: tl.constexpr = False):
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     cols = tl.arange(0, BLOCK)
@@ -62,18 +87,27 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
         lanes = tl.zeros((BLOCK,), dtype=tl.float32)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
+                            FP32_SUM)
             if HAS_RESIDUAL:
-                tl.store(sum_ptr + row * stride_out + start + cols, h.to(sum_ptr.dtype.element_ty), mask=mask)
+                total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM else h
+                tl.store(sum_ptr + row * stride_out + start + cols, total.to(sum_ptr.dtype.element_ty), mask=mask)
             lanes += h * h
         scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + row_eps)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16)
-            y = round_to(h * scale, DTYPE, EMULATE_BF16)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
+                            FP32_SUM)
+            y = h * scale
+            if not WEIGHT_FP32:
+                y = round_to(y, DTYPE, EMULATE_BF16)
             if HAS_WEIGHT:
                 weight = tl.load(w_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+                if WEIGHT_PLUS_ONE:
+                    weight = weight + 1.0
                 y = round_to(weight * y, DTYPE, EMULATE_BF16)
+            elif WEIGHT_FP32:
+                y = round_to(y, DTYPE, EMULATE_BF16)
             tl.store(out_row + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -82,10 +116,16 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     return view if view.stride(1) == 1 else view.contiguous()
 
 
+def _form_options(form: NormForm) -> dict[str, bool]:
+    flags = (NormForm.WEIGHT_FP32, NormForm.WEIGHT_PLUS_ONE, NormForm.FP32_SUM)
+    return {flag.name: bool(form & flag) for flag in flags}
+
+
 def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor | None,
-                eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+                eps: float, form: NormForm = NormForm.LLAMA) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight * rms_normalize(h), h)`` over the last dim with ``h = x + residual`` (or ``x``),
-    every intermediate rounded as transformers' RMSNorm rounds it; ``None`` for ``h`` without a residual."""
+    every intermediate rounded as ``form`` says (transformers' RMSNorm by default); ``None`` for ``h``
+    without a residual."""
     n = x.shape[-1]
     device = devices.of_tensor(x)
     plan = row_plan(n, x.dtype, device)
@@ -102,14 +142,14 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
                                HAS_WEIGHT=weight is not None,
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=False,
-                               **options)
+                               **_form_options(form), **options)
     out = out.to(x.dtype).reshape(x.shape)
     return out, (total.to(x.dtype).reshape(x.shape) if residual is not None else None)
 
 
 def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
-                     eps: Sequence[float]) -> list[torch.Tensor]:
-    """``[bi_rms_norm(x, None, w, e)[0] for x, w, e in zip(xs, weights, eps)]`` in one launch.
+                     eps: Sequence[float], form: NormForm = NormForm.LLAMA) -> list[torch.Tensor]:
+    """``[bi_rms_norm(x, None, w, e, form)[0] for x, w, e in zip(xs, weights, eps)]`` in one launch.
 
     Two norms of one length and dtype that depend on nothing but their inputs -- a layer's query
     and key norms, one head per row -- run as one launch over both inputs' rows; the second
@@ -141,5 +181,5 @@ def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
                                element_distance(outs[0], outs[1]), rows_x[1].stride(0), eps[1],
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=False, HAS_WEIGHT=True,
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=True,
-                               **options)
+                               **_form_options(form), **options)
     return [out.to(t.dtype).reshape(t.shape) for out, t in zip(outs, xs, strict=True)]

@@ -13,7 +13,7 @@ import torch
 
 from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
-from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
+from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm, bi_rms_norm_pair
 from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 from ascend_compile.ops.library import bi_op
@@ -100,43 +100,46 @@ def _(x: torch.Tensor, dim: int, dtype: torch.dtype | None) -> torch.Tensor:
 
 @bi_op("rms_norm")
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-             eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
-    """transformers' RMSNorm over the last dim: ``weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)``,
-    ``h = x.float()`` (``fuse_rms_norm`` inserts it).  ``eps_tensor``, a CPU scalar, replaces
-    ``eps`` when Dynamo made the epsilon a graph input (``dynamic=True`` lifts float attributes)."""
-    return bi_rms_norm(x, None, weight, eps_value(eps, eps_tensor))[0]
+             eps_tensor: torch.Tensor | None = None, form: int = 0) -> torch.Tensor:
+    """RMSNorm over the last dim, ``weight * (h * rsqrt(mean(h**2) + eps)).to(x.dtype)`` with ``h = x.float()``,
+    rounded as the ``NormForm`` flags ``form`` say (none: transformers' Llama/Qwen form).  ``eps_tensor``, a
+    CPU scalar, replaces ``eps`` when Dynamo made the epsilon a graph input (``dynamic=True`` lifts float
+    attributes)."""
+    return bi_rms_norm(x, None, weight, eps_value(eps, eps_tensor), NormForm(form))[0]
 
 
 @rms_norm.register_fake
-def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torch.Tensor | None = None) -> torch.Tensor:
+def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torch.Tensor | None = None,
+      form: int = 0) -> torch.Tensor:
     return x.new_empty(x.shape)
 
 
 @bi_op("add_rms_norm")
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
-                 eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch."""
-    out, total = bi_rms_norm(x, residual, weight, eps_value(eps, eps_tensor))
+    out, total = bi_rms_norm(x, residual, weight, eps_value(eps, eps_tensor), NormForm(form))
     return out, total
 
 
 @add_rms_norm.register_fake
 def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
-      eps_tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+      eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
 @bi_op("rms_norm_pair")
 def rms_norm_pair(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
-                  eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
-    """``[rms_norm(x, w, e) for x, w, e in zip(xs, weights, eps)]`` for two inputs in one launch (a
-    layer's query and key norms); ``eps_tensors`` as ``rms_norm``'s ``eps_tensor``, one per input."""
-    return bi_rms_norm_pair(xs, weights, [eps_value(e, t) for e, t in zip(eps, eps_tensors, strict=True)])
+                  eps_tensors: list[torch.Tensor | None], form: int = 0) -> list[torch.Tensor]:
+    """``[rms_norm(x, w, e, form=form) for x, w, e in zip(xs, weights, eps)]`` for two inputs in one launch
+    (a layer's query and key norms); ``eps_tensors`` as ``rms_norm``'s ``eps_tensor``, one per input."""
+    return bi_rms_norm_pair(xs, weights, [eps_value(e, t) for e, t in zip(eps, eps_tensors, strict=True)],
+                            NormForm(form))
 
 
 @rms_norm_pair.register_fake
 def _(xs: list[torch.Tensor], weights: list[torch.Tensor], eps: list[float],
-      eps_tensors: list[torch.Tensor | None]) -> list[torch.Tensor]:
+      eps_tensors: list[torch.Tensor | None], form: int = 0) -> list[torch.Tensor]:
     return [x.new_empty(x.shape) for x in xs]
 
 
