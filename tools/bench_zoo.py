@@ -1,0 +1,239 @@
+"""``ascend-bi bench``: the zoo's decode step, ascend_bi against stock ``torch.compile``, model by model.
+
+The zoo (``tools/zoo.py``) holds one decoder written as transformers, vLLM and a hand-written module
+write it.  A speed-up is the backend's only when it holds on all of them, so every run covers every
+model asked for, in one process, on one card:
+
+* on a GPU: per model and bucket, ms per decode step under ``ascend_bi`` and under stock
+  ``torch.compile(mode="reduce-overhead")``, their ratio, the launches per step (counted in the code
+  Inductor generated), the HBM floor (the step's weight and cache bytes over the copy bandwidth),
+  and whether sequence 0's logits had the same bits in every bucket;
+* without one (``--structure``, the default there: Triton's interpreter says nothing about speed):
+  per model, at small sizes, the launches of one decoder layer under ``ascend_bi`` and under stock
+  Inductor (the step's launches at two layers minus at one), the fusions that fired, and whether
+  sequence 0's bits were the same at every batch size.
+
+Usage: ``ascend-bi bench [--model NAME ...] [--buckets 1 2 4 8 16 32] [--json PATH]``, or
+``python -m ascend_compile.tools.bench_zoo`` with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch._inductor.utils import run_and_get_code
+
+from ascend_compile.tools import zoo
+from ascend_compile.tools.benchmarking import card_line, copy_bandwidth, geomean, mean_call_ms, versions
+
+logger = logging.getLogger(__name__)
+
+BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+#: Batch sizes of the structure run (a batch of one compiles a graph of its own).
+STRUCTURE_BATCHES: tuple[int, ...] = (1, 3)
+#: Launches are counted in bf16, the dtype models serve in; bits are compared in fp32: on the CPU, stock bf16
+#: matmuls (oneDNN) keep a row's bits at these sizes and fp32 ones do not, so only there does the stock
+#: column show what ascend_bi prevents.
+LAUNCH_DTYPE, BITS_DTYPE = torch.bfloat16, torch.float32
+MODES: tuple[str, ...] = ("reduce-overhead", "ascend_bi")
+
+#: One launch in the ``call`` function of Inductor's generated code: a Triton kernel's ``run``, a C++
+#: kernel, an extern kernel, or an op called as it is (ours, or an aten fallback).
+_LAUNCH = re.compile(r"^\s*(?:\w+ = )?(?:triton_\w+\.run|cpp_fused_\w+|extern_kernels\.\w+|"
+                     r"torch\.ops\.\w+\.\w+\.\w+)\(", re.M)
+
+
+def count_launches(codes: list[str]) -> int:
+    """Kernel launches one run of the generated ``codes`` makes."""
+    total = 0
+    for code in codes:
+        body = code[code.find("def call(") if "def call(" in code else 0:]
+        total += len(_LAUNCH.findall(body))
+    return total
+
+
+@dataclasses.dataclass
+class Point:
+    model: str
+    mode: str
+    bucket: int
+    ms: float
+    #: Launches of the code compiled at this bucket's first call (0: no graph was compiled for it).
+    launches: int
+
+
+def _compiled(step: Callable[..., torch.Tensor], mode: str) -> Callable[..., torch.Tensor]:
+    if mode == "ascend_bi":
+        return torch.compile(step, backend="ascend_bi")
+    return torch.compile(step, mode=mode)
+
+
+def _first_call(fn: Callable[..., torch.Tensor], inputs: tuple[Any, ...]) -> tuple[torch.Tensor, int]:
+    with torch.no_grad():
+        out, codes = run_and_get_code(fn, *inputs)
+    return out[0].float().clone(), count_launches(codes)
+
+
+def measure(name: str, cfg: zoo.ZooConfig, buckets: list[int], context: int,
+            repeats: int) -> tuple[list[Point], dict[str, bool], dict[int, int]]:
+    """(points, whether each mode gave sequence 0 the same bits in every bucket, bytes read per bucket)."""
+    model = zoo.build(name, cfg=cfg, context=context)
+    points, invariant = [], {}
+    for mode in MODES:
+        torch._dynamo.reset()
+        fn = _compiled(model.step, mode)
+        rows = []
+        for bucket in buckets:
+            inputs = model.inputs(bucket)
+            row, launches = _first_call(fn, inputs)
+            rows.append(row)
+            with torch.no_grad():
+                ms = mean_call_ms(lambda fn=fn, inputs=inputs: fn(*inputs), repeats)
+            points.append(Point(name, mode, bucket, ms, launches))
+            logger.info("%s", points[-1])
+            del inputs
+        invariant[mode] = all(torch.equal(rows[0], r) for r in rows)
+    return points, invariant, {b: model.bytes_read(b) for b in buckets}
+
+
+def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES) -> dict[str, Any]:
+    """Launches per decoder layer in each mode, whether each mode gave sequence 0 the same bits at every batch
+    size, and the fusions ascend_bi made, at the zoo's small sizes on this machine."""
+    import ascend_compile
+
+    def run_mode(layers: int, mode: str, sizes: tuple[int, ...], dtype: torch.dtype) -> tuple[int, list[torch.Tensor]]:
+        """Launches of the code compiled at the last batch size, and sequence 0's logits at each."""
+        model = zoo.build(name, cfg=dataclasses.replace(zoo.TINY, layers=layers), context=20, device="cpu",
+                          dtype=dtype)
+        torch._dynamo.reset()
+        fn = torch.compile(model.step, backend="ascend_bi") if mode == "ascend_bi" else torch.compile(model.step)
+        calls = [_first_call(fn, model.inputs(batch)) for batch in sizes]
+        return calls[-1][1], [row for row, _ in calls]
+
+    modes, one_size, launches = ("torch.compile", "ascend_bi"), batches[-1:], {}
+    for mode in modes:
+        ascend_compile.clear_reports()
+        full = run_mode(zoo.TINY.layers, mode, one_size, LAUNCH_DTYPE)[0]
+        reports = ascend_compile.reports()  # ascend_bi's, the last mode: its fusions in the launches' dtype
+        launches[mode] = full - run_mode(zoo.TINY.layers - 1, mode, one_size, LAUNCH_DTYPE)[0]
+    fired: dict[str, int] = {}
+    for report in reports:
+        for pass_name, count in report.rewrites.items():
+            fired[pass_name] = fired.get(pass_name, 0) + count
+    rows = {mode: run_mode(zoo.TINY.layers, mode, batches, BITS_DTYPE)[1] for mode in modes}
+    return {"model": name, "launches_per_layer": launches,
+            "invariant": {mode: all(torch.equal(r[0], other) for other in r) for mode, r in rows.items()},
+            "fusions": {k: v for k, v in fired.items() if v and k.startswith("fuse_")},
+            "uncovered": sorted({u.target for r in reports for u in r.uncovered})}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The run's tables, from its JSON document (``bench_report`` renders the docs' copy with this)."""
+    info = doc["info"]
+    if doc["kind"] == "structure":
+        lines = [f"Structure on {info['device']}; torch {info['torch']}, triton {info['triton']}; {info['date']}. "
+                 f"Zoo at small sizes ({info['config']}); launches of one decoder layer (bf16), sequence 0's bits "
+                 f"at batch sizes {', '.join(map(str, STRUCTURE_BATCHES))} (fp32).", "",
+                 "| model | launches/layer ascend_bi | torch.compile | bitwise equal across batches ascend_bi "
+                 "| torch.compile | fusions | left stock |", "|---|---:|---:|:---:|:---:|---|---|"]
+        for m in doc["models"]:
+            fusions = ", ".join(f"{k} {v}" for k, v in m["fusions"].items()) or "none"
+            launches, equal = m["launches_per_layer"], {k: "yes" if v else "no" for k, v in m["invariant"].items()}
+            lines.append(f"| {m['model']} | {launches['ascend_bi']} | {launches['torch.compile']} | "
+                         f"{equal['ascend_bi']} | {equal['torch.compile']} | {fusions} | "
+                         f"{', '.join(m['uncovered']) or '—'} |")
+        return "\n".join(lines)
+    points = [Point(**p) for p in doc["points"]]
+    buckets = sorted({p.bucket for p in points})
+    lines = [card_line(info) + f" transformers {info.get('transformers', '?')}.", "",
+             f"Decode step, the zoo at {info['config']}, bf16, context {info['context']}; ms per step (copy "
+             f"bandwidth {doc['bandwidth'] / 1e12:.2f} TB/s); ratio: ascend_bi / reduce-overhead.", "",
+             "| model | mode | " + " | ".join(f"bs {b}" for b in buckets) + " | launches/step | bitwise equal |",
+             "|---|---|" + "---:|" * len(buckets) + "---:|:---:|"]
+    ratios = {}
+    for model in dict.fromkeys(p.model for p in points):
+        ms = {(p.mode, p.bucket): p for p in points if p.model == model}
+        for mode in MODES:
+            launches = max((ms[mode, b].launches for b in buckets), default=0)
+            equal = "yes" if doc["invariant"][model][mode] else "no"
+            lines.append(f"| {model} | {mode} | " + " | ".join(f"{ms[mode, b].ms:.2f}" for b in buckets)
+                         + f" | {launches} | {equal} |")
+        per_bucket = [ms["ascend_bi", b].ms / ms["reduce-overhead", b].ms for b in buckets]
+        ratios[model] = geomean(per_bucket)
+        floors = doc["bytes_read"][model]
+        lines.append(f"| {model} | ratio | " + " | ".join(f"{r:.2f}×" for r in per_bucket) + " | | |")
+        lines.append(f"| {model} | HBM floor | " + " | ".join(f"{floors[str(b)] / doc['bandwidth'] * 1e3:.2f}"
+                                                         for b in buckets) + " | | |")
+    lines.append("")
+    lines += [f"- {model}: {ratio:.2f}× reduce-overhead's time (geo-mean over buckets)"
+              for model, ratio in ratios.items()]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs="*", choices=list(zoo.ZOO), default=list(zoo.ZOO), metavar="NAME",
+                        help=f"zoo models (default: all of {', '.join(zoo.ZOO)})")
+    parser.add_argument("--buckets", type=int, nargs="*", default=list(BUCKETS), help="batch sizes (GPU)")
+    parser.add_argument("--context", type=int, default=512, help="cached tokens per sequence (GPU)")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: Qwen3-0.6B's 28)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per point (GPU)")
+    parser.add_argument("--structure", action="store_true",
+                        help="launches per layer, fusions and invariance at small sizes (the default without a GPU)")
+    parser.add_argument("--json", help="write the run as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the bench; 0 when ascend_bi kept every model's bits in every bucket, else 1."""
+    import triton
+
+    if args.structure or not torch.cuda.is_available():
+        info = {"device": "the CPU (Triton's interpreter)", "torch": torch.__version__, "triton": triton.__version__,
+                "date": datetime.date.today().isoformat(), "config": _config_line(zoo.TINY)}
+        models = [structure(name) for name in args.model]
+        doc: dict[str, Any] = {"info": info, "kind": "structure", "models": models}
+        ok = all(m["invariant"]["ascend_bi"] for m in models)
+    else:
+        import transformers
+
+        cfg = zoo.ZooConfig() if args.layers is None else dataclasses.replace(zoo.ZooConfig(), layers=args.layers)
+        info = versions() | {"transformers": transformers.__version__, "config": _config_line(cfg),
+                             "context": args.context}
+        doc = {"info": info, "kind": "gpu", "bandwidth": copy_bandwidth(), "points": [], "invariant": {},
+               "bytes_read": {}}
+        for name in args.model:
+            points, invariant, bytes_read = measure(name, cfg, args.buckets, args.context, args.repeats)
+            doc["points"] += [dataclasses.asdict(p) for p in points]
+            doc["invariant"][name] = invariant
+            doc["bytes_read"][name] = {str(b): n for b, n in bytes_read.items()}
+        ok = all(modes["ascend_bi"] for modes in doc["invariant"].values())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    print(markdown(doc))
+    return 0 if ok else 1
+
+
+def _config_line(cfg: zoo.ZooConfig) -> str:
+    return (f"hidden {cfg.hidden}, {cfg.layers} layers, {cfg.heads}/{cfg.kv_heads} heads of {cfg.head_dim}, "
+            f"intermediate {cfg.intermediate}, vocab {cfg.vocab}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)  # the points as they are measured; the backend's own logs stay quiet
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
