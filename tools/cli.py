@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--companions", type=int, default=2,
                        help="companion draws per batch size (default: 2), each with the probe at a random row")
     check.add_argument("--seed", type=int, default=0, help="seed for companions and probe rows")
+    bench = sub.add_parser("bench", help="time the model zoo under ascend_bi and stock torch.compile (GPU); "
+                                         "launches per layer and invariance without one",
+                           description="The benchmark zoo (transformers, vLLM-shaped and hand-written decoders): "
+                                       "ms per decode step per bucket against reduce-overhead on a GPU; without "
+                                       "one, launches per layer, fusions and bitwise invariance at small sizes.")
+    from ascend_compile.tools.bench_zoo import add_arguments
+
+    add_arguments(bench)
     check.add_argument("--batch-dim", type=int, default=0, metavar="N",
                        help="the dim of every input and output tensor that holds the batch (default: 0; "
                             "1 for a (sequence, batch, ...) model)")
@@ -194,12 +202,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if all(r.bitwise_equal for r in rows if r.mode == "ascend_bi") else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ascend_compile.tools.bench_zoo import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(name)s: %(message)s")
     if not args.verbose:
         os.environ.setdefault("TORCH_LOGS", "-all")
-    return {"demo": _demo, "dump": _dump, "check": _check}[args.command](args)
+    return {"demo": _demo, "dump": _dump, "check": _check, "bench": _bench}[args.command](args)
 
 
 if __name__ == "__main__":
