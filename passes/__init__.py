@@ -13,6 +13,7 @@ import torch.fx
 from ascend_compile.passes.canonicalize_squares import canonicalize_squares
 from ascend_compile.passes.fix_contiguity import fix_contiguity
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
+from ascend_compile.passes.fuse_paged_attention import fuse_paged_attention
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_rope import fuse_rope
 from ascend_compile.passes.fuse_rope_attention import fuse_rope_attention
@@ -43,6 +44,7 @@ PIPELINE: tuple[Pass, ...] = (
     rewrite_norms,
     rewrite_softmax,
     rewrite_attention,
+    fuse_paged_attention,  # reads rewrite_attention's attention over a gathered paged cache
     rewrite_reductions,
     fuse_rms_norm,  # reads rewrite_reductions' mean
     fix_contiguity,

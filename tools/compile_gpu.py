@@ -124,6 +124,10 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
                                                           t(batch, 1, length, slots))),
             (f"attention, causal, {name}", partial(bi_attention, t(batch, heads, length, dim), *caches,
                                                    is_causal=True)),
+            (f"paged attention, {name}", partial(bi_attention, t(batch, heads, length, dim), t(batch * slots // 16, 16,
+                                                 kv_heads, dim), t(batch * slots // 16, 16, kv_heads, dim),
+                                                 block_tables=t(batch, slots // 16, dtype=torch.int64),
+                                                 seq_lens=t(batch, dtype=torch.int64))),
         ]
     return launches
 

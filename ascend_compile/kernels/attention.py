@@ -110,12 +110,23 @@ def _mask_tile(mask_rows, keys, stride_mk, visible, keys_in, MASK_ROW: tl.conste
 
 
 @triton.jit
+def _key_slots(keys, Lk, table_row, PAGE: tl.constexpr):
+    """Where key positions lie in memory, in rows of the key tensor: the positions themselves, or in a
+    paged cache (``PAGE`` keys a block) the slots the sequence's block-table row maps them to."""
+    slots = keys
+    if PAGE:
+        blocks = tl.load(table_row + keys // PAGE, mask=keys < Lk, other=0).to(tl.int32)
+        slots = blocks * PAGE + keys % PAGE
+    return slots
+
+
+@triton.jit
 def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV,
+                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV, table_row,
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr = 0):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
     values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
     ``mask_rows[r]`` (at ``mask_rows`` for all rows when ``MASK_ROW``).  A boolean mask adds
@@ -145,13 +156,14 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
                                    (keys + BLOCK_N < Lk) & more, MASK_ROW)
         elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
             bias = _mask_tile(mask_rows, keys, stride_mk, visible, keys < Lk, MASK_ROW)
+        slots = _key_slots(keys, Lk, table_row, PAGE)
         if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
-            k = tl.trans(tl.load(k_base + keys[:, None] * stride_kl + dk[None, :] * stride_kd,
+            k = tl.trans(tl.load(k_base + slots[:, None] * stride_kl + dk[None, :] * stride_kd,
                                  mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
         else:
-            k = tl.load(k_base + keys[None, :] * stride_kl + dk[:, None] * stride_kd,
+            k = tl.load(k_base + slots[None, :] * stride_kl + dk[:, None] * stride_kd,
                         mask=(keys[None, :] < Lk) & (dk[:, None] < D), other=0.0)
-        v = tl.load(v_base + keys[:, None] * stride_vl + dv[None, :] * stride_vd,
+        v = tl.load(v_base + slots[:, None] * stride_vl + dv[None, :] * stride_vd,
                     mask=(keys[:, None] < Lk) & (dv[None, :] < DV), other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
@@ -180,34 +192,35 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
 
 
 @triton.jit
-def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
                       Lq, Lk, KVH, BKV, num_splits, sm_scale, masked_score, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
+                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b,
                       GROUP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
                       MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr,
                       SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                      INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, OVERLAP: tl.constexpr = False):
+                      INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, PAGE: tl.constexpr = 0,
+                      HAS_LENS: tl.constexpr = False, OVERLAP: tl.constexpr = False):
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
         blocks = (Lq * GROUP + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
-            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+            _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
                              w % blocks, w // blocks, 0, Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                             sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+                             sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                              IS_CAUSAL, False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                             INPUT_PRECISION, True)
+                             INPUT_PRECISION, True, PAGE, HAS_LENS)
     else:
-        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
+        _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
                          tl.program_id(0), tl.program_id(1), tl.program_id(2),
                          Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                         sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
-                         SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT, INPUT_PRECISION,
-                         False)
+                         sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+                         IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                         INPUT_PRECISION, False, PAGE, HAS_LENS)
 
 
 @triton.jit
@@ -219,19 +232,22 @@ def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, block, bkv, split_id,
-                     Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
+def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
+                     block, bkv, split_id, Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
-                     sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
+                     sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b,
                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
                      IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+                     INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr, HAS_LENS: tl.constexpr):
     """Row block ``block`` of batch x key/value head ``bkv`` (and, when ``SPLIT``, key split
-    ``split_id`` of it)."""
+    ``split_id`` of it).  ``PAGE``: keys and values are a paged cache read through row ``b`` of the block
+    table; ``HAS_LENS``: sequence ``b`` has ``lens_ptr[b]`` keys (the keys past them are not read)."""
     b = bkv // KVH
     kvh = bkv % KVH
+    if HAS_LENS:
+        Lk = tl.minimum(tl.load(lens_ptr + b).to(tl.int32), Lk)
     rows, pos, g, live = _group_rows(block, Lq, group, BLOCK_M)
     h = kvh * group + g
     dk = tl.arange(0, BLOCK_D)
@@ -242,9 +258,9 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
     _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h,
             _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, block, bkv, split_id, rows, pos, live, Lq, Lk, group,
-            num_splits, sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
+            num_splits, sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_ptr + b * st_b,
             HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
-            UPCAST, DENOM_DOT, INPUT_PRECISION, K_T)
+            UPCAST, DENOM_DOT, INPUT_PRECISION, K_T, PAGE)
 
 
 @triton.jit
@@ -260,20 +276,21 @@ def _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW: tl.constexpr):
 @triton.jit
 def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc, block, bkv, split_id,
             rows, pos, live, Lq, Lk, group, num_splits, sm_scale, masked_score, D, DV,
-            sk_l, sk_d, sv_l, sv_d, sm_k, so_d,
+            sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_row,
             HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
             SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-            UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr):
+            UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr,
+            PAGE: tl.constexpr = 0):
     """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``:
     split ``split_id``'s state, for ``fold_splits`` (``SPLIT``), or every split folded in order, the
     result to ``out_ptr + out_rows``."""
     dv = tl.arange(0, BLOCK_DV)
     if SPLIT:
         m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split_id, Lk, sm_scale, masked_score,
-                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL,
-                                     SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                                     INPUT_PRECISION, K_T)
+                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+                                     IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                                     INPUT_PRECISION, K_T, PAGE)
         state = (split_id * tl.num_programs(1) + bkv) * Lq * group + rows
         tl.store(ws_m + state, m, mask=live)
         tl.store(ws_l + state, denom, mask=live)
@@ -285,9 +302,9 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)
         for split in range(0, last):
             m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
-                                         IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                                         INPUT_PRECISION, K_T)
+                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL,
+                                         MASK_ROW, IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST,
+                                         DENOM_DOT, INPUT_PRECISION, K_T, PAGE)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
         _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
 
@@ -334,7 +351,8 @@ def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, index_ptr, advance, Lq, KVH
 
 def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
                  is_causal: bool = False, scale: float | None = None, *, heads_inner: bool = False,
-                 masked_score: float = float("-inf"), schedule: AttentionSchedule | None = None) -> torch.Tensor:
+                 masked_score: float = float("-inf"), schedule: AttentionSchedule | None = None,
+                 block_tables: torch.Tensor | None = None, seq_lens: torch.Tensor | None = None) -> torch.Tensor:
     """``F.scaled_dot_product_attention(q, k, v, mask, is_causal=..., scale=...)`` for 4-D
     (batch, heads, length, dim) inputs, GQA when k/v have fewer heads, batch-invariantly.
 
@@ -344,11 +362,19 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
 
     ``heads_inner`` lays the output out in memory as (batch, length, heads, dim), as the CPU and
     flash SDPA kernels do (graphs traced on them view it that way).
+
+    ``block_tables`` (batch, blocks a sequence can have): ``k`` and ``v`` are a paged cache, (blocks, keys a
+    block, heads, dim), and sequence ``b``'s keys are its blocks' in table order -- the keys
+    ``k[block_tables].flatten(1, 2).transpose(1, 2)`` holds, read in place, so with the same bits.
+    ``seq_lens`` (batch,): sequence ``b`` sees its first ``seq_lens[b]`` keys, as a mask
+    ``arange(keys) < seq_lens[:, None]`` would let it, and the keys past them are not read.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"bi_attention takes 4-D q, k, v; got {q.dim()}-D, {k.dim()}-D, {v.dim()}-D")
     batch, heads, lq, d = q.shape
-    kv_heads, lk, dv = k.shape[1], k.shape[2], v.shape[3]
+    paged = _paged(k, v, block_tables) if block_tables is not None else None
+    kv_heads, lk, dv = (k.shape[2], block_tables.shape[1] * k.shape[1], v.shape[3]) if paged else \
+        (k.shape[1], k.shape[2], v.shape[3])
     if heads % kv_heads:
         raise ValueError(f"bi_attention: {heads} query heads are not a multiple of {kv_heads} key/value heads")
     device = devices.of_tensor(q)
@@ -368,20 +394,38 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     split = sched.split and not sched.programs and splits > 1
     ws = split_workspace(plan, splits, batch * heads * lq, out) if split else (out,) * 3
     grid = (sched.programs,) if sched.programs else (blocks, batch * kv_heads, splits if split else 1)
+    k_strides, v_strides, table = paged or (k.stride(), v.stride(), q)
     _attention_kernel[grid](
-        q, k, v, mask_arg, out, *ws,
+        q, k, v, mask_arg, out, *ws, table, seq_lens if seq_lens is not None else q,
         lq, lk, kv_heads, batch * kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score, d, dv,
-        *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
+        *q.stride(), *k_strides, *v_strides, *mask_strides, *out.stride(), table.stride(0) if paged else 0,
         GROUP=group, HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool,
         MASK_ROW=mask_row(mask, lq, split), IS_CAUSAL=is_causal, SPLIT=split,
         SPLIT_TILES=plan.split_keys // plan.block_n, BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
         UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot, INPUT_PRECISION=plan.input_precision,
-        PERSISTENT=sched.programs > 0, **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
+        PERSISTENT=sched.programs > 0, PAGE=k.shape[1] if paged else 0, HAS_LENS=seq_lens is not None,
+        **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
     )
     if split:
         fold_splits(ws, out, kv_heads, splits, sched, plan, device)
     return out.to(q.dtype)
+
+
+def _paged(k_cache: torch.Tensor, v_cache: torch.Tensor,
+           block_tables: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], torch.Tensor]:
+    """(key strides, value strides, table) of a paged cache as the kernel reads it: (batch, head, key, dim)
+    strides with no batch stride (a key's slot comes from the table) and a key stride that steps over
+    block boundaries; the table with unit stride along a sequence's blocks."""
+    for name, cache in (("key", k_cache), ("value", v_cache)):
+        if cache.stride(0) != cache.shape[1] * cache.stride(1):
+            raise ValueError(f"bi_attention: the paged {name} cache's blocks must lie one after another "
+                             f"(stride {cache.stride(0)} for blocks of {cache.shape[1]} x {cache.stride(1)})")
+    if block_tables.dim() != 2 or block_tables.dtype.is_floating_point:
+        raise ValueError(f"bi_attention: block_tables must be a 2-D integer tensor, got {tuple(block_tables.shape)} "
+                         f"{block_tables.dtype}")
+    strides = [(0, c.stride(2), c.stride(1), c.stride(3)) for c in (k_cache, v_cache)]
+    return strides[0], strides[1], block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
 
 
 def mask_row(mask: torch.Tensor | None, lq: int, split: bool) -> bool:

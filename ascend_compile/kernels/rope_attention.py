@@ -126,9 +126,9 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
         q = q.to(tl.float32)
     _attend(q, k_base, v_base, _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP,
-            num_splits, sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, HAS_MASK, MASK_IS_BOOL,
-            MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST, DENOM_DOT,
-            INPUT_PRECISION, False)
+            num_splits, sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, k_base, HAS_MASK,
+            MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST,
+            DENOM_DOT, INPUT_PRECISION, False)
     if APPEND and not SPLIT:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)

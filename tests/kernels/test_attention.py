@@ -148,3 +148,51 @@ def test_heads_inner_layout() -> None:
 def test_rejects_bad_head_counts() -> None:
     with pytest.raises(ValueError, match="not a multiple"):
         bi_attention(torch.randn(1, 3, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8))
+
+
+def _paged(batch: int, lengths: list[int], page: int = 16, seed: int = 0):
+    """A decode step over a paged cache: queries, the caches, each sequence's blocks (in a shuffled order, among
+    other sequences' and free ones) and the keys gathered as the graph gathers them."""
+    gen = torch.Generator().manual_seed(seed)
+    per_seq = -(-max(lengths) // page) + 1
+    blocks = batch * per_seq + 3
+    k_cache, v_cache = (torch.randn(blocks, page, KV_HEADS, DIM, generator=gen) for _ in range(2))
+    tables = torch.randperm(blocks, generator=gen)[:batch * per_seq].view(batch, per_seq)
+    q = torch.randn(batch, HEADS, 1, DIM, generator=gen)
+    keys, values = (c[tables].flatten(1, 2).transpose(1, 2) for c in (k_cache, v_cache))
+    visible = (torch.arange(per_seq * page)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :]
+    return q, k_cache, v_cache, tables, torch.tensor(lengths), keys, values, visible
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_paged_cache_read_in_place_gives_the_gathered_bits(split: bool) -> None:
+    """Keys read through the block table, and stopping at each sequence's length, give the bits of attention over
+    the gathered copy with a length mask: the same keys in the same order, the skipped ones masked.  Negative
+    control: a table that maps one block elsewhere changes the output."""
+    q, k_cache, v_cache, tables, lens, keys, values, visible = _paged(3, [600, 37, 515])
+    schedule = AttentionSchedule(block_m=16, split=split, num_warps=4)
+    gathered = bi_attention(q, keys, values, visible, schedule=schedule)
+    assert torch.equal(bi_attention(q, k_cache, v_cache, visible, block_tables=tables, schedule=schedule), gathered)
+    assert torch.equal(bi_attention(q, k_cache, v_cache, block_tables=tables, seq_lens=lens, schedule=schedule),
+                       gathered)
+    assert rel_error(gathered, _reference(q, keys, values, attn_mask=visible)) < 1e-5
+    moved = tables.clone()
+    moved[0, 0] = tables[1, 0]
+    assert not torch.equal(bi_attention(q, k_cache, v_cache, block_tables=moved, seq_lens=lens)[0], gathered[0])
+
+
+def test_paged_sequence_bitwise_equal_alone_and_in_batches() -> None:
+    """Sequence 0 alone, and at other rows of batches with other companions' blocks and lengths: the same bits."""
+    q, k_cache, v_cache, tables, lens, *_ = _paged(4, [300, 40, 517, 64])
+    alone = bi_attention(q[:1], k_cache, v_cache, block_tables=tables[:1], seq_lens=lens[:1])
+    for order in ([1, 0, 2], [3, 2, 1, 0], [2, 0]):
+        batched = bi_attention(q[order], k_cache, v_cache, block_tables=tables[order], seq_lens=lens[order])
+        assert torch.equal(batched[order.index(0)], alone[0]), order
+
+
+def test_paged_cache_layout_errors_name_the_problem() -> None:
+    q, k_cache, v_cache, tables, *_ = _paged(1, [20])
+    with pytest.raises(ValueError, match="paged key cache's blocks must lie one after another"):
+        bi_attention(q, k_cache.transpose(0, 1).contiguous().transpose(0, 1), v_cache, block_tables=tables)
+    with pytest.raises(ValueError, match="block_tables must be a 2-D integer tensor"):
+        bi_attention(q, k_cache, v_cache, block_tables=tables.float())

@@ -175,6 +175,18 @@ def _attention(m: Make) -> Sample:
     return (q, k, v, mask.expand(BATCH, 1, 3, 5), False, 0.25, True), {"masked_score": -1e4}
 
 
+def _paged_attention(m: Make) -> Sample:
+    # A paged cache of blocks of 2 keys, each sequence's 3 blocks in its own order.  float32: the lengths seen;
+    # bfloat16: a boolean mask and the (batch, length, heads, dim) output layout.
+    q = m.randn(BATCH, HEADS, 1, DIM)
+    k_cache, v_cache = m.randn(3 * BATCH, 2, KV_HEADS, DIM), m.randn(3 * BATCH, 2, KV_HEADS, DIM)
+    tables = torch.arange(3 * BATCH).flip(0).view(BATCH, 3)
+    if m.dtype == torch.float32:
+        return (q, k_cache, v_cache, tables, torch.tensor([5, 3][:BATCH]), None, False, None, False), {}
+    mask = (torch.arange(6) < 4).expand(BATCH, 1, 1, 6)
+    return (q, k_cache, v_cache, tables, None, mask, False, 0.25, True), {}
+
+
 def _decode_mask(start: int) -> torch.Tensor:
     """A decode step's boolean mask over the cache: the slots up to the step's."""
     return (torch.arange(SLOTS) <= start).expand(BATCH, 1, 1, SLOTS)
@@ -223,6 +235,7 @@ SAMPLES: dict[str, Case] = {
     "rope_cache": Case(_rope_cache),
     "rope_append": Case(_rope_append),
     "attention": Case(_attention),
+    "paged_attention": Case(_paged_attention),
     "rope_attention": Case(_rope_attention),
     "rope_attention_append": Case(_rope_attention_append),
 }
