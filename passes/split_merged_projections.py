@@ -13,13 +13,12 @@ A column of ``x @ W`` is ``x @ W[:, column]``: the template's reduction plan is 
 each column is summed in the same order either way and the bits are the same.
 
 Matches (views that keep the last dim between the product and its cuts; ``addmm`` with its bias
-cut alike; ``split`` / ``split_with_sizes`` / ``slice`` with step 1 on the last dim, every use of
-the product one of them)::
+cut alike; slices with step 1 on the last dim -- ``canonicalize_splits`` has written ``split`` and
+``chunk`` as slices -- every use of the product one of them)::
 
     mm = torch.ops.aten.mm.default(x, permute)
     view = torch.ops.aten.view.default(mm, [2, 1, 3072])
-    split = torch.ops.aten.split_with_sizes.default(view, [2048, 512, 512], -1)
-    q = split[0]
+    q = torch.ops.aten.slice.Tensor(view, -1, 0, 2048)
 
 Rewrites to (one product per cut)::
 
@@ -31,7 +30,6 @@ Rewrites to (one product per cut)::
 from __future__ import annotations
 
 import logging
-import operator
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +43,6 @@ from ascend_compile.settings import Settings
 logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
-_SPLITS = (aten.split.Tensor, aten.split_with_sizes.default)
 
 
 @dataclass(frozen=True)
@@ -74,8 +71,6 @@ def _cuts_of(source: torch.fx.Node, width: int, views: tuple[torch.fx.Node, ...]
             found = _cuts_of(user, width, (*views, user))
         elif user.target is aten.slice.Tensor:
             found = _slice_cut(user, width, views)
-        elif user.target in _SPLITS:
-            found = _split_cuts(user, width, views)
         else:
             return None
         if found is None:
@@ -92,25 +87,6 @@ def _slice_cut(node: torch.fx.Node, width: int, views: tuple[torch.fx.Node, ...]
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end):
         return None
     return [_Cut(node, start, end, views)]
-
-
-def _split_cuts(node: torch.fx.Node, width: int, views: tuple[torch.fx.Node, ...]) -> list[_Cut] | None:
-    args = arguments(node)
-    sizes = args.get("split_sizes") or args.get("split_size")
-    if not _last_dim(node.args[0], args["dim"]):
-        return None
-    if isinstance(sizes, int):
-        sizes = [min(sizes, width - start) for start in range(0, width, sizes)]
-    if not all(isinstance(s, int) for s in sizes) or sum(sizes) != width:
-        return None
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    cuts = []
-    for item in node.users:
-        if item.target is not operator.getitem:
-            return None
-        i = item.args[1]
-        cuts.append(_Cut(item, starts[i], starts[i] + sizes[i], views))
-    return cuts
 
 
 def _same_plans(k: int, widths: set[int], dtype: torch.dtype, gm: torch.fx.GraphModule) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.passes.split_merged_projections import split_merged_projections
 from tests.passes.graphs import after_passes, aten_graph, targets
@@ -38,7 +39,7 @@ def _inputs(*shape: int) -> tuple[torch.Tensor, ...]:
 def test_vllm_merged_projections_become_one_product_per_cut_with_the_same_bits() -> None:
     inputs = _inputs(5)
     merged = after_passes(aten_graph(_vllm_layer, *inputs), rewrite_matmul)
-    split = after_passes(aten_graph(_vllm_layer, *inputs), split_merged_projections)
+    split = after_passes(aten_graph(_vllm_layer, *inputs), canonicalize_splits, split_merged_projections)
     assert split.count == 2
     names = targets(split)
     assert names.count(aten.addmm.default) == 3 and names.count(aten.mm.default) == 2
@@ -52,7 +53,8 @@ def test_vllm_merged_projections_become_one_product_per_cut_with_the_same_bits()
 def test_phi3_slices_and_chunks_become_one_product_per_cut_with_the_same_bits() -> None:
     x, w_qkv, _, w_gate_up = _inputs(2, 3)
     merged = after_passes(aten_graph(_phi3_layer, x, w_qkv, w_gate_up), rewrite_matmul)
-    split = after_passes(aten_graph(_phi3_layer, x, w_qkv, w_gate_up), split_merged_projections, rewrite_matmul)
+    split = after_passes(aten_graph(_phi3_layer, x, w_qkv, w_gate_up), canonicalize_splits, split_merged_projections,
+                         rewrite_matmul)
     assert targets(split).count(bi.mm.default) == 5
     for got, want in zip(split(x, w_qkv, w_gate_up), merged(x, w_qkv, w_gate_up), strict=True):
         assert torch.equal(got, want)
@@ -75,5 +77,6 @@ def test_products_read_whole_or_in_overlapping_cuts_stay() -> None:
 
 
 def test_idempotent() -> None:
-    gm = after_passes(aten_graph(_vllm_layer, *_inputs(3)), split_merged_projections, split_merged_projections)
+    gm = after_passes(aten_graph(_vllm_layer, *_inputs(3)), canonicalize_splits, split_merged_projections,
+                      split_merged_projections)
     assert gm.count == 0 and targets(gm).count(aten.addmm.default) == 3
