@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch.fx
 
+from ascend_compile.passes.canonicalize_masks import canonicalize_masks
 from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.canonicalize_squares import canonicalize_squares
 from ascend_compile.passes.fix_contiguity import fix_contiguity
@@ -39,6 +40,7 @@ PIPELINE: tuple[Pass, ...] = (
     # Canonical forms first: the same maths written differently reaches the rewrites and fusions as one graph.
     canonicalize_squares,
     canonicalize_splits,
+    canonicalize_masks,
     split_merged_projections,  # reads canonicalize_splits' slices
     rewrite_eager_attention,  # before the matmul and softmax rewrites: it reads their aten ops
     rewrite_matmul,

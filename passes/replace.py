@@ -96,7 +96,8 @@ def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[
         node = graph.call_function(target, args, kwargs)
     fake_args = tuple(value(a) for a in args)
     fake_kwargs = {name: value(a) for name, a in kwargs.items()}
-    mode = detect_fake_mode((*fake_args, *fake_kwargs.values()))
+    # An op of no tensors (a ``full``) runs in the fake mode of the node it is placed before.
+    mode = detect_fake_mode((*fake_args, *fake_kwargs.values())) or detect_fake_mode((value(before),))
     if mode is not None:
         with mode:
             node.meta["val"] = target(*fake_args, **fake_kwargs)

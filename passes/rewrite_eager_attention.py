@@ -15,11 +15,17 @@ ops, dtype conversions around the softmax, GQA's repeat_kv)::
     bmm = torch.ops.aten.bmm.default(view(expand(q)), view(expand(transpose(k, 2, 3))))
     scores = torch.ops.aten.add.Tensor(torch.ops.aten.mul.Tensor(view(bmm), scale), mask)
     probs = torch.ops.aten._softmax.default(scores, -1, False)
+
+or with a boolean mask selecting a fill (nanoGPT's ``masked_fill``, as ``canonicalize_masks`` writes it)::
+
+    scores = torch.ops.aten.where.self(mask, torch.ops.aten.full.default([], -inf), view(bmm) * scale)
     out = view(torch.ops.aten.bmm.default(view(expand(probs)), view(expand(v))))
 
-Rewrites to::
+Rewrites to (a selected fill: the mask negated, its fill the template's ``masked_score``)::
 
     out = torch.ops.ascend_bi.attention.default(q, k, v, mask, False, None, False, scale)
+    out = torch.ops.ascend_bi.attention.default(q, k, v, torch.ops.aten.logical_not.default(mask), False, scale,
+                                                False, None, -inf)
 
 Only chains whose intermediate results have no other users (e.g. no ``output_attentions``) are
 rewritten; anything else stays with the matmul and softmax templates, still batch-invariant.
@@ -57,6 +63,10 @@ class _Attention:
     scale: float | None
     scale_tensor: torch.fx.Node | None
     output: torch.fx.Node
+    #: A boolean mask's score where it is False (a selected fill); None for additive masks.
+    masked_score: float | None = None
+    #: The boolean mask is True where the fill goes (``where(mask, fill, scores)``): keep its negation.
+    negate: bool = False
 
 
 def _is_identity(node: torch.fx.Node) -> bool:
@@ -144,20 +154,48 @@ def _qk(node: object) -> tuple[torch.fx.Node, float | None, torch.fx.Node | None
     return bmm, scale, scale_tensor
 
 
-def _scores(x: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node | None, float | None, torch.fx.Node | None] | None:
-    """(bmm of q and k, additive mask, scale, scale tensor) for the softmax input ``x``."""
+@dataclass(frozen=True)
+class _Scores:
+    qk: torch.fx.Node
+    mask: torch.fx.Node | None
+    scale: float | None
+    scale_tensor: torch.fx.Node | None
+    masked_score: float | None = None
+    negate: bool = False
+
+
+def _fill(node: object) -> float | None:
+    """The number a 0-dim ``full`` holds (the fill of a canonical masked fill)."""
+    if isinstance(node, torch.fx.Node) and node.target is aten.full.default and list(node.args[0]) == []:
+        return float(node.args[1])
+    return None
+
+
+def _scores(x: torch.fx.Node) -> _Scores | None:
+    """The bmm of q and k, the mask (additive, or boolean with the fill it selects) and the scale, for the
+    softmax input ``x``."""
     node = x  # its users are the softmax's own ops
     while node.target is _CONVERT and (node is x or sole_user(node)):
         node = node.args[0]
     found = _qk(node)
     if found is not None:
-        return found[0], None, found[1], found[2]
-    if node.target is not aten.add.Tensor or not (node is x or sole_user(node)) or len(node.args) != 2:
+        return _Scores(found[0], None, found[1], found[2])
+    if not (node is x or sole_user(node)) or len(node.args) not in (2, 3):
+        return None
+    if node.target is aten.where.self:  # canonicalize_masks' select: where(mask, fill, s) or where(keep, s, fill)
+        cond, a, b = node.args
+        for fill, scores, negate in ((a, b, True), (b, a, False)):
+            # -inf only: the template adds the fill to the score, which is the fill itself only for -inf
+            found = _qk(scores) if _fill(fill) == float("-inf") else None
+            if found is not None and value(cond).dtype == torch.bool:
+                return _Scores(found[0], cond, found[1], found[2], _fill(fill), negate)
+        return None
+    if node.target is not aten.add.Tensor or len(node.args) != 2:
         return None
     for scores, mask in (node.args, node.args[::-1]):
         found = _qk(scores)
         if found is not None and isinstance(mask, torch.fx.Node):
-            return found[0], mask, found[1], found[2]
+            return _Scores(found[0], mask, found[1], found[2])
     return None
 
 
@@ -190,7 +228,7 @@ def _match(pv: torch.fx.Node) -> _Attention | None:
     scores = _scores(x) if x is not None else None
     if v is None or scores is None:
         return None
-    qk, mask, scale, scale_tensor = scores
+    qk, mask = scores.qk, scores.mask
     q3, k3 = qk.args
     d = shape_of(q3)[-1]
     q = _source_4d(q3, (batch, heads, lq, d))
@@ -198,9 +236,12 @@ def _match(pv: torch.fx.Node) -> _Attention | None:
     if q is None or k is None or not planned_floats(q, k, v):
         return None
     mask_shape = shape_of(mask) if mask is not None else ()
-    if mask is not None and (mask_shape is None or len(mask_shape) > 4 or not value(mask).dtype.is_floating_point):
+    selected = scores.masked_score is not None
+    if mask is not None and (mask_shape is None or len(mask_shape) > 4
+                             or not (value(mask).dtype.is_floating_point or selected)):
         return None
-    return _Attention(q, unrepeated(k), unrepeated(v), mask, scale, scale_tensor, output)
+    return _Attention(q, unrepeated(k), unrepeated(v), mask, scores.scale, scores.scale_tensor, output,
+                      scores.masked_score, scores.negate)
 
 
 def _supported(match: Match) -> bool:
@@ -210,8 +251,12 @@ def _supported(match: Match) -> bool:
 def _rewrite(match: Match, *_: object, **__: object) -> None:
     found = _match(match.output_node())
     assert found is not None
-    new = call(found.output.graph, found.output, torch.ops.ascend_bi.attention.default,
-               (found.query, found.key, found.value, found.mask, False, found.scale, False, found.scale_tensor))
+    graph, mask = found.output.graph, found.mask
+    if found.negate:  # the template keeps keys where a boolean mask is True
+        mask = call(graph, found.output, aten.logical_not.default, (mask,))
+    new = call(graph, found.output, torch.ops.ascend_bi.attention.default,
+               (found.query, found.key, found.value, mask, False, found.scale, False, found.scale_tensor,
+                found.masked_score))
     swap(found.output, new)
 
 
