@@ -227,14 +227,23 @@ class BucketGraphRunner:
     def _capture_bucket(self, args: Sequence[Any], batch: int | None, bucket: int, stream: Any) -> _Bucket:
         api = self.api
         inputs = self._static_inputs(args, batch, bucket)
-        with api.on(stream):
-            self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
-        api.join(stream)
-        api.synchronize()
-        graph = api.new_graph()
-        with api.capture(graph, self._pool, stream):
-            outputs = self.fn(*inputs)
-        api.synchronize()
+        # The warm-up runs the graph (so does capture on the CPU's stand-in): inputs it writes in place (a static
+        # KV cache, its write position) are put back, so that the call's replay starts from what the caller passed.
+        written = [inputs[s.position] for s in self.signature.inputs if s.fixed_address and s.mutated]
+        kept = [t.clone() for t in written]
+        api.synchronize()  # the copies are taken before the warm-up's stream writes
+        try:
+            with api.on(stream):
+                self.fn(*inputs)  # warm-up: kernels compiled, workspaces allocated outside the graph
+            api.join(stream)
+            api.synchronize()
+            graph = api.new_graph()
+            with api.capture(graph, self._pool, stream):
+                outputs = self.fn(*inputs)
+        finally:  # also when a bucket runs out of memory: its batches then run uncaptured on these inputs
+            api.synchronize()
+            for tensor, before in zip(written, kept, strict=True):
+                tensor.copy_(before)
         addresses = {s.position: args[s.position].data_ptr() for s in self.signature.inputs if s.fixed_address}
         return _Bucket(bucket, graph, inputs, outputs, addresses)
 
@@ -307,5 +316,9 @@ def graph_wrapper(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], setti
         return decided(f"the graph runs uncaptured: {signature.uncapturable}")
     sizes = capture_sizes(settings)
     exact = f"; exact batch sizes only: {signature.exact_only}" if signature.exact_only else ""
-    return decided(f"device graphs per bucket {list(sizes)} (batch symbol {signature.batch_symbol}){exact}",
+    written = [s.name for s in signature.copied if s.mutated]
+    copies = (f"; {', '.join(written)} written in place: copied into the graph's buffer and back on every call "
+              "(a tensor marked with torch._dynamo.mark_static_address, its shape the same in every batch, is read "
+              "in place)") if written else ""
+    return decided(f"device graphs per bucket {list(sizes)} (batch symbol {signature.batch_symbol}){exact}{copies}",
                    lambda fn: BucketGraphRunner(fn, signature, settings, api, sizes))

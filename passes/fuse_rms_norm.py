@@ -50,7 +50,18 @@ from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternM
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.plans import FLOAT_DTYPES
 from ascend_compile.kernels.rms_norm import NormForm
-from ascend_compile.passes.replace import CASTS, call, converted_to, same_shape, shape_of, sole_user, swap, value
+from ascend_compile.passes.replace import (
+    CASTS,
+    VIEWS,
+    call,
+    converted_to,
+    hoist,
+    same_shape,
+    shape_of,
+    sole_user,
+    swap,
+    value,
+)
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +70,8 @@ aten = torch.ops.aten
 bi = torch.ops.ascend_bi
 _PATTERNS = PatternMatcherPass(pass_name="ascend_bi_fuse_rms_norm")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: Ops an input of the fused launch may be moved up through (a lifted epsilon's cast, a weight's views).
+_MOVABLE = (*CASTS, *VIEWS)
 
 
 @dataclass
@@ -211,8 +224,24 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
                  read.anchor or read.x)
 
 
+def _placeable(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, int]) -> bool:
+    """Whether ``node`` comes before ``before`` or is a chain of casts and views of nodes that do."""
+    if not isinstance(node, torch.fx.Node) or order[node] < order[before]:
+        return True
+    return node.op == "call_function" and node.target in _MOVABLE and all(
+        _placeable(a, before, order) for a in node.all_input_nodes)
+
+
 def _supported(match: Match) -> bool:
-    return _match(match.output_node()) is not None
+    """A norm was read, and under ``FP32_SUM`` its launch can take the sum's place (its operands are the
+    sum's terms: without the residual fused it would have nothing to normalize)."""
+    norm = _match(match.output_node())
+    if norm is None:
+        return False
+    if not norm.form & NormForm.FP32_SUM:
+        return True
+    order = {node: i for i, node in enumerate(norm.anchor.graph.nodes)}
+    return all(_placeable(n, norm.anchor, order) for n in (norm.weight, norm.eps))
 
 
 def _rewrite(match: Match, *_: object, **__: object) -> None:
@@ -223,7 +252,8 @@ def _rewrite(match: Match, *_: object, **__: object) -> None:
     eps = (norm.eps, None) if isinstance(norm.eps, float) else (0.0, norm.eps)
     inputs = [n for n in (norm.weight, *eps) if isinstance(n, torch.fx.Node)]
     args = (norm.weight, *eps, int(norm.form))
-    if norm.residual is not None and all(order[n] < order[norm.anchor] for n in inputs):
+    # A lifted epsilon's cast may sit after the residual add: it moves up with the launch when it can.
+    if norm.residual is not None and all(hoist(n, norm.anchor, order, _MOVABLE) for n in inputs):
         fused = call(graph, norm.anchor, bi.add_rms_norm.default, (*norm.residual, *args))
         with graph.inserting_after(fused):
             out = graph.call_function(operator.getitem, (fused, 0))

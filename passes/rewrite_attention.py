@@ -33,6 +33,7 @@ import operator
 import torch
 import torch.fx
 from torch._inductor.pattern_matcher import CallFunctionVarArgs, Match, PatternMatcherPass, register_graph_pattern
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.passes.repeat_kv import unrepeated
@@ -119,7 +120,8 @@ def _rewrite(match: Match, *_: object, **__: object) -> None:
     mask_name = _VARIANTS[node.target]
     mask, masked_score = _boolean(args.get(mask_name)) if mask_name else (None, None)
     out = node.meta["val"][0]
-    heads_inner = out.dim() == 4 and out.shape[1] > 1 and out.stride(1) < out.stride(2)
+    # A Python bool (guarded on the hint when extents are symbolic): the op takes no symbolic flag.
+    heads_inner = out.dim() == 4 and guard_or_false(out.shape[1] > 1) and guard_or_false(out.stride(1) < out.stride(2))
     key, values = unrepeated(args["key"]), unrepeated(args["value"])
     extra = () if masked_score is None else (None, masked_score)
     new = call(node.graph, node, torch.ops.ascend_bi.attention.default,

@@ -217,6 +217,7 @@ def test_writes_through_batch_indices_capture_exact_sizes_only(runners: list[Buc
     assert sorted(b for b, _ in runner.graphs) == [2, 4], "3 and 5 are not capture sizes: uncaptured"
     reported = [r.graphs for r in ascend_compile.reports()]  # what the dump's summary.json says
     assert any(g.startswith("device graphs per bucket [1, 2, 4, 8]") and "exact batch sizes only" in g
+               and "cache written in place: copied into the graph's buffer and back on every call" in g
                for g in reported), reported
 
 

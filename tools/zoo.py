@@ -369,8 +369,10 @@ def transformers_config(family: str, cfg: ZooConfig) -> Any:
         tie_word_embeddings=True, hidden_act="silu",
     )
     if family == "Gemma3Text":
+        # Global attention in every layer: a sliding layer's cache counts its length in a Python int, which
+        # Dynamo guards on, so each step would compile anew.
         fields.update(sliding_window=cfg.max_context, hidden_activation="gelu_pytorch_tanh",
-                      query_pre_attn_scalar=cfg.head_dim)
+                      query_pre_attn_scalar=cfg.head_dim, layer_types=["full_attention"] * cfg.layers)
     if family == "Phi3":
         fields.update(pad_token_id=0, bos_token_id=0, eos_token_id=0)
         del fields["head_dim"]  # Phi-3 derives it from hidden size and heads
@@ -397,6 +399,7 @@ def _transformers(family: str, cfg: ZooConfig, context: int, device: str, dtype:
                 tensor.zero_()
                 tensor[:, :, :context] = _sequence_rows(tuple(tensor[0, :, :context].shape), batch, 2 * n + which,
                                                         device, dtype)
+            layer.cumulative_length.fill_(context)  # the layer writes the step's key after the context
         return ids, cache, torch.tensor([context], device=device)
 
     def step(ids: torch.Tensor, cache: Any, position: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
 
 @triton.jit
 def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, vo_ptr, index_ptr,
-                      arrival_ptr, B, L, HQ, HK, n, eps_q, eps_k,
+                      arrival_ptr, B, L, HQ, HK, n, eps_q, eps_k, SLOTS,
                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
@@ -128,12 +128,15 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                 slot = tl.load(index_ptr) + pos
             elif CACHE:
                 slot = tl.load(index_ptr + pos)
+            # A slot outside the cache (a full static cache) is written nowhere: a Triton store checks no bounds,
+            # and the slots cannot be read on the host without a wait (ops/cache_bounds.py).
+            written = (h < HK) & (tl.zeros_like(h) + slot >= 0) & (tl.zeros_like(h) + slot < SLOTS)
             if is_value:  # only with a cache: the value heads as they are, into the slot
-                mask = (h < HK)[:, None] & (cols[None, :] < n)
+                mask = written[:, None] & (cols[None, :] < n)
                 rows = tl.load(v_ptr + b * sv_b + pos * sv_l + h[:, None] * sv_h + cols[None, :], mask=mask)
                 tl.store(vo_ptr + b * svo_b + h[:, None] * svo_h + slot * svo_l + cols[None, :], rows, mask=mask)
             else:
-                _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, h < HK, wk_ptr, eps_k, cos_row, sin_row,
+                _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, written, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
                                  BLOCK_H, BLOCK, NORM)
     if APPEND:  # the last program to arrive has seen every other program's read of the position
@@ -220,6 +223,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         _norm_rope_kernel[grid](
             q, k, v, *(weights or (q, q)), cos, sin, q_out, k_out, v_out, index,
             arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, *(eps or (0.0, 0.0)),
+            k_out.shape[2],
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
             q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),

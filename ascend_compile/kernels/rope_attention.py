@@ -107,7 +107,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
                            tl.where(is_key, eps_k, eps_q), cos.to(tl.float32), sin.to(tl.float32), D,
                            DTYPE, EMULATE_BF16, ROT_ROWS, BLOCK_D, NORM)
     # The step's keys and values of this key/value head, by the program whose split holds their slot.
-    new = is_key
+    new = is_key & (slots >= 0) & (slots < Lk)  # a slot outside the cache is written nowhere (ops/cache_bounds.py)
     if SPLIT:
         new = new & (slots // (SPLIT_TILES * BLOCK_N) == split_id)
     written = new[:, None] & (cols[None, :] < D)

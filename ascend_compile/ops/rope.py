@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ascend_compile.kernels.rope import bi_rms_norm_rope, bi_rope
+from ascend_compile.ops.cache_bounds import check_cache
 from ascend_compile.ops.library import bi_op
 from ascend_compile.ops.reductions import eps_value
 
@@ -47,6 +48,7 @@ def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weigh
                         index: torch.Tensor) -> torch.Tensor:
     """``rms_norm_rope``, then ``k_cache[:, :, index] = k_rot`` and ``v_cache[:, :, index] =
     v.transpose(1, 2)`` in place (transformers' static cache update); returns the rotated query."""
+    check_cache("rms_norm_rope_cache", q, k, v, k_cache, v_cache, index, append=False)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
                                 cache=(v, k_cache, v_cache, index))
     return q_rot
@@ -60,6 +62,7 @@ def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
     """``rms_norm_rope_cache`` at ``index = arange(length) + cache_length``, then ``cache_length +=
     length`` in place: all of transformers' ``StaticLayer.update`` (``cache_length`` is its
     ``cumulative_length``, one int64)."""
+    check_cache("rms_norm_rope_append", q, k, v, k_cache, v_cache, cache_length, append=True)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
                                 cache=(v, k_cache, v_cache, cache_length), append=True)
     return q_rot
@@ -81,6 +84,7 @@ def _(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``rms_norm_rope_cache`` without the norms."""
+    check_cache("rope_cache", q, k, v, k_cache, v_cache, index, append=False)
     return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, index))[0]
 
 
@@ -88,6 +92,7 @@ def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Ten
 def rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 k_cache: torch.Tensor, v_cache: torch.Tensor, cache_length: torch.Tensor) -> torch.Tensor:
     """``rms_norm_rope_append`` without the norms."""
+    check_cache("rope_append", q, k, v, k_cache, v_cache, cache_length, append=True)
     return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, cache_length), append=True)[0]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ascend_compile.kernels.rope_attention import bi_rope_attention
+from ascend_compile.ops.cache_bounds import check_cache
 from ascend_compile.ops.library import bi_op
 from ascend_compile.ops.reductions import eps_value
 
@@ -21,6 +22,7 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.
          v_cache: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
          scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None, masked_score: float | None,
          append: bool) -> torch.Tensor:
+    check_cache("rope_attention_append" if append else "rope_attention", q, k, v, k_cache, v_cache, index, append)
     norms = (weights[0], weights[1]) if weights else None
     epsilons = tuple(eps_value(e, t) for e, t in zip(eps, eps_tensors, strict=True)) if weights else None
     return bi_rope_attention(q, k, v, norms, epsilons, cos, sin, k_cache, v_cache, index, append=append, mask=mask,
