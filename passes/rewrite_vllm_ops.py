@@ -152,7 +152,7 @@ def rewrite_vllm_ops(gm: torch.fx.GraphModule, settings: Settings) -> int:
         if _results(node) is not None and rewrites[node.args[0]](node):
             count += 1
         elif node.args[0] is _vendor_op("onednn_mm") and not has_packed_weights():
-            logger.info("rewrite_vllm_ops: %s left stock: no packed weights were recorded (start vLLM with "
-                        "ASCEND_BI=1)", node.name)
+            logger.info("rewrite_vllm_ops: %s left stock: no packed weights were recorded (name ascend_bi in "
+                        "vLLM's compilation_config)", node.name)
     logger.debug("rewrite_vllm_ops: %d vendor ops now batch-invariant", count)
     return count

