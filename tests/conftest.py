@@ -15,6 +15,9 @@ import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # vLLM's engines take minutes to start and a worker runs a file whole: started last, they would run on one
+    # worker while the other idles, so they go first (a stable sort: the rest keeps its order).
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/vllm/"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run with -m gpu on a GPU machine)")

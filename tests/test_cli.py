@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ascend_compile.tools.cli", *args],
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # the demo compiles a model three ways; tests/test_readme.py (slow) runs it as a newcomer would
 def test_demo_shows_stock_differs_and_ascend_bi_does_not() -> None:
     result = _run("demo", "--batch-sizes", "2,5", "--repeats", "1", "--json")
     assert result.returncode == 0, result.stderr

