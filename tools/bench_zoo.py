@@ -105,9 +105,10 @@ def measure(name: str, cfg: zoo.ZooConfig, buckets: list[int], context: int,
     return points, invariant, {b: model.bytes_read(b) for b in buckets}
 
 
-def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES) -> dict[str, Any]:
-    """Launches per decoder layer in each mode, whether each mode gave sequence 0 the same bits at every batch
-    size, and the fusions ascend_bi made, at the zoo's small sizes on this machine."""
+def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES, stock_launches: bool = True) -> dict[str, Any]:
+    """Launches per decoder layer in each mode (``stock_launches=False``: ascend_bi's only), whether each mode gave
+    sequence 0 the same bits at every batch size, and the fusions ascend_bi made, at the zoo's small sizes on this
+    machine."""
     import ascend_compile
 
     def run_mode(layers: int, mode: str, sizes: tuple[int, ...], dtype: torch.dtype) -> tuple[int, list[torch.Tensor]]:
@@ -120,7 +121,7 @@ def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES) -> dict[s
         return calls[-1][1], [row for row, _ in calls]
 
     modes, one_size, launches = ("torch.compile", "ascend_bi"), batches[-1:], {}
-    for mode in modes:
+    for mode in modes if stock_launches else modes[1:]:
         ascend_compile.clear_reports()
         full = run_mode(zoo.TINY.layers, mode, one_size, LAUNCH_DTYPE)[0]
         reports = ascend_compile.reports()  # ascend_bi's, the last mode: its fusions in the launches' dtype
@@ -157,25 +158,22 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [card_line(info) + f" transformers {info.get('transformers', '?')}.", "",
              f"Decode step, the zoo at {info['config']}, bf16, context {info['context']}; ms per step (copy "
              f"bandwidth {doc['bandwidth'] / 1e12:.2f} TB/s); ratio: ascend_bi / reduce-overhead.", "",
-             "| model | mode | " + " | ".join(f"bs {b}" for b in buckets) + " | launches/step | bitwise equal |",
-             "|---|---|" + "---:|" * len(buckets) + "---:|:---:|"]
-    ratios = {}
+             "| model | mode | " + " | ".join(f"bs {b}" for b in buckets)
+             + " | geo-mean | launches/step | bitwise equal |",
+             "|---|---|" + "---:|" * len(buckets) + "---:|---:|:---:|"]
     for model in dict.fromkeys(p.model for p in points):
         ms = {(p.mode, p.bucket): p for p in points if p.model == model}
         for mode in MODES:
             launches = max((ms[mode, b].launches for b in buckets), default=0)
             equal = "yes" if doc["invariant"][model][mode] else "no"
             lines.append(f"| {model} | {mode} | " + " | ".join(f"{ms[mode, b].ms:.2f}" for b in buckets)
-                         + f" | {launches} | {equal} |")
+                         + f" | | {launches} | {equal} |")
         per_bucket = [ms["ascend_bi", b].ms / ms["reduce-overhead", b].ms for b in buckets]
-        ratios[model] = geomean(per_bucket)
         floors = doc["bytes_read"][model]
-        lines.append(f"| {model} | ratio | " + " | ".join(f"{r:.2f}×" for r in per_bucket) + " | | |")
+        lines.append(f"| {model} | ratio | " + " | ".join(f"{r:.2f}×" for r in per_bucket)
+                     + f" | **{geomean(per_bucket):.2f}×** | | |")
         lines.append(f"| {model} | HBM floor | " + " | ".join(f"{floors[str(b)] / doc['bandwidth'] * 1e3:.2f}"
-                                                         for b in buckets) + " | | |")
-    lines.append("")
-    lines += [f"- {model}: {ratio:.2f}× reduce-overhead's time (geo-mean over buckets)"
-              for model, ratio in ratios.items()]
+                                                         for b in buckets) + " | | | |")
     return "\n".join(lines)
 
 
@@ -188,7 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per point (GPU)")
     parser.add_argument("--structure", action="store_true",
                         help="launches per layer, fusions and invariance at small sizes (the default without a GPU)")
-    parser.add_argument("--json", help="write the run as JSON here")
+    parser.add_argument("--json", help="write the run as JSON here (on a GPU, again after each model: an "
+                                       "interrupted run keeps the models it measured)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,12 +213,17 @@ def run(args: argparse.Namespace) -> int:
             doc["points"] += [dataclasses.asdict(p) for p in points]
             doc["invariant"][name] = invariant
             doc["bytes_read"][name] = {str(b): n for b, n in bytes_read.items()}
+            _write(doc, args.json)
         ok = all(modes["ascend_bi"] for modes in doc["invariant"].values())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+    _write(doc, args.json)
     print(markdown(doc))
     return 0 if ok else 1
+
+
+def _write(doc: dict[str, Any], path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
 
 
 def _config_line(cfg: zoo.ZooConfig) -> str:
