@@ -13,11 +13,13 @@ os.environ["OPENBLAS_CORETYPE"] = "Sandybridge"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+_LONG_FILES = ("tests/vllm/", "tests/test_fuzz.py")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # vLLM's engines take minutes to start and a worker runs a file whole: started last, they would run on one
-    # worker while the other idles, so they go first (a stable sort: the rest keeps its order).
-    items.sort(key=lambda item: not item.nodeid.startswith("tests/vllm/"))
+    # A worker runs a file whole: the files with minutes-long tests (vLLM's engines and servers, the thousand fuzzed
+    # compositions) go first, so that none runs on one worker while the other idles (a stable sort).
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FILES))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run with -m gpu on a GPU machine)")
