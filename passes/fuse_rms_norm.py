@@ -56,6 +56,7 @@ from ascend_compile.passes.replace import (
     call,
     converted_to,
     hoist,
+    hoistable,
     same_shape,
     shape_of,
     sole_user,
@@ -224,14 +225,6 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
                  read.anchor or read.x)
 
 
-def _placeable(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, int]) -> bool:
-    """Whether ``node`` comes before ``before`` or is a chain of casts and views of nodes that do."""
-    if not isinstance(node, torch.fx.Node) or order[node] < order[before]:
-        return True
-    return node.op == "call_function" and node.target in _MOVABLE and all(
-        _placeable(a, before, order) for a in node.all_input_nodes)
-
-
 def _supported(match: Match) -> bool:
     """A norm was read, and under ``FP32_SUM`` its launch can take the sum's place (its operands are the
     sum's terms: without the residual fused it would have nothing to normalize)."""
@@ -241,7 +234,7 @@ def _supported(match: Match) -> bool:
     if not norm.form & NormForm.FP32_SUM:
         return True
     order = {node: i for i, node in enumerate(norm.anchor.graph.nodes)}
-    return all(_placeable(n, norm.anchor, order) for n in (norm.weight, norm.eps))
+    return all(hoistable(n, norm.anchor, order, _MOVABLE) for n in (norm.weight, norm.eps))
 
 
 def _rewrite(match: Match, *_: object, **__: object) -> None:

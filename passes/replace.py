@@ -105,17 +105,25 @@ def call(graph: torch.fx.Graph, before: torch.fx.Node, target: Any, args: tuple[
     return node
 
 
-def hoist(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, float], views: tuple[Any, ...]) -> bool:
-    """Make ``node`` come before ``before`` in ``order`` (graph positions, kept up to date),
-    moving it and the chain of ``views`` it is made by if needed; False if it cannot."""
+def hoistable(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, float], views: tuple[Any, ...]) -> bool:
+    """Whether ``node`` comes before ``before`` in ``order``, or is a chain of ``views`` of nodes that do
+    (what ``hoist`` can move); nothing is moved."""
     if not isinstance(node, torch.fx.Node) or order[node] < order[before]:
         return True
-    if node.op != "call_function" or node.target not in views:
+    return node.op == "call_function" and node.target in views and all(
+        hoistable(a, before, order, views) for a in node.all_input_nodes)
+
+
+def hoist(node: object, before: torch.fx.Node, order: dict[torch.fx.Node, float], views: tuple[Any, ...]) -> bool:
+    """Make ``node`` come before ``before`` in ``order`` (graph positions, kept up to date),
+    moving it and the chain of ``views`` it is made by if needed; False (nothing moved) if it cannot."""
+    if not hoistable(node, before, order, views):
         return False
-    if not all(hoist(a, before, order, views) for a in node.all_input_nodes):
-        return False
-    before.prepend(node)
-    order[node] = order[before] - 0.5
+    if isinstance(node, torch.fx.Node) and order[node] >= order[before]:
+        for a in node.all_input_nodes:
+            hoist(a, before, order, views)
+        before.prepend(node)
+        order[node] = order[before] - 0.5
     return True
 
 

@@ -26,11 +26,10 @@ def check_cache(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ca
     heads, slots, dim) as eager's ``index_copy_`` would write them: the same device as ``q`` (``index`` too: the
     kernel reads it), the same dtypes, and slots inside the caches -- at ``index`` (one slot per position) or,
     with ``append``, from the write position ``index`` (one element) on."""
-    tensors = {"query": q, "key": k, "value": v, "k_cache": k_cache, "v_cache": v_cache, "slot index": index}
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
+    if not q.device == k.device == v.device == k_cache.device == v_cache.device == index.device:  # every layer
+        tensors = {"query": q, "key": k, "value": v, "k_cache": k_cache, "v_cache": v_cache, "slot index": index}
         raise ValueError(f"ascend_bi::{op}: the caches, the step's tensors and the slot index must be on one "
-                         f"device, got {', '.join(f'{name} on {d}' for name, d in devices.items())}")
+                         f"device, got {', '.join(f'{name} on {t.device}' for name, t in tensors.items())}")
     if k_cache.dtype != k.dtype or v_cache.dtype != v.dtype:
         raise ValueError(f"ascend_bi::{op}: k_cache {k_cache.dtype} and v_cache {v_cache.dtype} must have the "
                          f"dtypes of the key {k.dtype} and value {v.dtype} written to them (as index_copy_ requires)")
