@@ -318,7 +318,7 @@ def graph_wrapper(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], setti
     exact = f"; exact batch sizes only: {signature.exact_only}" if signature.exact_only else ""
     written = [s.name for s in signature.copied if s.mutated]
     copies = (f"; {', '.join(written)} written in place: copied into the graph's buffer and back on every call "
-              "(a tensor marked with torch._dynamo.mark_static_address, its shape the same in every batch, is read "
-              "in place)") if written else ""
+              "(a tensor marked with torch._dynamo.mark_static_address is read in place; with a batch dim, it limits "
+              "graphs to exact capture sizes)") if written else ""
     return decided(f"device graphs per bucket {list(sizes)} (batch symbol {signature.batch_symbol}){exact}{copies}",
                    lambda fn: BucketGraphRunner(fn, signature, settings, api, sizes))

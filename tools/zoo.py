@@ -12,7 +12,7 @@ tied head) written as
   ``(out, residual)``, rotary by ``index_select`` on a ``cos_sin_cache`` by ``positions``
   (``RotaryEmbedding.forward_static``, neox or GPT-J), keys and values written into a paged cache
   by ``slot_mapping`` and attention over it by block table (a step as vLLM runs it with attention
-  in the graph);
+  in the graph), the caches at fixed addresses (``mark_static_address``) as vLLM allocates them once;
 - transformers' ``Qwen3``, ``Llama``, ``Gemma3`` and ``Phi3`` with a static cache.
 
 Every entry builds a model once and its decode step -- ``step(*inputs(batch))`` returns the logits
@@ -347,6 +347,9 @@ def _vllm(cfg: ZooConfig, context: int, device: str, dtype: torch.dtype, neox: b
         block_tables = torch.arange(batch * blocks_per_seq, device=device).view(batch, blocks_per_seq)
         caches = [tuple(_sequence_rows(cache_shape, batch, 2 * n + which, device, dtype).flatten(0, 1)
                         for which in (0, 1)) for n in range(cfg.layers)]
+        for cache in caches:  # allocated once and read in place, as vLLM's are (and transformers' StaticCache)
+            for tensor in cache:
+                torch._dynamo.mark_static_address(tensor)
         slot_mapping = block_tables[:, context // cfg.block_size] * cfg.block_size + context % cfg.block_size
         return (_tokens(batch, cfg.vocab, device), torch.full((batch,), context, device=device), caches, slot_mapping,
                 block_tables, torch.full((batch,), context + 1, device=device))
