@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import torch.fx
 
+from ascend_compile.passes.canonicalize_input_writes import canonicalize_input_writes
 from ascend_compile.passes.canonicalize_masks import canonicalize_masks
+from ascend_compile.passes.canonicalize_rotary import canonicalize_rotary
 from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.canonicalize_squares import canonicalize_squares
 from ascend_compile.passes.fix_contiguity import fix_contiguity
@@ -40,7 +42,9 @@ PIPELINE: tuple[Pass, ...] = (
     # Canonical forms first: the same maths written differently reaches the rewrites and fusions as one graph.
     canonicalize_squares,
     canonicalize_splits,
+    canonicalize_rotary,  # reads canonicalize_splits' halves
     canonicalize_masks,
+    canonicalize_input_writes,
     split_merged_projections,  # reads canonicalize_splits' slices
     rewrite_eager_attention,  # before the matmul and softmax rewrites: it reads their aten ops
     rewrite_matmul,

@@ -22,6 +22,7 @@ appended at the cache's write position, which the launch advances.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import arguments, call, same_shape, sole_user, swap_items, value
+from ascend_compile.passes.replace import arguments, call, same_shape, sole_user, swap, swap_items, value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -47,6 +48,9 @@ class Rope:
     out: torch.fx.Node
     cos: torch.fx.Node
     sin: torch.fx.Node
+    #: The rotated tensor is the item itself, (tokens, heads, dim), as vLLM flattens a step's tokens:
+    #: the launch reads it as (tokens, 1, heads, dim), whose rotation (tokens, heads, 1, dim) has its layout.
+    flat: bool = False
 
 
 def _is_heads_transpose(node: torch.fx.Node) -> bool:
@@ -76,11 +80,13 @@ def _half_slice(node: torch.fx.Node, x: torch.fx.Node, half: int, upper: bool) -
 def rope_of(item: torch.fx.Node) -> Rope | None:
     """The rotation applied to ``item``, a query or key per head (through its heads transpose), if
     that is all ``item`` is used for."""
-    if not sole_user(item):
+    item_val = value(item)
+    flat = isinstance(item_val, torch.Tensor) and item_val.dim() == 3 and len(item.users) == 3
+    if not flat and not sole_user(item):
         return None
-    (x,) = item.users
+    x = item if flat else next(iter(item.users))
     x_val = value(x)
-    if not _is_heads_transpose(x) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
+    if not (flat or _is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
         return None
     half = x_val.shape[-1] // 2
     muls = [u for u in x.users if u.target is aten.mul.Tensor]
@@ -100,18 +106,44 @@ def rope_of(item: torch.fx.Node) -> Rope | None:
     (add,) = muls[0].users
     if add.target is not aten.add.Tensor or {*add.args[:2]} != {muls[0], sin_mul} or len(add.args) > 2 or add.kwargs:
         return None
-    if not all(isinstance(t, torch.fx.Node) and _angles_fit(value(t), x_val) for t in (cos, sin)):
+    fit = _flat_angles_fit if flat else _angles_fit
+    if not all(isinstance(t, torch.fx.Node) and fit(value(t), x_val) for t in (cos, sin)):
         return None
-    return Rope(add, cos, sin)
+    return Rope(add, cos, sin, flat)
 
 
 def _angles_fit(angles: object, x: torch.Tensor) -> bool:
-    """``cos``/``sin`` of x's dtype, shaped (batch or 1, 1, length, dim) as ``apply_rotary_pos_emb`` uses them."""
-    if not isinstance(angles, torch.Tensor) or angles.dim() != 4 or angles.dtype != x.dtype:
+    """``cos``/``sin`` of x's dtype, shaped (batch or 1, 1, length, dim) as ``apply_rotary_pos_emb`` uses
+    them, or (length, dim), which broadcasts as (1, 1, length, dim) (a hand-written model's angles)."""
+    if not isinstance(angles, torch.Tensor) or angles.dim() not in (2, 4) or angles.dtype != x.dtype:
         return False
     batch, _, length, dim = x.shape
+    if angles.dim() == 2:
+        return same_shape(tuple(angles.shape), (length, dim))
     return same_shape(tuple(angles.shape[1:]), (1, length, dim)) and (
         same_shape((angles.shape[0],), (1,)) or same_shape((angles.shape[0],), (batch,)))
+
+
+def _flat_angles_fit(angles: object, x: torch.Tensor) -> bool:
+    """``cos``/``sin`` of flattened tokens (tokens, heads, dim): each token's angles, (tokens, 1, dim)."""
+    return isinstance(angles, torch.Tensor) and angles.dtype == x.dtype and \
+        same_shape(tuple(angles.shape), (x.shape[0], 1, x.shape[2]))
+
+
+def _angles_4d(gm: torch.fx.GraphModule, angles: torch.fx.Node, before: torch.fx.Node) -> torch.fx.Node:
+    """``angles`` as the (batch or 1, 1, length, dim) tensor the launch reads ((tokens, 1, 1, dim) for
+    flattened tokens)."""
+    shape = list(value(angles).shape)
+    if len(shape) == 4:
+        return angles
+    return call(gm.graph, before, aten.reshape.default, (angles, [1, 1, *shape] if len(shape) == 2 else
+                                                        [shape[0], 1, 1, shape[2]]))
+
+
+def _per_head(gm: torch.fx.GraphModule, x: torch.fx.Node, before: torch.fx.Node) -> torch.fx.Node:
+    """Flattened tokens (tokens, heads, dim) as the (batch, length, heads, dim) the launch reads."""
+    tokens, heads, dim = value(x).shape
+    return call(gm.graph, before, aten.reshape.default, (x, [tokens, 1, heads, dim]))
 
 
 @dataclass(frozen=True)
@@ -211,6 +243,8 @@ def fits_kernel(xq: torch.fx.Node, xk: torch.fx.Node) -> bool:
     """Query and key per head, (batch, length, heads, dim) of one batch, length, dim and dtype, and a
     head the kernel's row holds."""
     q, k = value(xq), value(xk)
+    if q.dim() == k.dim() == 3:  # flattened tokens: (tokens, 1, heads, dim)
+        q, k = q.unsqueeze(1), k.unsqueeze(1)
     if q.dim() != 4 or k.dim() != 4 or not same_shape((*q.shape[:2], q.shape[3]), (*k.shape[:2], k.shape[3])):
         return False
     try:
@@ -225,6 +259,18 @@ def before_users(writes: CacheWrites, q_rot: torch.fx.Node, order: dict[torch.fx
     of the written caches (it does in transformers' layers: attention reads all three after both writes)."""
     last = max(order[writes.key], order[writes.value])
     return all(order[user] > last for node in (q_rot, writes.key, writes.value) for user in node.users)
+
+
+def _placement(q: Rope, k: Rope, inputs: list[object], order: dict[torch.fx.Node, int]) -> torch.fx.Node | None:
+    """Where one launch for both rotations goes: at the later rotation, or -- when the earlier one's result
+    is used before it (vLLM rotates and reshapes the query, then the key) -- at the first use, if every
+    input of the launch is computed before that; None if neither."""
+    later = max(q.out, k.out, key=order.__getitem__)
+    first_use = min((user for out in (q.out, k.out) for user in out.users), key=order.__getitem__)
+    if order[first_use] > order[later]:
+        return later
+    nodes = [n for i in inputs for n in (i if isinstance(i, (list, tuple)) else [i]) if isinstance(n, torch.fx.Node)]
+    return first_use if all(order[n] < order[first_use] for n in nodes) else None
 
 
 @dataclass(frozen=True)
@@ -242,16 +288,30 @@ def fold_rope(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q:
     writes) by one ``ops`` launch taking ``extra`` besides; returns the form used: ``"plain"``,
     ``"cache"`` or ``"append"`` (None: the rotations' results are used between them, nothing done)."""
     facts = facts_of(gm)
-    writes = cache_writes(k.out) if facts.report.executor == "inductor" else None
+    if q.flat != k.flat:
+        return None
+    writes = cache_writes(k.out) if facts.report.executor == "inductor" and not q.flat else None
     if writes is None or not before_users(writes, q.out, order):
-        later = max(q.out, k.out, key=order.__getitem__)
-        if any(order[user] < order[later] for out in (q.out, k.out) for user in out.users):
+        later = _placement(q, k, [xq, xk, q.cos, q.sin, *extra.values()], order)
+        if later is None:
             return None
-        node = call(gm.graph, later, ops.plain, (), dict(q=xq, k=xk, **extra, cos=q.cos, sin=q.sin))
-        swap_items((q.out, k.out), node)
+        cos, sin = _angles_4d(gm, q.cos, later), _angles_4d(gm, q.sin, later)
+        if q.flat:
+            xq, xk = _per_head(gm, xq, later), _per_head(gm, xk, later)
+        node = call(gm.graph, later, ops.plain, (), dict(q=xq, k=xk, **extra, cos=cos, sin=sin))
+        if q.flat:  # (tokens, heads, 1, dim) back to the (tokens, heads, dim) its users read
+            olds = (q.out, k.out)
+            news = [call(gm.graph, later, aten.reshape.default,
+                         (call(gm.graph, later, operator.getitem, (node, i)), list(value(old).shape)))
+                    for i, old in enumerate(olds)]
+            for old, new in zip(olds, news, strict=True):
+                swap(old, new)
+        else:
+            swap_items((q.out, k.out), node)
         return "plain"
     last = max(writes.key, writes.value, key=order.__getitem__)
-    common = dict(q=xq, k=xk, v=writes.v, **extra, cos=q.cos, sin=q.sin, k_cache=writes.key.args[0],
+    cos, sin = _angles_4d(gm, q.cos, last), _angles_4d(gm, q.sin, last)
+    common = dict(q=xq, k=xk, v=writes.v, **extra, cos=cos, sin=sin, k_cache=writes.key.args[0],
                   v_cache=writes.value.args[0])
     # Arrival counters are not used on NPUs (no split schedules there): Inductor advances the position.
     appended = write_position(writes, value(xk).shape[1]) if facts.device.plan_kind != "npu" else None

@@ -15,6 +15,8 @@ from torch._inductor import lowering
 from ascend_compile import devices
 from ascend_compile.devices import Device, NpuFacts
 from ascend_compile.executors.inductor import allow_fallbacks
+from ascend_compile.passes.canonicalize_rotary import canonicalize_rotary
+from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
@@ -23,6 +25,7 @@ from ascend_compile.passes.graph_facts import attach, facts_of
 from ascend_compile.passes.op_plans import op_plans
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
 from ascend_compile.passes.rewrite_reductions import rewrite_reductions
+from ascend_compile.tools import zoo
 from tests.passes.graphs import after_passes, aten_graph, targets
 
 aten = torch.ops.aten
@@ -93,6 +96,59 @@ def test_norms_and_rotation_share_the_norm_launch_with_the_same_bits() -> None:
     separate = after_passes(aten_graph(_prologue, *inputs), *BEFORE)
     assert bi.rms_norm_pair.default in targets(separate)
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+
+
+def _rotated_by(x, wq, wk, q_norm, k_norm, cos, sin):
+    """A hand-written layer's rotation by angles that broadcast against (batch, heads, length, dim)."""
+    batch, length = x.shape[:2]
+    q, k = (F.linear(x, w).view(batch, length, -1, HEAD) for w in (wq, wk))
+    q, k = _rms(q, q_norm).transpose(1, 2), _rms(k, k_norm).transpose(1, 2)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _angles_per_position(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """Angles (length, dim), the same for every sequence."""
+    return _rotated_by(x, wq, wk, q_norm, k_norm, cos[0], sin[0])
+
+
+def _one_angle(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """Angles (1, dim) broadcast over a length of 2: not (length, dim), so not the kernel's."""
+    return _rotated_by(x, wq, wk, q_norm, k_norm, cos[0, :1], sin[0, :1])
+
+
+@pytest.mark.parametrize(("layer", "fused"), [(_angles_per_position, 1), (_one_angle, 0)],
+                         ids=["angles (length, dim)", "one angle for every position"])
+def test_angles_without_batch_and_head_dims(layer, fused: int) -> None:
+    inputs = _inputs()
+    gm = after_passes(aten_graph(layer, *inputs), *BEFORE, fuse_norm_rope)
+    assert gm.count == fused and (bi.rms_norm_rope.default in targets(gm)) == bool(fused)
+    separate = after_passes(aten_graph(layer, *inputs), *BEFORE)
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+
+
+def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """vLLM's layer: a step's tokens flattened, (tokens, heads, dim) per head, the neox rotation of halves by
+    each token's half-width angles."""
+    tokens = x.shape[0] * x.shape[1]
+    h = x.reshape(tokens, -1)
+    q = _rms(F.linear(h, wq).view(tokens, -1, HEAD), q_norm)
+    k = _rms(F.linear(h, wk).view(tokens, -1, HEAD), k_norm)
+    half_cos, half_sin = cos.reshape(tokens, HEAD)[:, None, :HEAD // 2], sin.reshape(tokens, HEAD)[:, None, :HEAD // 2]
+    return zoo.apply_rotary(q, half_cos[:, 0], half_sin[:, 0], True), zoo.apply_rotary(k, half_cos[:, 0],
+                                                                                        half_sin[:, 0], True)
+
+
+def test_flattened_tokens_rotate_in_the_norm_launch() -> None:
+    inputs = _inputs()
+    inputs = (*inputs[:6], inputs[6].expand(3, 2, HEAD).contiguous(), inputs[7].expand(3, 2, HEAD).contiguous())
+    def canonical() -> torch.fx.GraphModule:  # dead code removed after them, as the pipeline does
+        return after_passes(aten_graph(_vllm_flat, *inputs), canonicalize_splits, canonicalize_rotary)
+
+    gm = after_passes(canonical(), *BEFORE, fuse_norm_rope)
+    assert gm.count == 1 and bi.rms_norm_rope.default in targets(gm)
+    separate = after_passes(canonical(), *BEFORE)
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), _vllm_flat(*inputs), strict=True))
 
 
 def _cache_graphs(executor: str, layer=_with_cache) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
