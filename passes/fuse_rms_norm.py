@@ -10,7 +10,8 @@ Models round their norms at different points, and each form keeps its own roundi
 kernel's ``NormForm`` flags: transformers' Llama/Qwen (weight times the rounded value, the
 residual sum rounded), Gemma (``(1 + w)`` times the fp32 value, one rounding), torch's
 ``_fused_rms_norm`` decomposition (weight times the fp32 value), vLLM's ``forward_native``
-(residual added in fp32, the norm reading the unrounded sum).
+(residual added in fp32, the norm reading the unrounded sum; with the residual stream kept in fp32, as
+Inductor leaves vLLM's graph when it drops the sum's round trip through bf16).
 
 Matches (``_to_copy`` in place of ``convert_element_type`` in ``fx``-executor graphs; no
 converts in float32 models; the weight on either side, or none; the residual add optional)::
@@ -85,7 +86,8 @@ class _Norm:
     output: torch.fx.Node
     #: ``NormForm`` flags: where this model's norm rounds.
     form: NormForm = NormForm.LLAMA
-    #: Under ``FP32_SUM``, the casts of the fp32 sum to the input dtype: the next residual.
+    #: Under ``FP32_SUM``, the casts of the fp32 sum to the input dtype: the next residual (under
+    #: ``FP32_RESIDUAL``, whatever reads the fp32 sum besides the norm).
     sum_casts: tuple[torch.fx.Node, ...] = ()
     #: The residual add whose place the fused launch takes (``x``, or the fp32 sum under ``FP32_SUM``).
     anchor: torch.fx.Node | None = None
@@ -156,6 +158,10 @@ def _input(h32: torch.fx.Node, norm_users: set[torch.fx.Node]) -> _Input | None:
         casts = tuple(u for u in h32.users if u not in norm_users)
         if all(converted_to(c, _dtype(terms[0])) is h32 for c in casts):
             return _Input(terms[0], (terms[0], terms[1]), NormForm.FP32_SUM, casts, h32)
+    upcast = next((i for i, t in enumerate(terms) if t is not None and _dtype(t) in _LOW_PRECISION), None)
+    if upcast is not None:  # an fp32 residual stream: a low-precision term upcast, the sum read in fp32 after the norm
+        return _Input(terms[upcast], (terms[upcast], summed[1 - upcast]), NormForm.FP32_SUM | NormForm.FP32_RESIDUAL,
+                      tuple(u for u in h32.users if u not in norm_users), h32)
     return _Input(h32, summed, NormForm.LLAMA)  # a float32 input: the norm reads it, others may too
 
 
@@ -218,6 +224,9 @@ def _match(mean: torch.fx.Node) -> _Norm | None:
         return None
     read = _input(h32, {square, normed})
     written = _output(normed, _dtype(read.x), shape_of(read.x)[-1]) if read is not None else None
+    if written is None and read is not None and read.form & NormForm.FP32_RESIDUAL:  # the output stays fp32
+        read = _Input(h32, _residual(h32), NormForm.LLAMA)
+        written = _output(normed, torch.float32, shape_of(h32)[-1])
     if written is None:
         return None
     weight, output, form = written
@@ -253,6 +262,10 @@ def _rewrite(match: Match, *_: object, **__: object) -> None:
             total = graph.call_function(operator.getitem, (fused, 1))
         out.meta["val"], total.meta["val"] = fused.meta["val"]
         swap(norm.output, out)
+        if norm.form & NormForm.FP32_RESIDUAL:  # the fp32 sum's other readers read the launch's
+            for user in norm.sum_casts:
+                user.replace_input_with(norm.anchor, total)
+            return
         for old in norm.sum_casts if norm.form & NormForm.FP32_SUM else (norm.x,):
             swap(old, total)
     else:

@@ -48,6 +48,9 @@ class NormForm(enum.IntFlag):
     #: The residual is added in fp32 and the norm reads that unrounded sum; the sum returned (the next
     #: residual) is rounded (vLLM's ``fused_add_rms_norm``).
     FP32_SUM = 4
+    #: With ``FP32_SUM``: the residual is fp32 and so is the sum returned, unrounded (a residual stream kept in
+    #: fp32; vLLM's norms after Inductor drops the sum's round trip through the input dtype, as torch 2.11 does).
+    FP32_RESIDUAL = 8
 
 
 @triton.jit
@@ -67,7 +70,8 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                      EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr,
                      WEIGHT_FP32: tl.constexpr = False, WEIGHT_PLUS_ONE: tl.constexpr = False,
-                     FP32_SUM: tl.constexpr = False, OVERLAP: tl.constexpr = False):
+                     FP32_SUM: tl.constexpr = False, FP32_RESIDUAL: tl.constexpr = False,
+                     OVERLAP: tl.constexpr = False):
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     cols = tl.arange(0, BLOCK)
@@ -90,7 +94,7 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
             h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
                             FP32_SUM)
             if HAS_RESIDUAL:
-                total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM else h
+                total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM and not FP32_RESIDUAL else h
                 tl.store(sum_ptr + row * stride_out + start + cols, total.to(sum_ptr.dtype.element_ty), mask=mask)
             lanes += h * h
         scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + row_eps)
@@ -117,7 +121,7 @@ def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _form_options(form: NormForm) -> dict[str, bool]:
-    flags = (NormForm.WEIGHT_FP32, NormForm.WEIGHT_PLUS_ONE, NormForm.FP32_SUM)
+    flags = (NormForm.WEIGHT_FP32, NormForm.WEIGHT_PLUS_ONE, NormForm.FP32_SUM, NormForm.FP32_RESIDUAL)
     return {flag.name: bool(form & flag) for flag in flags}
 
 
@@ -125,7 +129,7 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
                 eps: float, form: NormForm = NormForm.LLAMA) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight * rms_normalize(h), h)`` over the last dim with ``h = x + residual`` (or ``x``),
     every intermediate rounded as ``form`` says (transformers' RMSNorm by default); ``None`` for ``h``
-    without a residual."""
+    without a residual.  ``h`` has the residual's dtype (fp32 under ``FP32_RESIDUAL``), the output x's."""
     n = x.shape[-1]
     device = devices.of_tensor(x)
     plan = row_plan(n, x.dtype, device)
@@ -133,7 +137,12 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     rows_r = _rows(residual, n) if residual is not None else rows_x
     store = plan.store_dtype(x.dtype)  # fp32 under the interpreter; values are already rounded
     out = torch.empty(rows_x.shape, dtype=store, device=x.device)
-    total = torch.empty_like(out) if residual is not None else out
+    fp32_sum = bool(form & NormForm.FP32_RESIDUAL)
+    if residual is not None and fp32_sum != (residual.dtype == torch.float32 != x.dtype):
+        raise ValueError(f"bi_rms_norm: the FP32_RESIDUAL form takes an fp32 residual beside a low-precision x, "
+                         f"got x {x.dtype}, residual {residual.dtype}, form {form!r}")
+    total = torch.empty(out.shape, dtype=torch.float32 if fp32_sum else store, device=x.device) \
+        if residual is not None else out
     rows = rows_x.shape[0]
     if rows and n:
         grid, options = row_launch(x, rows, plan, fp_fusion=False, overlap=True)
@@ -144,7 +153,7 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=False,
                                **_form_options(form), **options)
     out = out.to(x.dtype).reshape(x.shape)
-    return out, (total.to(x.dtype).reshape(x.shape) if residual is not None else None)
+    return out, (total.to(residual.dtype).reshape(x.shape) if residual is not None else None)
 
 
 def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],

@@ -117,7 +117,8 @@ def _(x: torch.Tensor, weight: torch.Tensor | None, eps: float, eps_tensor: torc
 @bi_op("add_rms_norm")
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
                  eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch."""
+    """``(rms_norm(x + residual), x + residual)``: the residual add and the norm after it, one launch; the sum
+    has the residual's dtype (an fp32 residual stream under ``NormForm.FP32_RESIDUAL``)."""
     out, total = bi_rms_norm(x, residual, weight, eps_value(eps, eps_tensor), NormForm(form))
     return out, total
 
@@ -125,7 +126,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor |
 @add_rms_norm.register_fake
 def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
       eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape), x.new_empty(x.shape)
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=residual.dtype)
 
 
 @bi_op("rms_norm_pair")

@@ -46,6 +46,13 @@ def _residual_then(norm: Callable[..., object]) -> Callable[..., object]:
     return fn
 
 
+def _fp32_residual_stream(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> tuple[object, object]:
+    """vLLM's ``fused_add_rms_norm`` as Inductor leaves it on torch 2.11, whose joint-graph pass drops the sum's
+    round trip through bf16: the residual stream stays fp32 (here the first layer's, an upcast residual)."""
+    h = x.float() + residual.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype) * weight, h
+
+
 #: name -> (function of (x[, residual], weight), activations it takes, the form it must fuse in, whether a
 #: residual add fuses).
 SOURCES: dict[str, tuple[Callable[..., object], int, NormForm, bool]] = {
@@ -60,6 +67,8 @@ SOURCES: dict[str, tuple[Callable[..., object], int, NormForm, bool]] = {
     "torch _fused_rms_norm": (lambda x, w: _fused_rms_norm(x, [N], w, EPS)[0], 1, NormForm.WEIGHT_FP32, False),
     "vLLM rms_norm": (_module(VllmRMSNorm), 1, NormForm.LLAMA, False),
     "vLLM fused_add_rms_norm": (_module(VllmRMSNorm), 2, NormForm.FP32_SUM, True),
+    "vLLM fused_add_rms_norm, fp32 residual stream": (_fp32_residual_stream, 2,
+                                                      NormForm.FP32_SUM | NormForm.FP32_RESIDUAL, True),
 }
 
 
