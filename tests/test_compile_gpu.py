@@ -30,6 +30,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # every launch of the step; the default run compiles two of them in the report test below
 def test_qwen3_kernels_compile_for_sm_90() -> None:
     done = _run("-m", "ascend_compile.tools.compile_gpu", "--arch", "90")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -105,10 +105,11 @@ def measure(name: str, cfg: zoo.ZooConfig, buckets: list[int], context: int,
     return points, invariant, {b: model.bytes_read(b) for b in buckets}
 
 
-def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES, stock_launches: bool = True) -> dict[str, Any]:
-    """Launches per decoder layer in each mode (``stock_launches=False``: ascend_bi's only), whether each mode gave
-    sequence 0 the same bits at every batch size, and the fusions ascend_bi made, at the zoo's small sizes on this
-    machine."""
+def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES, stock_launches: bool = True,
+              stock_bits: bool = True) -> dict[str, Any]:
+    """Launches per decoder layer in each mode, whether each mode gave sequence 0 the same bits at every batch
+    size, and the fusions ascend_bi made, at the zoo's small sizes on this machine (``stock_launches`` /
+    ``stock_bits`` False: stock torch.compile's launches / bits are not measured)."""
     import ascend_compile
 
     def run_mode(layers: int, mode: str, sizes: tuple[int, ...], dtype: torch.dtype) -> tuple[int, list[torch.Tensor]]:
@@ -130,7 +131,7 @@ def structure(name: str, batches: tuple[int, ...] = STRUCTURE_BATCHES, stock_lau
     for report in reports:
         for pass_name, count in report.rewrites.items():
             fired[pass_name] = fired.get(pass_name, 0) + count
-    rows = {mode: run_mode(zoo.TINY.layers, mode, batches, BITS_DTYPE)[1] for mode in modes}
+    rows = {mode: run_mode(zoo.TINY.layers, mode, batches, BITS_DTYPE)[1] for mode in modes[0 if stock_bits else 1:]}
     return {"model": name, "launches_per_layer": launches,
             "invariant": {mode: all(torch.equal(r[0], other) for other in r) for mode, r in rows.items()},
             "fusions": {k: v for k, v in fired.items() if v and k.startswith("fuse_")},

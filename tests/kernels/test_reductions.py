@@ -43,7 +43,10 @@ STOCK_DIFFERS_AT = {name: (first, *(n for n in (4097, 65536, 151936) if n != fir
 # Row lengths: one tile, and one element past a tile (the interpreter's row tiles are 4096 wide;
 # cumsum walks blocks of 1024 whatever the plan, and 1025 carries into a second block at a quarter
 # of 4097's interpreter time).
-ROW_CASES = [(name, dtype, n) for name in OPS for dtype in (torch.float32, torch.bfloat16, torch.float16)
+# The interpreter walks cumsum's second block slowly: its low-precision long rows run in the slow suite.
+ROW_CASES = [(name, dtype, n) if not (name == "cumsum" and n == 1025 and dtype != torch.float32) else
+             pytest.param(name, dtype, n, marks=pytest.mark.slow)
+             for name in OPS for dtype in (torch.float32, torch.bfloat16, torch.float16)
              for n in (1000, 1025 if name == "cumsum" else 4097)]
 
 
@@ -79,12 +82,14 @@ def test_long_rows_stay_invariant(name: str) -> None:
 
 
 def test_reductions_over_any_dims_and_keepdim() -> None:
-    x = torch.randn(4, 5, 6, 7)
+    x = torch.randn(4, 5, 6, 7, generator=torch.Generator().manual_seed(0))
     for dims in ([0], [1, 3], [-1, 0], []):
         for keepdim in (False, True):
             want = x.double().sum(dims or [0, 1, 2, 3], keepdim=keepdim)
             got = bi.sum(x, dims, keepdim, None, False)
-            assert got.shape == want.shape and rel_error(got, want) < 1e-6
+            # fp32 sums of signed terms: the error is bounded by the sum of magnitudes, not by the (cancelled) sum
+            scale = x.double().abs().sum(dims or [0, 1, 2, 3], keepdim=keepdim)
+            assert got.shape == want.shape and bool(((got.double() - want).abs() <= 1e-6 * scale).all())
             var, mean = bi.var_mean(x, dims, 0.0, keepdim)
             want_var, want_mean = torch.var_mean(x.double(), dims or None, correction=0, keepdim=keepdim)
             assert rel_error(var, want_var) < 1e-5 and rel_error(mean, want_mean) < 1e-5
