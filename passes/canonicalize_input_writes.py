@@ -32,7 +32,7 @@ import logging
 import torch
 import torch.fx
 
-from ascend_compile.passes.replace import VIEWS, call, swap, value
+from ascend_compile.passes.replace import VIEWS, call, same_shape, shape_of, swap, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _merged_dims(cache: torch.Tensor, view: torch.Tensor) -> int | None:
     """How many leading dims of ``cache`` the view merges into its first (its other dims the cache's
     own), when the cache is contiguous and the merged dims after the first have static extents."""
     merged = cache.dim() - view.dim() + 1
-    if merged < 2 or not cache.is_contiguous() or tuple(view.shape[1:]) != tuple(cache.shape[merged:]):
+    if merged < 2 or not cache.is_contiguous() or not same_shape(tuple(view.shape[1:]), tuple(cache.shape[merged:])):
         return None
     inner = cache.shape[1:merged]
     return merged if all(isinstance(n, int) for n in inner) else None
@@ -65,7 +65,7 @@ def _slot_write(put: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch
             or index_val.dim() != 1:
         return None
     merged = _merged_dims(cache_val, value(view))
-    backs = [u for u in put.users if u.target in VIEWS and tuple(value(u).shape) == tuple(cache_val.shape)]
+    backs = [u for u in put.users if u.target in VIEWS and same_shape(shape_of(u), tuple(cache_val.shape))]
     if merged is None or len(backs) != 1 or len(put.users) != 1:
         return None
     (back,) = backs
