@@ -1,4 +1,4 @@
-"""Faults, each with one clear outcome: a static cache written past its end, a bucket that runs out of memory
+"""Faults, each with one clear outcome: a static or paged cache written past its end, a bucket that runs out of memory
 mid-capture, a batch above the largest bucket, non-contiguous and channels-last inputs, inputs on the wrong device
 or of the wrong dtype, and a recompile after ``torch._dynamo.reset()``.
 
@@ -97,6 +97,23 @@ def test_cache_writes_past_the_end_raise_and_write_nothing(name: str) -> None:
             op(k_cache, v_cache, slots)
         assert torch.equal(slots, kept), "the write position did not advance"
     assert torch.equal(k_buffer, before[0]) and torch.equal(v_buffer, before[1])
+
+
+@pytest.mark.parametrize("slot", [4 * 4, -1])
+def test_paged_writes_outside_the_blocks_raise_and_write_nothing(slot: int) -> None:
+    """vLLM's paged cache (4 blocks of 4 slots): slot 15 is written, 16 or -1 is an IndexError naming the
+    blocks (as eager ``index_copy_`` through the merged view raises), and nothing around the cache changes."""
+    q, k, v = _cache_op("rope_cache", 1)[1]
+    cos, sin = torch.ones(B, 1, 1, D), torch.zeros(B, 1, 1, D)
+    (k_cache, k_buffer), (v_cache, v_buffer) = (_guarded((4, 4, KV, D), torch.float32) for _ in range(2))
+    bi.rope_paged(q, k, v, cos, sin, k_cache, v_cache, torch.tensor([15, 2]))
+    assert torch.equal(k_cache[3, 3], k[0, 0]) and torch.equal(v_cache[0, 2], v[1, 0])
+    before = k_cache.clone(), v_cache.clone()
+    with pytest.raises(IndexError, match=r"ascend_bi::rope_paged: 2 position\(s\) .*\(4, 4, 2, 32\) hold 16 slots "
+                                         r"\(blocks x block size\)"):
+        bi.rope_paged(q, k, v, cos, sin, k_cache, v_cache, torch.tensor([slot, 2]))
+    assert torch.equal(k_cache, before[0]) and torch.equal(v_cache, before[1])
+    assert _guards_intact(k_buffer) and _guards_intact(v_buffer)
 
 
 def test_the_kernels_never_write_past_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ in one launch, a program taking the query, the key or the value heads of one pos
   Layers without query/key norms (Llama, Mistral, Qwen2) rotate the projections as they are;
 * value heads (with a cache): copied into the cache;
 * key heads go to the cache at the step's slots (``index``) when there is one, else to an output;
+  a paged cache (vLLM's: blocks of slots, a slot per token, ``paged``) is the same store with
+  other strides;
 * appending (transformers' ``StaticLayer.update``), the slots are the cache's write position and
   the positions after it, and the position then advances by the step's length: every program
   reads it, then arrives on an arrival counter (``arrival.py``); the last to arrive advances it,
@@ -91,15 +93,15 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
 
 @triton.jit
 def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_ptr, ko_ptr, vo_ptr, index_ptr,
-                      arrival_ptr, B, L, HQ, HK, n, eps_q, eps_k, SLOTS,
+                      arrival_ptr, B, L, HQ, HK, n, eps_q, eps_k, SLOTS, si_b, si_l,
                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
                       CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
-    grid's stride.  ``index_ptr``: the slot of each position, or (``APPEND``) the cache's write
-    position, advanced by ``L`` at the end."""
+    grid's stride.  ``index_ptr``: the slot of each position (strides ``si_b``, ``si_l``), or
+    (``APPEND``) the cache's write position, advanced by ``L`` at the end."""
     if OVERLAP:  # launched early; attention, next, launches after the last store (overlap.py)
         wait_for_previous()
     query_items = tl.cdiv(HQ, BLOCK_H)
@@ -127,7 +129,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             if APPEND:
                 slot = tl.load(index_ptr) + pos
             elif CACHE:
-                slot = tl.load(index_ptr + pos)
+                slot = tl.load(index_ptr + b * si_b + pos * si_l)
             # A slot outside the cache (a full static cache) is written nowhere: a Triton store checks no bounds,
             # and the slots cannot be read on the host without a wait (ops/cache_bounds.py).
             written = (h < HK) & (tl.zeros_like(h) + slot >= 0) & (tl.zeros_like(h) + slot < SLOTS)
@@ -160,10 +162,12 @@ def angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor,
                  cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None, append: bool,
-                 caller: str = "bi_rms_norm_rope") -> None:
+                 caller: str = "bi_rms_norm_rope", paged: bool = False) -> None:
     """Raise unless the key fits the query (batch, length, heads, dim) and, with ``cache = (v, k_cache,
     v_cache, index)``, the value fits the key, the caches are (batch, kv heads, slots, dim) and ``index``
-    holds one slot per position (with ``append``, the write position: one int64)."""
+    holds one slot per position (with ``append``, the write position: one int64); ``paged``: the caches
+    are (blocks, block size, kv heads, dim), their blocks one after another, and ``index`` holds one
+    slot per token (batch x length)."""
     batch, length, kv_heads, n = k.shape
     if append and cache is None:
         raise ValueError(f"{caller}: append=True writes to a cache; pass cache=(v, k_cache, v_cache, position)")
@@ -173,21 +177,28 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor,
     if cache is None:
         return
     v, k_cache, v_cache, index = cache
-    slots = (index.numel(), index.dtype) == (1, torch.int64) if append else index.shape == (length,)
-    if v.shape != k.shape or k_cache.shape[:2] != (batch, kv_heads) or k_cache.shape[3] != n \
-            or v_cache.shape != k_cache.shape or not slots:
+    if paged:
+        fits, layout = k_cache.shape[2:] == (kv_heads, n) and index.shape == (batch * length,), \
+            "(blocks, block size, kv heads, dim), the index one slot per token"
+    else:
+        fits = k_cache.shape[:2] == (batch, kv_heads) and k_cache.shape[3] == n and (
+            (index.numel(), index.dtype) == (1, torch.int64) if append else index.shape == (length,))
+        layout = "(batch, kv heads, slots, dim), the index one slot per position, or with append the write " \
+                 "position, one int64"
+    if v.shape != k.shape or v_cache.shape != k_cache.shape or not fits:
         raise ValueError(f"{caller}: value {tuple(v.shape)}, caches {tuple(k_cache.shape)} and "
                          f"{tuple(v_cache.shape)}, index {tuple(index.shape)} {index.dtype} do not fit key "
-                         f"{tuple(k.shape)} (the index: one slot per position, or with append the write "
-                         "position, one int64)")
+                         f"{tuple(k.shape)} (caches {layout})")
     if v.stride(3) != 1 or k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
         raise ValueError(f"{caller}: the value and the caches need a unit-stride last dim")
+    if paged and any(c.stride(0) != c.shape[1] * c.stride(1) for c in (k_cache, v_cache)):
+        raise ValueError(f"{caller}: the paged caches' blocks must lie one after another")
 
 
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
                      eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                     append: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     append: bool = False, paged: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
     kv heads, dim): ``(q_rot, k_rot)``, each (batch, heads, length, dim) contiguous, as transformers'
     ``apply_rotary_pos_emb(q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2), cos, sin)`` computes
@@ -195,12 +206,14 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     length, kv heads, dim) are written in place to ``k_cache``/``v_cache`` (batch, kv heads, slots,
     dim) at slots ``index`` (one per position) instead, and ``k_rot`` is ``None``.  With ``append``,
     ``index`` is the caches' write position (one int64 element): the positions go to the slots from
-    it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.  ``weights``
-    and ``eps`` None: no norms, the rotation alone (``bi_rope``).
+    it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.  With ``paged``
+    the caches are vLLM's, (blocks, block size, kv heads, dim), and ``index`` (batch x length) holds
+    each token's slot, ``block * block size + offset``.  ``weights`` and ``eps`` None: no norms, the
+    rotation alone (``bi_rope``).
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
-    check_inputs(q, k, cache, append)
+    check_inputs(q, k, cache, append, paged=paged)
     device = devices.of_tensor(q)
     plan = rope_row_plan(n, q.dtype, device)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
@@ -215,6 +228,9 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         v, v_out, index = k, k_out, k_out  # never read without a cache
     else:
         v, k_out, v_out, index = cache
+    # A paged cache as the kernel's (batch, kv heads, slots) strides: no batch stride, slots across blocks.
+    strides = [(0, t.stride(2), t.stride(1)) if paged else t.stride()[:3] for t in (k_out, v_out)]
+    slots = k_out.shape[0] * k_out.shape[1] if paged else k_out.shape[2]
     block_h = rope_heads_per_program(plan, max(heads, kv_heads), q.dtype, device)
     kv_items = triton.cdiv(kv_heads, block_h) * (2 if cache is not None else 1)
     items = batch * length * (triton.cdiv(heads, block_h) + kv_items)
@@ -223,11 +239,10 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
         _norm_rope_kernel[grid](
             q, k, v, *(weights or (q, q)), cos, sin, q_out, k_out, v_out, index,
             arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, *(eps or (0.0, 0.0)),
-            k_out.shape[2],
+            slots, length if paged else 0, 1,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
-            q_out.stride(0), q_out.stride(1), q_out.stride(2), k_out.stride(0), k_out.stride(1), k_out.stride(2),
-            v_out.stride(0), v_out.stride(1), v_out.stride(2),
+            q_out.stride(0), q_out.stride(1), q_out.stride(2), *strides[0], *strides[1],
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
             BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None, **options,
         )
@@ -236,7 +251,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
 
 def bi_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-            append: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+            append: bool = False, paged: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``bi_rms_norm_rope`` without the norms: transformers' ``apply_rotary_pos_emb(q.transpose(1, 2),
     k.transpose(1, 2), cos, sin)`` (Llama, Mistral, Qwen2: no query/key norms), the same cache forms."""
-    return bi_rms_norm_rope(q, k, None, None, cos, sin, cache, append)
+    return bi_rms_norm_rope(q, k, None, None, cos, sin, cache, append, paged)

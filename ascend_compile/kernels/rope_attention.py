@@ -14,6 +14,10 @@ it the launch.  Here each attention program does that work itself before it read
 * the step's key and value go to the caches at the step's slots, written by the program whose key
   split holds the slot (by the one program when it walks every split); a barrier orders the writes
   before the program's threads read its key tiles;
+* over caches grown by ``torch.cat`` (a hand-written model's ``cat((past_k, k), 2)``), the grown
+  caches are new buffers: each program copies the past keys and values of its own splits into them
+  beside the step's, before the barrier, so the copies cost no launch of their own and the keys it
+  then reads are the ones it just wrote;
 * appending (transformers' ``StaticLayer.update``), every program reads the cache's write position,
   and it is advanced by the step's length once all have read it: in the split schedule by the fold
   launch, which runs after them anyway; in the serial schedule by the program that arrives last on
@@ -63,14 +67,26 @@ DECODE_ROWS = 16
 
 
 @triton.jit
+def _copy_rows(src, dst, first, last, s_src, s_dst, s_dst_d, D, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``first`` to ``last`` (excluded) of ``D`` unit-stride columns from ``src`` to ``dst``."""
+    cols = tl.arange(0, BLOCK_D)
+    for start in range(first, last, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)
+        live = (rows < last)[:, None] & (cols[None, :] < D)
+        tile = tl.load(src + rows[:, None] * s_src + cols[None, :], mask=live)
+        tl.store(dst + rows[:, None] * s_dst + cols[None, :] * s_dst_d, tile, mask=live)
+
+
+@triton.jit
 def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, index_ptr,
-                           mask_ptr, out_ptr, ws_m, ws_l, ws_acc, position_arrivals,
-                           Lq, Lk, KVH, num_splits, sm_scale, masked_score, eps_q, eps_k, D,
+                           pk_ptr, pv_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, position_arrivals,
+                           Lq, Lk, KVH, num_splits, sm_scale, masked_score, eps_q, eps_k, D, PAST,
                            sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                            skc_b, skc_h, skc_l, skc_d, svc_b, svc_h, svc_l, svc_d,
+                           spk_b, spk_h, spk_l, spv_b, spv_h, spv_l,
                            sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
                            DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
-                           APPEND: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
+                           APPEND: tl.constexpr, GROW: tl.constexpr, GROUP: tl.constexpr, HAS_MASK: tl.constexpr,
                            MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
                            IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
                            ROT_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -91,7 +107,9 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     r_rows, r_pos, r_g, r_live = _group_rows(0, Lq, GROUP, ROT_ROWS)
     is_key = (r_rows >= Lq * GROUP) & (r_rows < Lq * GROUP + Lq)
     p_key = tl.where(is_key, r_rows - Lq * GROUP, 0)
-    if APPEND:
+    if GROW:
+        slots = PAST + p_key
+    elif APPEND:
         start = tl.load(index_ptr)
         slots = start + p_key
     else:
@@ -117,6 +135,11 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
              mask=written)
     value = tl.load(v_ptr + b * sv_b + p_key[:, None] * sv_l + kvh * sv_h + cols[None, :], mask=written)
     tl.store(v_base + slots[:, None] * svc_l + cols[None, :] * svc_d, value, mask=written)
+    if GROW:  # the past keys and values of the program's splits, before the step's
+        first = split_id * SPLIT_TILES * BLOCK_N if SPLIT else 0
+        last = tl.minimum(first + SPLIT_TILES * BLOCK_N, PAST) if SPLIT else PAST
+        _copy_rows(pk_ptr + b * spk_b + kvh * spk_h, k_base, first, last, spk_l, skc_l, skc_d, D, BLOCK_N, BLOCK_D)
+        _copy_rows(pv_ptr + b * spv_b + kvh * spv_h, v_base, first, last, spv_l, svc_l, svc_d, D, BLOCK_N, BLOCK_D)
     tl.debug_barrier()  # the keys just written are read below by the program's other threads
     if APPEND and not SPLIT:  # arrive now (every thread has read the position); learn whether last at the end
         arrived = tl.atomic_add(position_arrivals, 1, sem="release")
@@ -146,18 +169,65 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``weights`` is None), the rotation, the cache writes and attention over the caches, in one launch
     at decode shapes (``DECODE_ROWS`` query and key rows at most, GPUs and the CPU), the two launches
     otherwise; the same bits either way.  ``schedule`` overrides the attention schedule (tests)."""
+    check_inputs(q, k, (v, k_cache, v_cache, index), append, caller="bi_rope_attention")
+    attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
+    if not _one_launch(q, k, v_cache):
+        q_rot, _ = bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index), append=append)
+        return bi_attention(q_rot, k_cache, v_cache, **attend)
+    return _launch(q, k, v, weights, eps, cos, sin, k_cache, v_cache, index, None, append, schedule, **attend)
+
+
+def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            weights: tuple[torch.Tensor, torch.Tensor] | None, eps: tuple[float, float] | None,
+                            cos: torch.Tensor, sin: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, *,
+                            mask: torch.Tensor | None = None, is_causal: bool = False, scale: float | None = None,
+                            masked_score: float = float("-inf"), heads_inner: bool = False,
+                            schedule: AttentionSchedule | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A cache grown by ``torch.cat``: ``(out, keys, values)`` with ``keys = cat((past_k, k_rot), 2)``,
+    ``values = cat((past_v, v.transpose(1, 2)), 2)`` and ``out`` attention over them, ``k_rot`` the
+    rotated key of ``bi_rms_norm_rope``.  At decode shapes one launch copies the past, writes the step
+    and attends (each program the keys of its own splits), else the rotation, ``torch.cat`` and
+    attention; the same bits either way."""
+    batch, length, kv_heads, d = k.shape
+    if past_k.dim() != 4 or past_k.shape != past_v.shape or past_k.shape[:2] != (batch, kv_heads) \
+            or past_k.shape[3] != d or v.shape != k.shape or past_k.dtype != q.dtype or past_v.dtype != q.dtype:
+        raise ValueError(f"bi_rope_attention_grown: past keys {tuple(past_k.shape)} {past_k.dtype} and values "
+                         f"{tuple(past_v.shape)} {past_v.dtype} must both be (batch, kv heads, past, dim) of key "
+                         f"{tuple(k.shape)} (batch, length, kv heads, dim) and value {tuple(v.shape)}, in {q.dtype}")
+    attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
+    if not _one_launch(q, k, v):
+        q_rot, k_rot = bi_rms_norm_rope(q, k, weights, eps, cos, sin)
+        keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
+        return bi_attention(q_rot, keys, values, **attend), keys, values
+    keys, values = (past.new_empty((batch, kv_heads, past.shape[2] + length, d)) for past in (past_k, past_v))
+    past = tuple(p if p.stride(3) == 1 else p.contiguous() for p in (past_k, past_v))
+    out = _launch(q, k, v if v.stride(3) == 1 else v.contiguous(), weights, eps, cos, sin, keys, values, keys,
+                  past, False, schedule, **attend)
+    return out, keys, values
+
+
+def _one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the one-launch kernel takes these shapes on this device."""
+    batch, length, heads, d = q.shape
+    device = devices.of_tensor(q)
+    group = heads // k.shape[2] if heads % k.shape[2] == 0 else 0
+    return 0 < length * (group + 1) <= DECODE_ROWS and device.plan_kind != "npu" and v.shape[3] == d \
+        and rope_row_plan(d, q.dtype, device).block == attention_plan(d, d, q.dtype, device).block_d
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
+            eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+            v_cache: torch.Tensor, index: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, append: bool,
+            schedule: AttentionSchedule | None, *, mask: torch.Tensor | None, is_causal: bool, scale: float | None,
+            masked_score: float, heads_inner: bool) -> torch.Tensor:
+    """The one launch (and the split schedule's fold): the step's keys go to slots ``index``, or from the
+    write position ``index`` on (``append``), or after the ``past`` keys and values it copies first."""
     batch, length, heads, d = q.shape
     kv_heads, slots = k.shape[2], k_cache.shape[2]
-    check_inputs(q, k, (v, k_cache, v_cache, index), append, caller="bi_rope_attention")
     device = devices.of_tensor(q)
     plan = attention_plan(d, d, q.dtype, device)
-    row_plan = rope_row_plan(d, q.dtype, device)
-    group = heads // kv_heads if heads % kv_heads == 0 else 0
-    if not 0 < length * (group + 1) <= DECODE_ROWS or device.plan_kind == "npu" or row_plan.block != plan.block_d \
-            or v_cache.shape[3] != d:
-        q_rot, _ = bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index), append=append)
-        return bi_attention(q_rot, k_cache, v_cache, mask, is_causal, scale, heads_inner=heads_inner,
-                            masked_score=masked_score)
+    group = heads // kv_heads
     out = attention_output(q, heads, length, d, plan, heads_inner)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
     cos, sin = angles(cos, batch, length, d), angles(sin, batch, length, d)
@@ -169,16 +239,18 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     splits = plan.num_splits(slots)
     split = sched.split and splits > 1
     ws = split_workspace(plan, splits, batch * heads * length, out) if split else (out,) * 3
+    past_k, past_v = past or (k_cache, v_cache)
     _rope_attention_kernel[(1, batch * kv_heads, splits if split else 1)](
-        q, k, v, *(weights or (q, q)), cos, sin, k_cache, v_cache, index, mask if mask is not None else q, out,
-        *ws, arrival_counters(q.device),
+        q, k, v, *(weights or (q, q)), cos, sin, k_cache, v_cache, index, past_k, past_v,
+        mask if mask is not None else q, out, *ws, arrival_counters(q.device),
         length, slots, kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score,
-        *(eps or (0.0, 0.0)), d,
+        *(eps or (0.0, 0.0)), d, past_k.shape[2] if past else 0,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
-        *k_cache.stride(), *v_cache.stride(), *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
-        DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=row_plan.fp32_io and q.dtype == torch.bfloat16,
-        NORM=weights is not None, APPEND=append, GROUP=group, HAS_MASK=mask is not None,
+        *k_cache.stride(), *v_cache.stride(), *past_k.stride()[:3], *past_v.stride()[:3],
+        *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
+        DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=rope_row_plan(d, q.dtype, device).fp32_io and q.dtype == torch.bfloat16,
+        NORM=weights is not None, APPEND=append, GROW=past is not None, GROUP=group, HAS_MASK=mask is not None,
         MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, MASK_ROW=mask_row(mask, length, split),
         IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,
         ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,

@@ -21,11 +21,12 @@ import torch
 
 
 def check_cache(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, index: torch.Tensor, append: bool) -> None:
+                v_cache: torch.Tensor, index: torch.Tensor, append: bool, paged: bool = False) -> None:
     """Raise unless ``k``/``v`` (batch, length, kv heads, dim) can be written to ``k_cache``/``v_cache`` (batch, kv
     heads, slots, dim) as eager's ``index_copy_`` would write them: the same device as ``q`` (``index`` too: the
     kernel reads it), the same dtypes, and slots inside the caches -- at ``index`` (one slot per position) or,
-    with ``append``, from the write position ``index`` (one element) on."""
+    with ``append``, from the write position ``index`` (one element) on.  ``paged``: the caches are (blocks,
+    block size, kv heads, dim) and ``index`` holds a slot per token."""
     if not q.device == k.device == v.device == k_cache.device == v_cache.device == index.device:  # every layer
         tensors = {"query": q, "key": k, "value": v, "k_cache": k_cache, "v_cache": v_cache, "slot index": index}
         raise ValueError(f"ascend_bi::{op}: the caches, the step's tensors and the slot index must be on one "
@@ -33,15 +34,17 @@ def check_cache(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_ca
     if k_cache.dtype != k.dtype or v_cache.dtype != v.dtype:
         raise ValueError(f"ascend_bi::{op}: k_cache {k_cache.dtype} and v_cache {v_cache.dtype} must have the "
                          f"dtypes of the key {k.dtype} and value {v.dtype} written to them (as index_copy_ requires)")
-    check_slots(op, k_cache, index, k.shape[1], append)
+    check_slots(op, k_cache, index, index.numel() if paged else k.shape[1], append, paged)
 
 
-def check_slots(op: str, k_cache: torch.Tensor, index: torch.Tensor, length: int, append: bool) -> None:
+def check_slots(op: str, k_cache: torch.Tensor, index: torch.Tensor, length: int, append: bool,
+                paged: bool = False) -> None:
     """Raise ``IndexError`` unless the ``length`` positions go to slots inside ``k_cache`` (batch, kv heads,
-    slots, dim); nothing is read off the CPU (see the module's docstring)."""
+    slots, dim; ``paged``: blocks, block size, kv heads, dim); nothing is read off the CPU (see the module's
+    docstring)."""
     if index.device.type != "cpu" or length == 0 or index.numel() == 0:
         return
-    slots = k_cache.shape[2]
+    slots = k_cache.shape[0] * k_cache.shape[1] if paged else k_cache.shape[2]
     if append:
         first = int(index.reshape(-1)[0])
         last = first + length - 1
@@ -51,5 +54,6 @@ def check_slots(op: str, k_cache: torch.Tensor, index: torch.Tensor, length: int
         where = f"from write position {first}" if append else f"at slots {first}..{last}"
         raise IndexError(
             f"ascend_bi::{op}: {length} position(s) {where} do not fit the key/value cache: k_cache and v_cache "
-            f"{tuple(k_cache.shape)} hold {slots} slots (dim 2), slots 0..{slots - 1}; this op wrote nothing "
-            f"(eager index_copy_ raises here too: the static cache is full, give it a larger max_cache_len)")
+            f"{tuple(k_cache.shape)} hold {slots} slots ({'blocks x block size' if paged else 'dim 2'}), slots "
+            f"0..{slots - 1}; this op wrote nothing (eager index_copy_ raises here too"
+            f"{'' if paged else ': the static cache is full, give it a larger max_cache_len'})")

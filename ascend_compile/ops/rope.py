@@ -1,8 +1,9 @@
-"""``ascend_bi::rms_norm_rope``, ``ascend_bi::rms_norm_rope_cache`` and ``ascend_bi::rms_norm_rope_append``:
-a layer's query/key norms and rotary embedding in one launch, with the key/value cache writes in it
-when there is a static cache (at given slots, or appended at the cache's write position, which then
-advances); ``ascend_bi::rope``, ``rope_cache`` and ``rope_append`` are the same for layers without
-query/key norms.
+"""``ascend_bi::rms_norm_rope``, ``ascend_bi::rms_norm_rope_cache``, ``ascend_bi::rms_norm_rope_append`` and
+``ascend_bi::rms_norm_rope_paged``: a layer's query/key norms and rotary embedding in one launch, with
+the key/value cache writes in it when there is a static cache (at given slots, or appended at the
+cache's write position, which then advances) or vLLM's paged cache (at each token's slot);
+``ascend_bi::rope``, ``rope_cache``, ``rope_append`` and ``rope_paged`` are the same for layers
+without query/key norms.
 
 Inputs are the projections viewed per head, (batch, length, heads, dim), as the norms read them;
 ``cos``/``sin`` broadcast as (batch or 1, 1, length, dim), as ``apply_rotary_pos_emb`` uses them.
@@ -68,6 +69,20 @@ def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
     return q_rot
 
 
+@bi_op("rms_norm_rope_paged", mutates_args=("k_cache", "v_cache"))
+def rms_norm_rope_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
+                        eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
+                        sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope``, then token ``t``'s key and value (batch x length tokens) into vLLM's paged caches
+    (blocks, block size, kv heads, dim) at slot ``slot_mapping[t]``, ``block * block size + offset``, in
+    place (``key_cache.view(-1, heads, dim).index_copy_(0, slot_mapping, k_rot)``); returns the rotated query."""
+    check_cache("rms_norm_rope_paged", q, k, v, k_cache, v_cache, slot_mapping, append=False, paged=True)
+    q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
+                                cache=(v, k_cache, v_cache, slot_mapping), paged=True)
+    return q_rot
+
+
 @bi_op("rope")
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)``."""
@@ -96,12 +111,20 @@ def rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Te
     return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, cache_length), append=True)[0]
 
 
+@bi_op("rope_paged", mutates_args=("k_cache", "v_cache"))
+def rope_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rms_norm_rope_paged`` without the norms."""
+    check_cache("rope_paged", q, k, v, k_cache, v_cache, slot_mapping, append=False, paged=True)
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, slot_mapping), paged=True)[0]
+
+
 def _rotated_query(q: torch.Tensor, *args: object) -> torch.Tensor:
     """The cache-writing ops' fake: they return the rotated query; the caches change in place."""
     return _rotated(q)
 
 
-for _op in (rms_norm_rope_cache, rms_norm_rope_append, rope_cache, rope_append):
+for _op in (rms_norm_rope_cache, rms_norm_rope_append, rms_norm_rope_paged, rope_cache, rope_append, rope_paged):
     _op.register_fake(_rotated_query)
 
 

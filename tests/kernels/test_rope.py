@@ -112,6 +112,35 @@ def test_without_norms_equals_the_rotation(dtype: torch.dtype) -> None:
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
 
 
+@pytest.mark.parametrize("norm", [True, False])
+def test_paged_writes_land_at_each_tokens_slot(norm: bool) -> None:
+    """vLLM's paged cache (blocks, block size, kv heads, dim): token ``t``'s rotated key and its value go
+    to slot ``slots[t]`` as ``index_copy_`` through the merged view puts them, whatever tokens come with
+    it; every other slot keeps its contents.  Negative control: other slots write other rows."""
+    tokens = 5
+    q, k, v, weights, cos, sin = inputs(tokens, 1, torch.bfloat16, seed=7)
+    angles = torch.rand(tokens, 1, 1, 32, generator=torch.Generator().manual_seed(8)) * 50
+    cos, sin = torch.cat((angles, angles), -1).cos().bfloat16(), torch.cat((angles, angles), -1).sin().bfloat16()
+    caches = [torch.randn(6, 4, 2, 64, generator=torch.Generator().manual_seed(s)).bfloat16() for s in (2, 3)]
+    slots = torch.tensor([17, 3, 23, 8, 0])
+
+    def paged(n: int, at: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        written = [c.clone() for c in caches]
+        args = (list(weights), list(EPS), [None, None]) if norm else ()
+        op = bi.rms_norm_rope_paged if norm else bi.rope_paged
+        return op(q[:n], k[:n], v[:n], *args, cos[:n], sin[:n], *written, at[:n]), written
+
+    got_q, got = paged(tokens, slots)
+    want_q, want_k = separate(q, k, weights, cos, sin, **({} if norm else {"norm": lambda x, w, e: x}))
+    want = [c.clone() for c in caches]
+    for cache, new in zip(want, (want_k, v.transpose(1, 2)), strict=True):
+        cache.view(-1, 2, 64).index_copy_(0, slots, new.reshape(tokens, 2, 64))
+    assert torch.equal(got_q, want_q) and all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    alone_q, alone = paged(1, slots)
+    assert torch.equal(alone_q[0], got_q[0]) and torch.equal(alone[0].view(-1, 2, 64)[17], got[0].view(-1, 2, 64)[17])
+    assert not torch.equal(paged(tokens, slots.roll(1))[1][0], got[0])
+
+
 def test_a_position_has_its_bits_in_every_batch() -> None:
     """Sequence 0's rotated query and key alone equal its rows inside batches of 2 and 5 whose other
     sequences are random (bf16, per-sequence angles); a different sequence 0 gives other bits."""

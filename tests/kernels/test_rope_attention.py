@@ -10,7 +10,7 @@ import torch
 
 import ascend_compile.ops  # noqa: F401
 from ascend_compile.kernels.plans import AttentionSchedule
-from ascend_compile.kernels.rope_attention import bi_rope_attention
+from ascend_compile.kernels.rope_attention import bi_rope_attention, bi_rope_attention_grown
 from tests.kernels.test_rope import EPS, inputs
 
 bi = torch.ops.ascend_bi
@@ -88,3 +88,42 @@ def test_bad_cache_is_named() -> None:
     case[7] = case[7][:, :1]
     with pytest.raises(ValueError, match="do not fit key"):
         _fused(case, mask, True, True)
+
+
+def _grown_separately(q, k, v, weights, cos, sin, past_k, past_v, norm: bool) -> list[torch.Tensor]:
+    """The rotation, ``torch.cat`` of each cache and attention, as three ops."""
+    if norm:
+        q_rot, k_rot = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin)
+    else:
+        q_rot, k_rot = bi.rope(q, k, cos, sin)
+    keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
+    return [bi.attention(q_rot, keys, values, None, False, None, False), keys, values]
+
+
+@pytest.mark.parametrize("norm", [True, False])
+@pytest.mark.parametrize(("length", "past", "schedule"), [(1, 515, None), (1, 515, SPLIT), (1, 100, SPLIT),
+                                                           (3, 510, SPLIT), (9, 200, None)])
+def test_grown_caches_have_the_bits_of_rotation_cat_attention(norm: bool, length: int, past: int,
+                                                             schedule: AttentionSchedule | None) -> None:
+    """Pasts across one and two key splits, the serial and the split schedule; nine positions take the
+    separate launches."""
+    q, k, v, weights, cos, sin = inputs(3, length, torch.bfloat16, heads=HEADS, kv_heads=KV_HEADS, dim=DIM)
+    gen = torch.Generator().manual_seed(1)
+    pasts = [torch.randn(3, KV_HEADS, past, DIM, generator=gen).to(torch.bfloat16) for _ in range(2)]
+    norms = (weights, EPS) if norm else (None, None)
+    got = bi_rope_attention_grown(q, k, v, *norms, cos, sin, *pasts, schedule=schedule)
+    want = _grown_separately(q, k, v, weights, cos, sin, *pasts, norm)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    alone = bi_rope_attention_grown(q[:1], k[:1], v[:1], *norms, cos, sin, *(p[:1] for p in pasts),
+                                    schedule=schedule)
+    assert all(torch.equal(a, g[:1]) for a, g in zip(alone, got, strict=True))
+    # Negative control: a past one key shorter gives the query other keys.
+    shorter = bi_rope_attention_grown(q, k, v, *norms, cos, sin, *(p[:, :, 1:] for p in pasts), schedule=schedule)
+    assert not torch.equal(shorter[0], got[0])
+
+
+def test_bad_past_is_named() -> None:
+    q, k, v, weights, cos, sin = inputs(1, 1, torch.bfloat16, heads=HEADS, kv_heads=KV_HEADS, dim=DIM)
+    past = torch.zeros(1, KV_HEADS, 4, DIM, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="must both be"):
+        bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, past, past[:, :1])

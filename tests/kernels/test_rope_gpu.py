@@ -1,6 +1,7 @@
 """The norm + rotary embedding + cache-write template on a CUDA GPU at Qwen3-0.6B's attention shapes
 (16 query and 8 key/value heads of 128, bf16, a 520-slot static cache): the bits of the norm pair,
-transformers' rotation and ``index_copy_`` at batches 1, 8 and 32, and sequence 0's bits in all."""
+transformers' rotation and ``index_copy_`` at batches 1, 8 and 32, and sequence 0's bits in all; vLLM's
+paged cache written at each token's slot."""
 
 from __future__ import annotations
 
@@ -84,3 +85,20 @@ def test_without_norms_equals_the_rotation_on_gpu(batch: int) -> None:
     want = [caches[0].clone().index_copy_(2, index, want_k), caches[1].clone().index_copy_(2, index, v.transpose(1, 2))]
     assert torch.equal(bi.rope_cache(q, k, v, cos, sin, *caches, index), want_q)
     assert all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 32])
+def test_paged_writes_are_index_copy_through_the_merged_view(tokens: int) -> None:
+    """vLLM's paged cache (64 blocks of 16, 8 heads of 128): each token's rotated key and value land at its
+    slot, and the rotated query has the separate ops' bits."""
+    q, k, v, weights, cos, sin, _, _ = qwen3_step(tokens)
+    cos, sin = cos.expand(tokens, 1, 1, 128), sin.expand(tokens, 1, 1, 128)
+    caches = [torch.randn(64, 16, 8, 128, device="cuda", generator=torch.Generator("cuda").manual_seed(s)).bfloat16()
+              for s in (3, 4)]
+    slots = torch.randperm(64 * 16, device="cuda", generator=torch.Generator("cuda").manual_seed(5))[:tokens]
+    want_q, want_k = separate(q, k, weights, cos, sin)
+    want = [c.clone() for c in caches]
+    for cache, new in zip(want, (want_k, v.transpose(1, 2)), strict=True):
+        cache.view(-1, 8, 128).index_copy_(0, slots, new.reshape(tokens, 8, 128))
+    got_q = bi.rms_norm_rope_paged(q, k, v, weights, list(EPS), [None, None], cos, sin, *caches, slots)
+    assert torch.equal(got_q, want_q) and all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))

@@ -67,6 +67,10 @@ class Make:
         """k_cache, v_cache as (batch, kv heads, slots, dim): transformers' static cache."""
         return self.randn(BATCH, KV_HEADS, SLOTS, DIM), self.randn(BATCH, KV_HEADS, SLOTS, DIM)
 
+    def paged_caches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """k_cache, v_cache as (blocks, block size, kv heads, dim): vLLM's paged cache, 3 blocks of 4."""
+        return self.randn(3, 4, KV_HEADS, DIM), self.randn(3, 4, KV_HEADS, DIM)
+
 
 # --- samples, one builder per op --------------------------------------------------------------------
 
@@ -155,9 +159,21 @@ def _rope(m: Make) -> Sample:
     return (q, k, *m.angles()), {}
 
 
+def _rms_norm_rope_paged(m: Make) -> Sample:
+    # Flattened tokens, (tokens, 1, heads, dim), each at its slot of the blocks.
+    q, k, v = m.projections(length=1)
+    return (q, k, v, [m.weight(DIM), m.weight(DIM)], EPS, [None, None], *m.angles(length=1), *m.paged_caches(),
+            torch.tensor([9, 2])), {}
+
+
 def _rope_cache(m: Make) -> Sample:
     q, k, v = m.projections()
     return (q, k, v, *m.angles(), *m.caches(), torch.tensor([3, 5])), {}
+
+
+def _rope_paged(m: Make) -> Sample:
+    q, k, v = m.projections(length=1)
+    return (q, k, v, *m.angles(length=1), *m.paged_caches(), torch.tensor([11, 0])), {}
 
 
 def _rope_append(m: Make) -> Sample:
@@ -207,6 +223,14 @@ def _rope_attention_append(m: Make) -> Sample:
             None, False), {"scale_tensor": torch.tensor(0.3, dtype=torch.float64)}
 
 
+def _rope_attention_grown(m: Make) -> Sample:
+    # One decode position with the norms over 6 past keys and values grown by it; the output laid out
+    # heads inner.
+    q, k, v = m.projections(length=1)
+    return (q, k, v, [m.weight(DIM), m.weight(DIM)], EPS, [None, None], *m.angles(length=1),
+            m.randn(BATCH, KV_HEADS, 6, DIM), m.randn(BATCH, KV_HEADS, 6, DIM), None, False, None, True), {}
+
+
 class Case(NamedTuple):
     build: Callable[[Make], Sample]
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
@@ -234,10 +258,13 @@ SAMPLES: dict[str, Case] = {
     "rope": Case(_rope),
     "rope_cache": Case(_rope_cache),
     "rope_append": Case(_rope_append),
+    "rms_norm_rope_paged": Case(_rms_norm_rope_paged),
+    "rope_paged": Case(_rope_paged),
     "attention": Case(_attention),
     "paged_attention": Case(_paged_attention),
     "rope_attention": Case(_rope_attention),
     "rope_attention_append": Case(_rope_attention_append),
+    "rope_attention_grown": Case(_rope_attention_grown),
 }
 
 
