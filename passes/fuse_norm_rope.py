@@ -36,7 +36,8 @@ from ascend_compile.settings import Settings
 logger = logging.getLogger(__name__)
 
 bi = torch.ops.ascend_bi
-_OPS = RopeOps(bi.rms_norm_rope.default, bi.rms_norm_rope_cache.default, bi.rms_norm_rope_append.default)
+_OPS = RopeOps(bi.rms_norm_rope.default, bi.rms_norm_rope_cache.default, bi.rms_norm_rope_append.default,
+               bi.rms_norm_rope_paged.default)
 
 
 def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:

@@ -9,9 +9,11 @@ launch of the norm-and-rotate kernel with the norms off (``kernels/rope.py``: ea
 sum rounded as eager rounds them, so the same bits).
 
 Matches a layer's two rotations of one ``cos``/``sin`` (``rope_patterns.rope_of``) of tensors per
-head, (batch, length, heads, dim), each a view of a projection; the first in graph order is the
-query (transformers rotates it first), unless only the other's rotation can be its key, which is
-the one written to the cache.  Runs after ``fuse_norm_rope``: layers with norms are taken by then.
+head, (batch, length, heads, dim), each a view of a projection: consecutive rotations by the same
+angles in graph order, a pair per layer (vLLM's layers share one rotary module, so all its layers
+rotate by one ``cos``/``sin``); the first is the query (transformers rotates it first), unless only
+the other's rotation can be its key, which is the one written to the cache.  Runs after
+``fuse_norm_rope``: layers with norms are taken by then.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 bi = torch.ops.ascend_bi
-_OPS = RopeOps(bi.rope.default, bi.rope_cache.default, bi.rope_append.default)
+_OPS = RopeOps(bi.rope.default, bi.rope_cache.default, bi.rope_append.default, bi.rope_paged.default)
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
@@ -43,14 +45,19 @@ def fuse_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
             by_angles.setdefault((rope.cos, rope.sin), []).append((node, rope))
     forms: Counter[str | None] = Counter()
     for found in by_angles.values():
-        if len(found) != 2:
+        if len(found) % 2:
             continue
-        (xq, q), (xk, k) = found
-        if cache_writes(k.out) is None and cache_writes(q.out) is not None:
-            (xq, q), (xk, k) = (xk, k), (xq, q)
-        if fits_kernel(xq, xk):
-            forms[fold_rope(gm, xq, xk, q, k, _OPS, {}, order)] += 1
+        for (xq, q), (xk, k) in zip(found[::2], found[1::2], strict=True):
+            forms[_fold_pair(gm, xq, q, xk, k, order)] += 1
     del forms[None]
     logger.debug("fuse_rope: %d query/key rotations in one launch, %d of them advancing the cache's write position",
                  forms.total(), forms["append"])
     return forms.total()
+
+
+def _fold_pair(gm: torch.fx.GraphModule, xq: torch.fx.Node, q: Rope, xk: torch.fx.Node, k: Rope,
+               order: dict[torch.fx.Node, int]) -> str | None:
+    """``fold_rope`` of one layer's rotations, the one written to a cache taken as the key."""
+    if cache_writes(k.out) is None and cache_writes(q.out) is not None:
+        (xq, q), (xk, k) = (xk, k), (xq, q)
+    return fold_rope(gm, xq, xk, q, k, _OPS, {}, order) if fits_kernel(xq, xk) else None

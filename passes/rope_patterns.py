@@ -14,10 +14,16 @@ and, for the key, when there is a cache::
     index_put_1 = torch.ops.aten.index_put.default(v_cache, [None, None, index], v.permute(0, 2, 1, 3))
     ... copy_(k_cache, index_put), copy_(v_cache, index_put_1) at the end
 
+and, for vLLM's flattened tokens (tokens, heads, dim), its paged cache (blocks, block size, heads,
+dim) written at each token's slot, as ``canonicalize_input_writes`` leaves the write::
+
+    index_put = torch.ops.aten.index_put.default(k_cache, [slot // block_size, slot % block_size], k_rot)
+    index_put_1 = torch.ops.aten.index_put.default(v_cache, [slot // block_size, slot % block_size], v)
+
 ``fold_rope`` inserts one launch for both rotations: the plain op, or under Inductor the op that
 also writes the caches (``auto_functionalized``, reinplaced by Inductor), at the given slots or --
 when ``index = arange(length) + position`` and the graph writes ``position + length`` back --
-appended at the cache's write position, which the launch advances.
+appended at the cache's write position, which the launch advances; or at the paged cache's slots.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import arguments, call, same_shape, sole_user, swap, swap_items, value
+from ascend_compile.passes.replace import VIEWS, arguments, call, hoist, same_shape, sole_user, swap, swap_items, value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -53,7 +59,7 @@ class Rope:
     flat: bool = False
 
 
-def _is_heads_transpose(node: torch.fx.Node) -> bool:
+def is_heads_transpose(node: torch.fx.Node) -> bool:
     """(batch, length, heads, dim) -> (batch, heads, length, dim)."""
     if node.target is aten.permute.default:
         return list(node.args[1]) == [0, 2, 1, 3]
@@ -86,7 +92,7 @@ def rope_of(item: torch.fx.Node) -> Rope | None:
         return None
     x = item if flat else next(iter(item.users))
     x_val = value(x)
-    if not (flat or _is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
+    if not (flat or is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
         return None
     half = x_val.shape[-1] // 2
     muls = [u for u in x.users if u.target is aten.mul.Tensor]
@@ -187,10 +193,67 @@ def cache_writes(k_rot: torch.fx.Node) -> CacheWrites | None:
         if other is None or other[0] is k_cache or other[1] is not index:
             continue
         v_heads = sibling.args[2]
-        if isinstance(v_heads, torch.fx.Node) and _is_heads_transpose(v_heads) and \
+        if isinstance(v_heads, torch.fx.Node) and is_heads_transpose(v_heads) and \
                 same_shape(tuple(value(v_heads).shape), tuple(value(k_rot).shape)) and \
                 value(v_heads).dtype == value(k_rot).dtype:
             return CacheWrites(key, sibling, v_heads.args[0])
+    return None
+
+
+@dataclass(frozen=True)
+class PagedWrites:
+    """A paged cache's key and value writes at each token's slot, both written back to inputs."""
+
+    key: torch.fx.Node  # index_put(k_cache, [slot // block size, slot % block size], k_rot)
+    value: torch.fx.Node  # the same for v_cache and v
+    v: torch.fx.Node  # the value per head, (tokens, kv heads, dim)
+    slots: torch.fx.Node
+
+
+def _paged_write(node: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node] | None:
+    """(cache input, slots) of ``index_put(cache, [slots // block size, slots % block size], ...)`` on a
+    (blocks, block size, heads, dim) cache input that the graph copies the result back to, and that
+    nothing else reads."""
+    if node.target is not aten.index_put.default or (len(node.args) > 3 and node.args[3]):
+        return None
+    cache, indices = node.args[:2]
+    if not isinstance(cache, torch.fx.Node) or cache.op != "placeholder" or len(indices) != 2 \
+            or not all(isinstance(i, torch.fx.Node) for i in indices):
+        return None
+    block, offset = indices
+    cache_val = value(cache)
+    if not isinstance(cache_val, torch.Tensor) or cache_val.dim() != 4 \
+            or block.target is not aten.div.Scalar_mode or block.kwargs.get("rounding_mode") != "floor" \
+            or offset.target is not aten.remainder.Scalar or block.args[0] is not offset.args[0] \
+            or not block.args[1] == offset.args[1] == cache_val.shape[1]:
+        return None
+    copies = [u for u in node.users if u.target is aten.copy_.default and u.args[0] is cache]
+    if len(copies) != 1 or set(cache.users) != {node, copies[0]}:
+        return None
+    return cache, block.args[0]
+
+
+def paged_writes(k_rot: torch.fx.Node) -> PagedWrites | None:
+    """The paged cache writes of rotated flattened key ``k_rot`` (through its views) and of a value at
+    the same slots."""
+    node = k_rot
+    while sole_user(node) and next(iter(node.users)).target in VIEWS:
+        node = next(iter(node.users))
+    if not sole_user(node) or not same_shape(tuple(value(node).shape), tuple(value(k_rot).shape)):
+        return None
+    (key,) = node.users
+    found = _paged_write(key)
+    if found is None or key.args[2] is not node:
+        return None
+    k_cache, slots = found
+    for sibling in (put for index in slots.users for put in index.users):
+        other = _paged_write(sibling) if sibling is not key else None
+        if other is None or other[0] is k_cache or other[1] is not slots:
+            continue
+        v = sibling.args[2]
+        if isinstance(v, torch.fx.Node) and same_shape(tuple(value(v).shape), tuple(value(k_rot).shape)) and \
+                value(v).dtype == value(k_rot).dtype:
+            return PagedWrites(key, sibling, v, slots)
     return None
 
 
@@ -273,23 +336,56 @@ def _placement(q: Rope, k: Rope, inputs: list[object], order: dict[torch.fx.Node
     return first_use if all(order[n] < order[first_use] for n in nodes) else None
 
 
+def _flat_outputs(gm: torch.fx.GraphModule, node: torch.fx.Node, before: torch.fx.Node, olds: list[torch.fx.Node],
+                  first: int = 0) -> None:
+    """Route each of ``olds``, flattened rotations (tokens, heads, dim), to item ``first + i`` of ``node``,
+    (tokens, heads, 1, dim), reshaped back."""
+    for i, old in enumerate(olds):
+        item = call(gm.graph, before, operator.getitem, (node, first + i))
+        swap(old, call(gm.graph, before, aten.reshape.default, (item, list(value(old).shape))))
+
+
+def _fold_paged(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q: Rope, k: Rope, ops: RopeOps,
+                extra: dict[str, object], order: dict[torch.fx.Node, int]) -> bool:
+    """Replace flattened rotations ``q`` and ``k`` and the key's paged cache writes by one ``ops.paged`` launch."""
+    writes = paged_writes(k.out)
+    if writes is None:
+        return False
+    k_cache, v_cache = writes.key.args[0], writes.value.args[0]
+    later = _placement(q, k, [xq, xk, q.cos, q.sin, *extra.values(), writes.slots, k_cache, v_cache], order)
+    if later is None or not hoist(writes.v, later, order, VIEWS):
+        return False
+    node = call(gm.graph, later, auto_functionalized, (ops.paged,),
+                dict(q=_per_head(gm, xq, later), k=_per_head(gm, xk, later), v=_per_head(gm, writes.v, later), **extra,
+                     cos=_angles_4d(gm, q.cos, later), sin=_angles_4d(gm, q.sin, later), k_cache=k_cache,
+                     v_cache=v_cache, slot_mapping=writes.slots))
+    _flat_outputs(gm, node, later, [q.out])
+    for i, write in enumerate((writes.key, writes.value), start=1):
+        swap(write, call(gm.graph, later, operator.getitem, (node, i)))
+    return True
+
+
 @dataclass(frozen=True)
 class RopeOps:
-    """One launch's three forms: rotations only, with the cache writes, appending at the write position."""
+    """One launch's forms: rotations only, with the cache writes, appending at the write position, with
+    paged cache writes."""
 
     plain: Any
     cache: Any
     append: Any
+    paged: Any
 
 
 def fold_rope(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q: Rope, k: Rope, ops: RopeOps,
               extra: dict[str, object], order: dict[torch.fx.Node, int]) -> str | None:
     """Replace rotations ``q`` and ``k`` of ``xq``/``xk`` (and, under Inductor, the key's static-cache
     writes) by one ``ops`` launch taking ``extra`` besides; returns the form used: ``"plain"``,
-    ``"cache"`` or ``"append"`` (None: the rotations' results are used between them, nothing done)."""
+    ``"cache"``, ``"append"`` or ``"paged"`` (None: the rotations' results are used between them, nothing done)."""
     facts = facts_of(gm)
     if q.flat != k.flat:
         return None
+    if q.flat and facts.report.executor == "inductor" and _fold_paged(gm, xq, xk, q, k, ops, extra, order):
+        return "paged"
     writes = cache_writes(k.out) if facts.report.executor == "inductor" and not q.flat else None
     if writes is None or not before_users(writes, q.out, order):
         later = _placement(q, k, [xq, xk, q.cos, q.sin, *extra.values()], order)
@@ -300,12 +396,7 @@ def fold_rope(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q:
             xq, xk = _per_head(gm, xq, later), _per_head(gm, xk, later)
         node = call(gm.graph, later, ops.plain, (), dict(q=xq, k=xk, **extra, cos=cos, sin=sin))
         if q.flat:  # (tokens, heads, 1, dim) back to the (tokens, heads, dim) its users read
-            olds = (q.out, k.out)
-            news = [call(gm.graph, later, aten.reshape.default,
-                         (call(gm.graph, later, operator.getitem, (node, i)), list(value(old).shape)))
-                    for i, old in enumerate(olds)]
-            for old, new in zip(olds, news, strict=True):
-                swap(old, new)
+            _flat_outputs(gm, node, later, [q.out, k.out])
         else:
             swap_items((q.out, k.out), node)
         return "plain"

@@ -15,6 +15,7 @@ from torch._inductor import lowering
 from ascend_compile import devices
 from ascend_compile.devices import Device, NpuFacts
 from ascend_compile.executors.inductor import allow_fallbacks
+from ascend_compile.passes.canonicalize_input_writes import canonicalize_input_writes
 from ascend_compile.passes.canonicalize_rotary import canonicalize_rotary
 from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
@@ -149,6 +150,54 @@ def test_flattened_tokens_rotate_in_the_norm_launch() -> None:
     separate = after_passes(canonical(), *BEFORE)
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), _vllm_flat(*inputs), strict=True))
+
+
+def _vllm_paged(x, wq, wk, wv, q_norm, k_norm, cos, sin, key_cache, value_cache, slot_mapping):
+    """vLLM's layer up to attention with its paged cache: each token's rotated key and its value written at
+    its slot through the cache's merged view."""
+    tokens = x.shape[0] * x.shape[1]
+    v = F.linear(x.reshape(tokens, -1), wv).view(tokens, -1, HEAD)  # projected with the query and key
+    q, k = _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin)
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, k)
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, v)
+    return q.reshape(tokens, -1) * 1
+
+
+def _paged_inputs(slots: list[int]) -> tuple[torch.Tensor, ...]:
+    inputs = _inputs()
+    gen = torch.Generator().manual_seed(4)
+    caches = [torch.randn(4, 4, 2, HEAD, generator=gen).bfloat16() for _ in range(2)]
+    return (*inputs[:6], inputs[6].expand(3, 2, HEAD).contiguous(), inputs[7].expand(3, 2, HEAD).contiguous(),
+            *caches, torch.tensor(slots))
+
+
+@pytest.mark.parametrize("executor", ["inductor", "fx"])
+def test_paged_cache_writes_join_the_launch(executor: str) -> None:
+    """Under Inductor the slot writes of vLLM's paged cache join the launch (as the caches themselves once
+    ``canonicalize_input_writes`` has seen them); other executors keep the writes.  The same bits: the query,
+    every cache block."""
+    slots = [0, 5, 15, 9, 2, 12]
+
+    def graph() -> torch.fx.GraphModule:
+        traced = aten_graph(_vllm_paged, *_paged_inputs(slots), executor=executor,
+                            decompose=(aten.index_copy_.default, aten.index_copy.default))
+        return after_passes(traced, canonicalize_splits, canonicalize_rotary, canonicalize_input_writes)
+
+    fused, separate = after_passes(graph(), *BEFORE, fuse_norm_rope), after_passes(graph(), *BEFORE)
+    paged = [n for n in fused.graph.nodes if n.target is auto_functionalized]
+    assert fused.count == 1 and len(paged) == (executor == "inductor")
+    assert (aten.index_put.default in targets(fused)) == (executor == "fx")
+    if paged:
+        assert paged[0].args[0] is bi.rms_norm_rope_paged.default
+    got, want, eager = (_paged_inputs(slots) for _ in range(3))
+    outs = [fused(*got), separate(*want), _vllm_paged(*eager)]
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+    assert all(torch.equal(g, w) and torch.equal(g, e) for g, w, e in zip(got[8:10], want[8:10], eager[8:10],
+                                                                           strict=True))
+    # Negative control: other slots write other cache rows.
+    moved = _paged_inputs([1, 5, 15, 9, 2, 12])
+    fused(*moved)
+    assert not torch.equal(moved[8], got[8])
 
 
 def _cache_graphs(executor: str, layer=_with_cache) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:

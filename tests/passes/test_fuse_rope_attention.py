@@ -1,9 +1,11 @@
 """fuse_rope_attention: a cache-writing rotation and the attention that reads its query and caches
-become one launch with the same bits (output, caches, write position); a cache read between them keeps
-the two launches."""
+become one launch with the same bits (output, caches, write position); so do a rotation, the ``cat``s
+growing a hand-written model's caches and attention over them (output and grown caches); a cache read
+between them keeps the separate launches."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch._higher_order_ops.auto_functionalize import auto_functionalized
 
@@ -73,3 +75,38 @@ def test_a_cache_read_before_attention_keeps_two_launches() -> None:
     fused, separate = _graphs(_read_between)
     assert fused.count == 0 and bi.attention.default in targets(fused)
     assert all(torch.equal(g, w) for g, w in zip(_run(fused), _run(separate), strict=True))
+
+
+def _grown(x, wq, wk, wv, q_norm, k_norm, cos, sin, past_k, past_v):
+    """A hand-written layer: caches grown by ``torch.cat``, returned beside attention's output."""
+    q, k, v = _prologue(x, wq, wk, wv, q_norm, k_norm, cos, sin)
+    keys, values = torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+    return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True), keys, values
+
+
+def _grown_read_between(*args):
+    """The same, with the grown keys read before attention."""
+    q, k, v = _prologue(*args[:8])
+    keys, values = torch.cat((args[8], k), dim=2), torch.cat((args[9], v), dim=2)
+    early = keys * 1
+    return F.scaled_dot_product_attention(q, keys, values, enable_gqa=True), keys, values, early
+
+
+def _grown_case(past: int = 5) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(2)
+    return (*_inputs(), *(torch.randn(3, 2, past, 32, generator=gen).bfloat16() for _ in range(2)))
+
+
+@pytest.mark.parametrize(("layer", "fused"), [(_grown, 1), (_grown_read_between, 0)],
+                         ids=["grown caches", "grown keys read before attention"])
+def test_caches_grown_by_cat_join_the_attention_launch(layer, fused: int) -> None:
+    graphs = [after_passes(aten_graph(layer, *_grown_case()), *BEFORE, *passes) for passes in ([fuse_rope_attention],
+                                                                                                [])]
+    assert graphs[0].count == fused
+    assert (bi.rope_attention_grown.default in targets(graphs[0])) == bool(fused)
+    assert (aten.cat.default in targets(graphs[0])) != bool(fused) and aten.cat.default in targets(graphs[1])
+    got, want = (gm(*_grown_case()) for gm in graphs)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert got[1].shape[2] == 7 and torch.equal(got[1][:, :, :5], _grown_case()[8])
+    # Negative control: one past key fewer gives the query other keys.
+    assert not torch.equal(graphs[0](*_grown_case(past=4))[0], got[0])
