@@ -265,14 +265,14 @@ class VllmRotary(nn.Module):
 
 
 class VllmLayer(nn.Module):
-    def __init__(self, cfg: ZooConfig, neox: bool) -> None:
+    def __init__(self, cfg: ZooConfig, rotary_emb: VllmRotary) -> None:
         super().__init__()
         self.cfg = cfg
         self.input_layernorm = VllmRMSNorm(cfg.hidden, cfg.eps)
         self.qkv_proj = nn.Linear(cfg.hidden, cfg.q_size + 2 * cfg.kv_size, bias=False)
         self.q_norm = VllmRMSNorm(cfg.head_dim, cfg.eps)
         self.k_norm = VllmRMSNorm(cfg.head_dim, cfg.eps)
-        self.rotary_emb = VllmRotary(cfg, neox)
+        self.rotary_emb = rotary_emb
         self.o_proj = nn.Linear(cfg.q_size, cfg.hidden, bias=False)
         self.post_attention_layernorm = VllmRMSNorm(cfg.hidden, cfg.eps)
         self.gate_up_proj = nn.Linear(cfg.hidden, 2 * cfg.intermediate, bias=False)
@@ -323,7 +323,10 @@ class VllmDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.layers = nn.ModuleList(VllmLayer(cfg, neox) for _ in range(cfg.layers))
+        # One rotary module for every layer, as vLLM's ``get_rope`` returns the instance it cached for
+        # the same sizes.
+        rotary_emb = VllmRotary(cfg, neox)
+        self.layers = nn.ModuleList(VllmLayer(cfg, rotary_emb) for _ in range(cfg.layers))
         self.norm = VllmRMSNorm(cfg.hidden, cfg.eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, caches: list[tuple[torch.Tensor, torch.Tensor]],
