@@ -12,6 +12,8 @@ in one launch, a program taking the query, the key or the value heads of one pos
   tensor dtype as eager rounds them (no FMA contraction).  ``rotate_half`` needs the element half
   a row away: the program normalises the row twice, once at the partner columns -- the same
   arithmetic on the same inputs, so the same bits -- instead of moving values between lanes.
+  GPT-J's interleaved rotation (``INTERLEAVED``: vLLM's ``is_neox_style=False``, transformers'
+  ``rotate_every_two``) pairs each even column with the odd one after it instead;
   Layers without query/key norms (Llama, Mistral, Qwen2) rotate the projections as they are;
 * value heads (with a cache): copied into the cache;
 * key heads go to the cache at the step's slots (``index``) when there is one, else to an output;
@@ -57,10 +59,11 @@ def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_
 
 @triton.jit
 def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr):
+                 BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
     """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows (``live`` ones) starting at pointers
     ``rows``, by angles ``cos``/``sin`` (fp32, broadcastable to (``BLOCK_H``, ``BLOCK``)): fp32 values,
-    each already rounded to ``DTYPE``."""
+    each already rounded to ``DTYPE``.  Column ``c`` pairs with ``c ^ 1`` when ``INTERLEAVED``, else
+    with the column half a row away; the first of a pair takes its partner negated."""
     cols = tl.arange(0, BLOCK)
     scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if NORM:
@@ -68,11 +71,14 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
         lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
         lanes += h * h
         scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
-    half = n // 2
-    first = cols < half
+    if INTERLEAVED:
+        first = cols % 2 == 0
+        partner = cols ^ 1
+    else:
+        first = cols < n // 2
+        partner = tl.where(first, cols + n // 2, cols - n // 2)
     y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16, NORM)
-    rotated = _normalized(rows, w_ptr, tl.where(first, cols + half, cols - half), n, live, scale, DTYPE,
-                          EMULATE_BF16, NORM)
+    rotated = _normalized(rows, w_ptr, partner, n, live, scale, DTYPE, EMULATE_BF16, NORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
     return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
                     DTYPE, EMULATE_BF16)
@@ -81,12 +87,12 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
 @triton.jit
 def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
                      DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                     NORM: tl.constexpr):
+                     NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
     """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
     cols = tl.arange(0, BLOCK)
     cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
-    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM)
+    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED)
     tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty),
              mask=live[:, None] & (cols[None, :] < n))
 
@@ -97,7 +103,8 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                       sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h, sc_b, sc_l, sc_d,
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                      CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, OVERLAP: tl.constexpr = False):
+                      CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
+                      OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
     grid's stride.  ``index_ptr``: the slot of each position (strides ``si_b``, ``si_l``), or
@@ -120,7 +127,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             h = part * BLOCK_H + heads
             _norm_rope_heads(q_ptr + b * sq_b + pos * sq_l + h * sq_h, h < HQ, wq_ptr, eps_q, cos_row, sin_row,
                              qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK,
-                             NORM)
+                             NORM, INTERLEAVED)
         else:
             part -= query_items
             is_value = part >= key_items
@@ -140,7 +147,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             else:
                 _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, written, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
-                                 BLOCK_H, BLOCK, NORM)
+                                 BLOCK_H, BLOCK, NORM, INTERLEAVED)
     if APPEND:  # the last program to arrive has seen every other program's read of the position
         tl.debug_barrier()
         if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
@@ -198,7 +205,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor,
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
                      eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                     append: bool = False, paged: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     append: bool = False, paged: bool = False,
+                     interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
     kv heads, dim): ``(q_rot, k_rot)``, each (batch, heads, length, dim) contiguous, as transformers'
     ``apply_rotary_pos_emb(q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2), cos, sin)`` computes
@@ -209,7 +217,8 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     it on, and it advances by ``length``, as transformers' ``StaticLayer.update`` does.  With ``paged``
     the caches are vLLM's, (blocks, block size, kv heads, dim), and ``index`` (batch x length) holds
     each token's slot, ``block * block size + offset``.  ``weights`` and ``eps`` None: no norms, the
-    rotation alone (``bi_rope``).
+    rotation alone (``bi_rope``).  ``interleaved``: GPT-J's rotation of each even column with the odd
+    one after it, ``x * cos + rotate_every_two(x) * sin``, for transformers' ``rotate_half``.
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
@@ -244,14 +253,16 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
             v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
             q_out.stride(0), q_out.stride(1), q_out.stride(2), *strides[0], *strides[1],
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
-            BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None, **options,
+            BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None,
+            INTERLEAVED=interleaved, **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)
 
 
 def bi_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
             cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-            append: bool = False, paged: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+            append: bool = False, paged: bool = False,
+            interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``bi_rms_norm_rope`` without the norms: transformers' ``apply_rotary_pos_emb(q.transpose(1, 2),
     k.transpose(1, 2), cos, sin)`` (Llama, Mistral, Qwen2: no query/key norms), the same cache forms."""
-    return bi_rms_norm_rope(q, k, None, None, cos, sin, cache, append, paged)
+    return bi_rms_norm_rope(q, k, None, None, cos, sin, cache, append, paged, interleaved)

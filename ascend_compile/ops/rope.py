@@ -27,18 +27,20 @@ def _rotated(x: torch.Tensor) -> torch.Tensor:
 
 @bi_op("rms_norm_rope")
 def rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
-                  eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
-                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
+                  interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``apply_rotary_pos_emb(rms_norm(q).transpose(1, 2), rms_norm(k).transpose(1, 2), cos, sin)``
-    with the weights and epsilons of ``rms_norm_pair``."""
-    q_rot, k_rot = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin)
+    with the weights and epsilons of ``rms_norm_pair``; ``interleaved``: GPT-J's ``rotate_every_two``
+    for ``rotate_half`` (every op here takes it)."""
+    q_rot, k_rot = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
+                                    interleaved=interleaved)
     return q_rot, k_rot
 
 
 @rms_norm_rope.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
-      eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
-      sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+      eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
+      interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     return _rotated(q), _rotated(k)
 
 
@@ -46,12 +48,12 @@ def _(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[f
 def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                         eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                         sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        index: torch.Tensor) -> torch.Tensor:
+                        index: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope``, then ``k_cache[:, :, index] = k_rot`` and ``v_cache[:, :, index] =
     v.transpose(1, 2)`` in place (transformers' static cache update); returns the rotated query."""
     check_cache("rms_norm_rope_cache", q, k, v, k_cache, v_cache, index, append=False)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, index))
+                                cache=(v, k_cache, v_cache, index), interleaved=interleaved)
     return q_rot
 
 
@@ -59,13 +61,13 @@ def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weigh
 def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                          eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                          sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         cache_length: torch.Tensor) -> torch.Tensor:
+                         cache_length: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope_cache`` at ``index = arange(length) + cache_length``, then ``cache_length +=
     length`` in place: all of transformers' ``StaticLayer.update`` (``cache_length`` is its
     ``cumulative_length``, one int64)."""
     check_cache("rms_norm_rope_append", q, k, v, k_cache, v_cache, cache_length, append=True)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, cache_length), append=True)
+                                cache=(v, k_cache, v_cache, cache_length), append=True, interleaved=interleaved)
     return q_rot
 
 
@@ -73,50 +75,55 @@ def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
 def rms_norm_rope_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                         eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                         sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        slot_mapping: torch.Tensor) -> torch.Tensor:
+                        slot_mapping: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope``, then token ``t``'s key and value (batch x length tokens) into vLLM's paged caches
     (blocks, block size, kv heads, dim) at slot ``slot_mapping[t]``, ``block * block size + offset``, in
     place (``key_cache.view(-1, heads, dim).index_copy_(0, slot_mapping, k_rot)``); returns the rotated query."""
     check_cache("rms_norm_rope_paged", q, k, v, k_cache, v_cache, slot_mapping, append=False, paged=True)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, slot_mapping), paged=True)
+                                cache=(v, k_cache, v_cache, slot_mapping), paged=True, interleaved=interleaved)
     return q_rot
 
 
 @bi_op("rope")
-def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+         interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)``."""
-    q_rot, k_rot = bi_rope(q, k, cos, sin)
+    q_rot, k_rot = bi_rope(q, k, cos, sin, interleaved=interleaved)
     return q_rot, k_rot
 
 
 @rope.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+      interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     return _rotated(q), _rotated(k)
 
 
 @bi_op("rope_cache", mutates_args=("k_cache", "v_cache"))
 def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+               k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor,
+               interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope_cache`` without the norms."""
     check_cache("rope_cache", q, k, v, k_cache, v_cache, index, append=False)
-    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, index))[0]
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, index), interleaved=interleaved)[0]
 
 
 @bi_op("rope_append", mutates_args=("k_cache", "v_cache", "cache_length"))
 def rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                k_cache: torch.Tensor, v_cache: torch.Tensor, cache_length: torch.Tensor) -> torch.Tensor:
+                k_cache: torch.Tensor, v_cache: torch.Tensor, cache_length: torch.Tensor,
+                interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope_append`` without the norms."""
     check_cache("rope_append", q, k, v, k_cache, v_cache, cache_length, append=True)
-    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, cache_length), append=True)[0]
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, cache_length), append=True, interleaved=interleaved)[0]
 
 
 @bi_op("rope_paged", mutates_args=("k_cache", "v_cache"))
 def rope_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+               k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
+               interleaved: bool = False) -> torch.Tensor:
     """``rms_norm_rope_paged`` without the norms."""
     check_cache("rope_paged", q, k, v, k_cache, v_cache, slot_mapping, append=False, paged=True)
-    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, slot_mapping), paged=True)[0]
+    return bi_rope(q, k, cos, sin, cache=(v, k_cache, v_cache, slot_mapping), paged=True, interleaved=interleaved)[0]
 
 
 def _rotated_query(q: torch.Tensor, *args: object) -> torch.Tensor:

@@ -21,10 +21,15 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def separate(q, k, weights, cos, sin, norm=lambda x, w, e: bi.rms_norm(x, w, e)):
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """transformers' GPT-J: each even element paired with the odd one after it."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def separate(q, k, weights, cos, sin, norm=lambda x, w, e: bi.rms_norm(x, w, e), rotate=rotate_half):
     """What the graph runs without the fusion: the norms, the transpose, then the rotation op by op."""
     qn, kn = (norm(x, w, e).transpose(1, 2) for x, w, e in zip((q, k), weights, EPS, strict=True))
-    return tuple(x * cos + rotate_half(x) * sin for x in (qn, kn))
+    return tuple(x * cos + rotate(x) * sin for x in (qn, kn))
 
 
 def inputs(batch: int, length: int, dtype: torch.dtype, heads: int = 4, kv_heads: int = 2, dim: int = 64,
@@ -139,6 +144,25 @@ def test_paged_writes_land_at_each_tokens_slot(norm: bool) -> None:
     alone_q, alone = paged(1, slots)
     assert torch.equal(alone_q[0], got_q[0]) and torch.equal(alone[0].view(-1, 2, 64)[17], got[0].view(-1, 2, 64)[17])
     assert not torch.equal(paged(tokens, slots.roll(1))[1][0], got[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interleaved_pairs_equal_gptjs_rotation(dtype: torch.dtype) -> None:
+    """``interleaved``: GPT-J's ``x * cos + rotate_every_two(x) * sin`` with each angle twice in a row, with
+    and without the norms, the paged writes too.  Negative control: ``rotate_half``'s bits differ."""
+    q, k, v, weights, _, _ = inputs(4, 1, dtype, seed=9)
+    angles = (torch.rand(4, 1, 1, 32, generator=torch.Generator().manual_seed(10)) * 50).repeat_interleave(2, -1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    got = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, interleaved=True)
+    want = separate(q, k, weights, cos, sin, rotate=rotate_every_two)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not torch.equal(bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin)[0], want[0])
+    caches = [torch.zeros(2, 4, 2, 64, dtype=dtype) for _ in range(2)]
+    slots = torch.tensor([5, 0, 7, 2])
+    got_q = bi.rope_paged(q, k, v, cos, sin, *caches, slots, interleaved=True)
+    want_q, want_k = separate(q, k, weights, cos, sin, norm=lambda x, w, e: x, rotate=rotate_every_two)
+    assert torch.equal(got_q, want_q)
+    assert torch.equal(caches[0].view(-1, 2, 64)[slots], want_k.reshape(4, 2, 64))
 
 
 def test_a_position_has_its_bits_in_every_batch() -> None:

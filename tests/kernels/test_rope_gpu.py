@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ascend_compile.ops  # noqa: F401
-from tests.kernels.test_rope import EPS, separate
+from tests.kernels.test_rope import EPS, rotate_every_two, rotate_half, separate
 
 pytestmark = pytest.mark.gpu
 bi = torch.ops.ascend_bi
@@ -87,18 +87,19 @@ def test_without_norms_equals_the_rotation_on_gpu(batch: int) -> None:
     assert all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))
 
 
+@pytest.mark.parametrize("interleaved", [False, True], ids=["neox", "gptj"])
 @pytest.mark.parametrize("tokens", [1, 8, 32])
-def test_paged_writes_are_index_copy_through_the_merged_view(tokens: int) -> None:
+def test_paged_writes_are_index_copy_through_the_merged_view(tokens: int, interleaved: bool) -> None:
     """vLLM's paged cache (64 blocks of 16, 8 heads of 128): each token's rotated key and value land at its
-    slot, and the rotated query has the separate ops' bits."""
+    slot, and the rotated query has the separate ops' bits, rotating halves or GPT-J's interleaved pairs."""
     q, k, v, weights, cos, sin, _, _ = qwen3_step(tokens)
     cos, sin = cos.expand(tokens, 1, 1, 128), sin.expand(tokens, 1, 1, 128)
     caches = [torch.randn(64, 16, 8, 128, device="cuda", generator=torch.Generator("cuda").manual_seed(s)).bfloat16()
               for s in (3, 4)]
     slots = torch.randperm(64 * 16, device="cuda", generator=torch.Generator("cuda").manual_seed(5))[:tokens]
-    want_q, want_k = separate(q, k, weights, cos, sin)
+    want_q, want_k = separate(q, k, weights, cos, sin, rotate=rotate_every_two if interleaved else rotate_half)
     want = [c.clone() for c in caches]
     for cache, new in zip(want, (want_k, v.transpose(1, 2)), strict=True):
         cache.view(-1, 8, 128).index_copy_(0, slots, new.reshape(tokens, 8, 128))
-    got_q = bi.rms_norm_rope_paged(q, k, v, weights, list(EPS), [None, None], cos, sin, *caches, slots)
+    got_q = bi.rms_norm_rope_paged(q, k, v, weights, list(EPS), [None, None], cos, sin, *caches, slots, interleaved)
     assert torch.equal(got_q, want_q) and all(torch.equal(c, w) for c, w in zip(caches, want, strict=True))

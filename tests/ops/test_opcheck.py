@@ -173,7 +173,7 @@ def _rope_cache(m: Make) -> Sample:
 
 def _rope_paged(m: Make) -> Sample:
     q, k, v = m.projections(length=1)
-    return (q, k, v, *m.angles(length=1), *m.paged_caches(), torch.tensor([11, 0])), {}
+    return (q, k, v, *m.angles(length=1), *m.paged_caches(), torch.tensor([11, 0])), {"interleaved": True}
 
 
 def _rope_append(m: Make) -> Sample:
@@ -224,11 +224,12 @@ def _rope_attention_append(m: Make) -> Sample:
 
 
 def _rope_attention_grown(m: Make) -> Sample:
-    # One decode position with the norms over 6 past keys and values grown by it; the output laid out
-    # heads inner.
+    # One decode position with the norms over 6 past keys and values grown by it, GPT-J's interleaved
+    # rotation; the output laid out heads inner.
     q, k, v = m.projections(length=1)
     return (q, k, v, [m.weight(DIM), m.weight(DIM)], EPS, [None, None], *m.angles(length=1),
-            m.randn(BATCH, KV_HEADS, 6, DIM), m.randn(BATCH, KV_HEADS, 6, DIM), None, False, None, True), {}
+            m.randn(BATCH, KV_HEADS, 6, DIM), m.randn(BATCH, KV_HEADS, 6, DIM), None, False, None, True), \
+        {"interleaved": True}
 
 
 class Case(NamedTuple):
