@@ -1,20 +1,26 @@
-"""Write vLLM's neox rotation in transformers' form: one form for a rotate-half rotary embedding.
+"""Write vLLM's rotations in transformers' forms: one form for each pairing of a rotary embedding.
 
 transformers rotates ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)`` and
 angles repeated to the head's width; vLLM's ``RotaryEmbedding.forward_static`` (neox style) rotates
 the halves, ``cat(x1 * cos - x2 * sin, x2 * cos + x1 * sin)``, with half-width angles.  Element by
 element these are the same two products and one sum, rounded alike: ``a - b`` is ``a + (-b)`` in
-IEEE arithmetic, and negation is exact, so the bits are the same.  The rotary fusions
-(``rope_patterns``) read the first form; this pass writes the second as the first.  GPT-J's
-interleaved rotation (``x[..., ::2]``, ``stack``) pairs other elements and is left as it is.
+IEEE arithmetic, and negation is exact, so the bits are the same.  GPT-J's interleaved rotation
+(vLLM's ``is_neox_style=False``) does the same to ``x1 = x[..., ::2]`` and ``x2 = x[..., 1::2]``
+and interleaves the results, ``stack((o1, o2), -1).flatten(-2)``: transformers' GPT-J writes it
+``x * cos + rotate_every_two(x) * sin``, ``rotate_every_two(x) = stack((-x2, x1), -1).flatten(-2)``,
+with each angle repeated twice in a row.  The rotary fusions (``rope_patterns``) read transformers'
+forms; this pass writes vLLM's as them.
 
-Matches (``x1``/``x2`` the halves of ``x``'s last dim, as ``canonicalize_splits`` writes them)::
+Matches (``x1``/``x2`` the halves of ``x``'s last dim, as ``canonicalize_splits`` writes them, or its
+even and odd elements)::
 
     o1 = torch.ops.aten.sub.Tensor(torch.ops.aten.mul.Tensor(x1, cos), torch.ops.aten.mul.Tensor(x2, sin))
     o2 = torch.ops.aten.add.Tensor(torch.ops.aten.mul.Tensor(x2, cos), torch.ops.aten.mul.Tensor(x1, sin))
     out = torch.ops.aten.cat.default([o1, o2], -1)
+    # interleaved: the pieces stacked on a new last dim, merged into the last
+    out = torch.ops.aten.reshape.default(torch.ops.aten.cat.default([o1[..., None], o2[..., None]], -1), x.shape)
 
-Rewrites to::
+Rewrites to (interleaved: each ``cat`` of two pieces is their ``stack(..., -1).flatten(-2)``)::
 
     rotated = torch.ops.aten.cat.default([torch.ops.aten.neg.default(x2), x1], -1)
     out = torch.ops.aten.add.Tensor(torch.ops.aten.mul.Tensor(x, torch.ops.aten.cat.default([cos, cos], -1)),
@@ -63,6 +69,50 @@ def _half(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
     return None
 
 
+def every_other(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
+    """(x, odd) when ``node`` is ``x[..., ::2]`` (even) or ``x[..., 1::2]`` (odd) with ``x``'s last dim even."""
+    if node.target is not aten.slice.Tensor:
+        return None
+    args = arguments(node)
+    x = value(args["self"])
+    if not isinstance(x, torch.Tensor) or args["dim"] not in (-1, x.dim() - 1) or args["step"] != 2:
+        return None
+    width = x.shape[-1]
+    if not isinstance(width, int) or width % 2 or (args["start"] or 0) not in (0, 1) \
+            or not (args["end"] is None or args["end"] >= width):
+        return None
+    return args["self"], (args["start"] or 0) == 1
+
+
+def _on_last(node: torch.fx.Node, target: object) -> bool:
+    """Whether ``node`` is ``target`` (``cat`` or ``unsqueeze``) at its result's last dim."""
+    out = value(node)
+    if node.target is not target or not isinstance(out, torch.Tensor):
+        return False
+    dim = node.args[1] if len(node.args) > 1 else 0
+    return dim in (-1, out.dim() - 1)
+
+
+def pieces(out: torch.fx.Node) -> tuple[list[object], bool] | None:
+    """(pieces, interleaved): ``cat(pieces, -1)``, or (interleaved) ``reshape(stack(pieces, -1))`` merging
+    the new last dim into the one before, the ``stack`` as it is or decomposed, ``cat([p[..., None] for p
+    in pieces], -1)``."""
+    if _on_last(out, aten.cat.default):
+        return list(out.args[0]), False
+    stacked = out.args[0] if out.target in (aten.reshape.default, aten.view.default) else None
+    if not isinstance(stacked, torch.fx.Node) or len(stacked.users) != 1 or not isinstance(value(out), torch.Tensor) \
+            or value(out).dim() != value(stacked).dim() - 1 \
+            or tuple(value(out).shape[:-1]) != tuple(value(stacked).shape[:-2]):
+        return None
+    if _on_last(stacked, aten.stack.default):
+        return list(stacked.args[0]), True
+    if not _on_last(stacked, aten.cat.default):
+        return None
+    found = [p.args[0] if isinstance(p, torch.fx.Node) and _on_last(p, aten.unsqueeze.default) and
+             len(p.users) == 1 else None for p in stacked.args[0]]
+    return (found, True) if None not in found else None
+
+
 def _factors(mul: object, half: torch.fx.Node) -> torch.fx.Node | None:
     """The other factor of ``mul`` when one factor is ``half``."""
     factors = _product(mul)
@@ -71,32 +121,55 @@ def _factors(mul: object, half: torch.fx.Node) -> torch.fx.Node | None:
     return factors[1] if factors[0] is half else factors[0]
 
 
-def _rotation(cat: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node, torch.fx.Node,
-                                          torch.fx.Node] | None:
-    """(x, x1, x2, cos, sin) of a neox rotation ``cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)``."""
-    pieces, dim = cat.args[0], cat.args[1] if len(cat.args) > 1 else 0
-    out = value(cat)
-    if len(pieces) != 2 or not isinstance(out, torch.Tensor) or dim not in (-1, out.dim() - 1):
+def _rotation(out: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node, torch.fx.Node,
+                                          torch.fx.Node, bool] | None:
+    """(x, x1, x2, cos, sin, interleaved) of a rotation ``[x1 * cos - x2 * sin, x2 * cos + x1 * sin]``
+    of halves or, interleaved, of even and odd elements (the module docstring's forms)."""
+    found, result = pieces(out), value(out)
+    if found is None or len(found[0]) != 2 or not isinstance(result, torch.Tensor):
         return None
-    first, second = pieces
+    (first, second), interleaved = found
+    split = every_other if interleaved else _half
     if first.target is not aten.sub.Tensor or second.target is not aten.add.Tensor or len(first.args) != 2 \
             or len(second.args) != 2 or first.kwargs or second.kwargs or len(first.users) != 1 \
             or len(second.users) != 1:
         return None
     x1_cos, x2_sin = first.args
-    lower = next((f for f in _product(x1_cos) or () if _half(f) and not _half(f)[1]), None)
-    upper = next((f for f in _product(x2_sin) or () if _half(f) and _half(f)[1]), None)
-    if lower is None or upper is None or _half(lower)[0] is not _half(upper)[0]:
+    lower = next((f for f in _product(x1_cos) or () if split(f) and not split(f)[1]), None)
+    upper = next((f for f in _product(x2_sin) or () if split(f) and split(f)[1]), None)
+    if lower is None or upper is None or split(lower)[0] is not split(upper)[0]:
         return None
     cos, sin = _factors(x1_cos, lower), _factors(x2_sin, upper)
-    # The second half: x2 * cos + x1 * sin, the products in either order.
+    # The second piece: x2 * cos + x1 * sin, the products in either order.
     products = sorted(second.args, key=lambda m: _factors(m, upper) is None)
     if cos is None or sin is None or _factors(products[0], upper) is not cos or _factors(products[1], lower) is not sin:
         return None
-    x = _half(lower)[0]
-    if tuple(value(x).shape) != tuple(out.shape) or value(x).dtype != out.dtype:
+    x = split(lower)[0]
+    if tuple(value(x).shape) != tuple(result.shape) or value(x).dtype != result.dtype:
         return None
-    return x, lower, upper, cos, sin
+    if interleaved and not all(_merged_shape(value(t)) for t in (lower, cos, sin)):
+        return None
+    return x, lower, upper, cos, sin, interleaved
+
+
+def _merged_shape(t: object) -> list[object] | None:
+    """The shape of ``t`` stacked with another on a new last dim, then merged into its last: a symbolic
+    dim as -1 (None when more than one is symbolic)."""
+    if not isinstance(t, torch.Tensor):
+        return None
+    shape = [d if isinstance(d, int) else -1 for d in (*t.shape[:-1], t.shape[-1] * 2)]
+    return shape if shape.count(-1) <= 1 else None
+
+
+def _joined(graph: torch.fx.Graph, before: torch.fx.Node, a: torch.fx.Node, b: torch.fx.Node,
+            interleaved: bool) -> torch.fx.Node:
+    """``cat([a, b], -1)``, or interleaved ``stack([a, b], -1).flatten(-2)``."""
+    if not interleaved:
+        return call(graph, before, aten.cat.default, ([a, b], -1))
+    first = call(graph, before, aten.unsqueeze.default, (a, -1))
+    second = first if b is a else call(graph, before, aten.unsqueeze.default, (b, -1))
+    stacked = call(graph, before, aten.cat.default, ([first, second], -1))
+    return call(graph, before, aten.reshape.default, (stacked, _merged_shape(value(a))))
 
 
 #: Ops whose result is a function of their arguments alone: two such nodes of equal arguments are one value.
@@ -116,28 +189,30 @@ def _expression(node: torch.fx.Node) -> tuple[object, ...]:
 
 
 def canonicalize_rotary(gm: torch.fx.GraphModule, settings: Settings) -> int:
-    """Rewrite each neox rotation of halves into transformers' rotate-half form; returns how many."""
-    count, graph = 0, gm.graph
+    """Rewrite each of vLLM's rotations into transformers' form; returns how many."""
+    graph = gm.graph
     # Half-width angles -> repeated: one node for every rotation by the same angles (vLLM casts and
     # unsqueezes them for the query and again for the key), so the fusions see the query's and the key's
     # rotations share their angles.  Placed before the first rotation that reads them, in graph order.
     full: dict[tuple[object, ...], torch.fx.Node] = {}
 
-    def repeated(angles: torch.fx.Node, before: torch.fx.Node) -> torch.fx.Node:
-        key = _expression(angles)
+    def repeated(angles: torch.fx.Node, before: torch.fx.Node, interleaved: bool) -> torch.fx.Node:
+        key = (interleaved, _expression(angles))
         if key not in full:
-            full[key] = call(graph, before, aten.cat.default, ([angles, angles], -1))
+            full[key] = _joined(graph, before, angles, angles, interleaved)
         return full[key]
 
-    for cat in [n for n in graph.nodes if n.target is aten.cat.default]:
-        found = _rotation(cat)
+    counts = [0, 0]
+    for out in [n for n in graph.nodes if n.target in (aten.cat.default, aten.reshape.default, aten.view.default)]:
+        found = _rotation(out)
         if found is None:
             continue
-        x, lower, upper, cos, sin = found
-        rotated = call(graph, cat, aten.cat.default, ([call(graph, cat, aten.neg.default, (upper,)), lower], -1))
-        cos_full, sin_full = repeated(cos, cat), repeated(sin, cat)
-        swap(cat, call(graph, cat, aten.add.Tensor, (call(graph, cat, aten.mul.Tensor, (x, cos_full)),
-                                                      call(graph, cat, aten.mul.Tensor, (rotated, sin_full)))))
-        count += 1
-    logger.debug("canonicalize_rotary: %d neox rotations of halves written as x * cos + rotate_half(x) * sin", count)
-    return count
+        x, lower, upper, cos, sin, interleaved = found
+        rotated = _joined(graph, out, call(graph, out, aten.neg.default, (upper,)), lower, interleaved)
+        cos_full, sin_full = repeated(cos, out, interleaved), repeated(sin, out, interleaved)
+        swap(out, call(graph, out, aten.add.Tensor, (call(graph, out, aten.mul.Tensor, (x, cos_full)),
+                                                      call(graph, out, aten.mul.Tensor, (rotated, sin_full)))))
+        counts[interleaved] += 1
+    logger.debug("canonicalize_rotary: %d neox rotations of halves written as x * cos + rotate_half(x) * sin, %d "
+                 "interleaved ones as x * cos + rotate_every_two(x) * sin", *counts)
+    return sum(counts)

@@ -7,6 +7,9 @@ length, dim))::
 
     x = torch.ops.aten.permute.default(x_per_head, [0, 2, 1, 3])
     out = x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+    # or GPT-J's interleaved pairs (canonicalize_rotary writes vLLM's is_neox_style=False so), angles
+    # repeated twice in a row:
+    out = x * cos + torch.stack([-x[..., 1::2], x[..., ::2]], -1).flatten(-2) * sin
 
 and, for the key, when there is a cache::
 
@@ -38,6 +41,7 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
+from ascend_compile.passes.canonicalize_rotary import every_other, pieces
 from ascend_compile.passes.graph_facts import facts_of
 from ascend_compile.passes.replace import VIEWS, arguments, call, hoist, same_shape, sole_user, swap, swap_items, value
 
@@ -49,7 +53,8 @@ _LAST_DIM = (3, -1)
 
 @dataclass(frozen=True)
 class Rope:
-    """One rotation ``out = x * cos + rotate_half(x) * sin`` of a norm pair's output."""
+    """One rotation ``out = x * cos + rotate_half(x) * sin`` of a norm pair's output (``interleaved``:
+    GPT-J's ``rotate_every_two(x)`` for ``rotate_half(x)``)."""
 
     out: torch.fx.Node
     cos: torch.fx.Node
@@ -57,6 +62,7 @@ class Rope:
     #: The rotated tensor is the item itself, (tokens, heads, dim), as vLLM flattens a step's tokens:
     #: the launch reads it as (tokens, 1, heads, dim), whose rotation (tokens, heads, 1, dim) has its layout.
     flat: bool = False
+    interleaved: bool = False
 
 
 def is_heads_transpose(node: torch.fx.Node) -> bool:
@@ -94,28 +100,47 @@ def rope_of(item: torch.fx.Node) -> Rope | None:
     x_val = value(x)
     if not (flat or is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
         return None
-    half = x_val.shape[-1] // 2
     muls = [u for u in x.users if u.target is aten.mul.Tensor]
-    lower = [u for u in x.users if _half_slice(u, x, half, upper=False)]
-    upper = [u for u in x.users if _half_slice(u, x, half, upper=True)]
-    if len(muls) != 1 or len(lower) != 1 or len(upper) != 1 or not sole_user(muls[0]) or not sole_user(upper[0]):
+    found = _rotated(x, x_val.shape[-1] // 2)
+    if len(muls) != 1 or not sole_user(muls[0]) or found is None or not sole_user(found[0]):
         return None
-    (neg,) = upper[0].users
-    if neg.target is not aten.neg.default or not sole_user(neg):
-        return None
-    (cat,) = neg.users
-    if cat.target is not aten.cat.default or list(cat.args[0]) != [neg, lower[0]] \
-            or (cat.args[1] if len(cat.args) > 1 else 0) not in _LAST_DIM or not sole_user(cat):
-        return None
-    (sin_mul,) = cat.users
-    cos, sin = _other(muls[0], x), _other(sin_mul, cat) if sin_mul.target is aten.mul.Tensor else None
+    rotated, interleaved = found
+    (sin_mul,) = rotated.users
+    cos, sin = _other(muls[0], x), _other(sin_mul, rotated) if sin_mul.target is aten.mul.Tensor else None
     (add,) = muls[0].users
     if add.target is not aten.add.Tensor or {*add.args[:2]} != {muls[0], sin_mul} or len(add.args) > 2 or add.kwargs:
         return None
     fit = _flat_angles_fit if flat else _angles_fit
     if not all(isinstance(t, torch.fx.Node) and fit(value(t), x_val) for t in (cos, sin)):
         return None
-    return Rope(add, cos, sin, flat)
+    return Rope(add, cos, sin, flat, interleaved)
+
+
+def _down(node: torch.fx.Node, steps: int) -> torch.fx.Node | None:
+    """The node ``steps`` sole users down from ``node`` (None where one has other users)."""
+    for _ in range(steps):
+        if not sole_user(node):
+            return None
+        node = next(iter(node.users))
+    return node
+
+
+def _rotated(x: torch.fx.Node, half: int) -> tuple[torch.fx.Node, bool] | None:
+    """(node, interleaved): ``rotate_half(x)``, ``cat(-x[..., h:], x[..., :h], -1)``, or GPT-J's
+    ``rotate_every_two(x)``, ``stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)``, among ``x``'s users."""
+    for interleaved in (False, True):
+        parts = [[u for u in x.users if (every_other(u) == (x, second) if interleaved else
+                                          _half_slice(u, x, half, upper=second))] for second in (False, True)]
+        if any(len(part) != 1 for part in parts) or not sole_user(parts[1][0]):
+            continue
+        neg = next(iter(parts[1][0].users))
+        # The cat; interleaved, the stack (or unsqueeze, then cat) and the flatten.
+        steps = 1 if not interleaved else 3 if sole_user(neg) and next(iter(neg.users)).target is \
+            aten.unsqueeze.default else 2
+        out = _down(neg, steps)
+        if neg.target is aten.neg.default and out is not None and pieces(out) == ([neg, parts[0][0]], interleaved):
+            return out, interleaved
+    return None
 
 
 def _angles_fit(angles: object, x: torch.Tensor) -> bool:
@@ -382,8 +407,10 @@ def fold_rope(gm: torch.fx.GraphModule, xq: torch.fx.Node, xk: torch.fx.Node, q:
     writes) by one ``ops`` launch taking ``extra`` besides; returns the form used: ``"plain"``,
     ``"cache"``, ``"append"`` or ``"paged"`` (None: the rotations' results are used between them, nothing done)."""
     facts = facts_of(gm)
-    if q.flat != k.flat:
+    if q.flat != k.flat or q.interleaved != k.interleaved:
         return None
+    if q.interleaved:
+        extra = {**extra, "interleaved": True}
     if q.flat and facts.report.executor == "inductor" and _fold_paged(gm, xq, xk, q, k, ops, extra, order):
         return "paged"
     writes = cache_writes(k.out) if facts.report.executor == "inductor" and not q.flat else None

@@ -127,12 +127,12 @@ def qwen3_structure() -> dict[str, object]:
     return structure("qwen3", stock_launches=False, stock_bits=False)  # the reference: ascend_bi's side only
 
 
-@pytest.mark.parametrize("name", ["plain", "vllm"])
+@pytest.mark.parametrize("name", ["plain", "vllm", "vllm-gptj"])
 def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_structure: dict[str, object]) -> None:
-    """The hand-written and vLLM-shaped decoders fuse like transformers' Qwen3 (their query/key norms and rotations
-    in one launch; the hand-written one's caches grown by ``cat`` in its attention launch, the vLLM-shaped one's
-    paged cache written in the rotation's), launch per layer what it does, and keep sequence 0's bits the same
-    at every batch size."""
+    """The hand-written and vLLM-shaped decoders (neox or GPT-J rotation) fuse like transformers' Qwen3 (their
+    query/key norms and rotations in one launch; the hand-written one's caches grown by ``cat`` in its attention
+    launch, the vLLM-shaped ones' paged caches written in the rotation's), launch per layer what it does, and keep
+    sequence 0's bits the same at every batch size."""
     reference, other = qwen3_structure, structure(name, stock_launches=False)
     assert reference["invariant"]["ascend_bi"] and other["invariant"]["ascend_bi"], (reference, other)
     assert not other["invariant"]["torch.compile"], other  # the negative control: stock bits move with the batch

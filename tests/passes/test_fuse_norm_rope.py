@@ -5,6 +5,7 @@ only; rotations whose inputs are used elsewhere stay as they are."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 
 import pytest
@@ -127,16 +128,16 @@ def test_angles_without_batch_and_head_dims(layer, fused: int) -> None:
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
 
 
-def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin):
-    """vLLM's layer: a step's tokens flattened, (tokens, heads, dim) per head, the neox rotation of halves by
-    each token's half-width angles."""
+def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox=True):
+    """vLLM's layer: a step's tokens flattened, (tokens, heads, dim) per head, the neox rotation of halves (or
+    GPT-J's of interleaved pairs) by each token's half-width angles."""
     tokens = x.shape[0] * x.shape[1]
     h = x.reshape(tokens, -1)
     q = _rms(F.linear(h, wq).view(tokens, -1, HEAD), q_norm)
     k = _rms(F.linear(h, wk).view(tokens, -1, HEAD), k_norm)
     half_cos, half_sin = cos.reshape(tokens, HEAD)[:, None, :HEAD // 2], sin.reshape(tokens, HEAD)[:, None, :HEAD // 2]
-    return zoo.apply_rotary(q, half_cos[:, 0], half_sin[:, 0], True), zoo.apply_rotary(k, half_cos[:, 0],
-                                                                                        half_sin[:, 0], True)
+    return zoo.apply_rotary(q, half_cos[:, 0], half_sin[:, 0], neox), zoo.apply_rotary(k, half_cos[:, 0],
+                                                                                        half_sin[:, 0], neox)
 
 
 def test_flattened_tokens_rotate_in_the_norm_launch() -> None:
@@ -152,12 +153,12 @@ def test_flattened_tokens_rotate_in_the_norm_launch() -> None:
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), _vllm_flat(*inputs), strict=True))
 
 
-def _vllm_paged(x, wq, wk, wv, q_norm, k_norm, cos, sin, key_cache, value_cache, slot_mapping):
+def _vllm_paged(x, wq, wk, wv, q_norm, k_norm, cos, sin, key_cache, value_cache, slot_mapping, neox=True):
     """vLLM's layer up to attention with its paged cache: each token's rotated key and its value written at
     its slot through the cache's merged view."""
     tokens = x.shape[0] * x.shape[1]
     v = F.linear(x.reshape(tokens, -1), wv).view(tokens, -1, HEAD)  # projected with the query and key
-    q, k = _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin)
+    q, k = _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox)
     key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, k)
     value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, v)
     return q.reshape(tokens, -1) * 1
@@ -171,15 +172,17 @@ def _paged_inputs(slots: list[int]) -> tuple[torch.Tensor, ...]:
             *caches, torch.tensor(slots))
 
 
-@pytest.mark.parametrize("executor", ["inductor", "fx"])
-def test_paged_cache_writes_join_the_launch(executor: str) -> None:
+@pytest.mark.parametrize(("executor", "neox"), [("inductor", True), ("fx", True), ("inductor", False)],
+                         ids=["inductor", "fx", "inductor-gptj"])
+def test_paged_cache_writes_join_the_launch(executor: str, neox: bool) -> None:
     """Under Inductor the slot writes of vLLM's paged cache join the launch (as the caches themselves once
     ``canonicalize_input_writes`` has seen them); other executors keep the writes.  The same bits: the query,
-    every cache block."""
+    every cache block; with GPT-J's interleaved rotation too."""
     slots = [0, 5, 15, 9, 2, 12]
+    layer = functools.partial(_vllm_paged, neox=neox)
 
     def graph() -> torch.fx.GraphModule:
-        traced = aten_graph(_vllm_paged, *_paged_inputs(slots), executor=executor,
+        traced = aten_graph(layer, *_paged_inputs(slots), executor=executor,
                             decompose=(aten.index_copy_.default, aten.index_copy.default))
         return after_passes(traced, canonicalize_splits, canonicalize_rotary, canonicalize_input_writes)
 
@@ -189,8 +192,9 @@ def test_paged_cache_writes_join_the_launch(executor: str) -> None:
     assert (aten.index_put.default in targets(fused)) == (executor == "fx")
     if paged:
         assert paged[0].args[0] is bi.rms_norm_rope_paged.default
+        assert paged[0].kwargs.get("interleaved", False) == (not neox)
     got, want, eager = (_paged_inputs(slots) for _ in range(3))
-    outs = [fused(*got), separate(*want), _vllm_paged(*eager)]
+    outs = [fused(*got), separate(*want), layer(*eager)]
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
     assert all(torch.equal(g, w) and torch.equal(g, e) for g, w, e in zip(got[8:10], want[8:10], eager[8:10],
                                                                            strict=True))

@@ -74,6 +74,38 @@ def test_static_cache_writes_and_write_position_join_the_launch(key_first: bool)
     assert got[-1].item() == 5
 
 
+def _rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """transformers' GPT-J rotation: each even element paired with the odd one after it."""
+    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+
+
+def _gptj(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """GPT-J's rotation of interleaved pairs, per head, transposed (transformers' ``apply_rotary_pos_emb``)."""
+    batch, length = x.shape[:2]
+    q, k = (F.linear(x, w).view(batch, length, -1, HEAD).transpose(1, 2) for w in (wq, wk))
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_every_two(q) * sin, k * cos + _rotate_every_two(k) * sin
+
+
+def test_interleaved_pairs_rotate_in_one_launch_with_the_same_bits() -> None:
+    """GPT-J's ``rotate_every_two`` is read as the interleaved rotation; negative control: the pairs stacked
+    with the other sign are no rotation of either kind and stay."""
+    inputs = _inputs()
+    gm = after_passes(aten_graph(_gptj, *inputs), *PASSES, fuse_rope)
+    (node,) = [n for n in gm.graph.nodes if n.target is bi.rope.default]
+    assert gm.count == 1 and node.kwargs["interleaved"] is True
+    separate = after_passes(aten_graph(_gptj, *inputs), *PASSES)
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+    assert all(torch.equal(f, e) for f, e in zip(gm(*inputs), _gptj(*inputs), strict=True))
+
+    def other_sign(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+        q, k = (F.linear(x, w).view(*x.shape[:2], -1, HEAD).transpose(1, 2) for w in (wq, wk))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return tuple(t * cos + torch.stack((t[..., 1::2], -t[..., ::2]), dim=-1).flatten(-2) * sin for t in (q, k))
+
+    assert after_passes(aten_graph(other_sign, *inputs), *PASSES, fuse_rope).count == 0
+
+
 def test_a_lone_rotation_is_left_alone() -> None:
     """Negative control: one rotation per angles (no key beside it) keeps Inductor's ops."""
     def query_only(x, wq, wk, wv, q_norm, k_norm, cos, sin):
