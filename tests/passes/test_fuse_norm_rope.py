@@ -128,7 +128,7 @@ def test_angles_without_batch_and_head_dims(layer, fused: int) -> None:
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
 
 
-def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox=True):
+def _vllm_rotated(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox):
     """vLLM's layer: a step's tokens flattened, (tokens, heads, dim) per head, the neox rotation of halves (or
     GPT-J's of interleaved pairs) by each token's half-width angles."""
     tokens = x.shape[0] * x.shape[1]
@@ -138,6 +138,10 @@ def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox=True):
     half_cos, half_sin = cos.reshape(tokens, HEAD)[:, None, :HEAD // 2], sin.reshape(tokens, HEAD)[:, None, :HEAD // 2]
     return zoo.apply_rotary(q, half_cos[:, 0], half_sin[:, 0], neox), zoo.apply_rotary(k, half_cos[:, 0],
                                                                                         half_sin[:, 0], neox)
+
+
+def _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    return _vllm_rotated(x, wq, wk, wv, q_norm, k_norm, cos, sin, True)
 
 
 def test_flattened_tokens_rotate_in_the_norm_launch() -> None:
@@ -158,7 +162,7 @@ def _vllm_paged(x, wq, wk, wv, q_norm, k_norm, cos, sin, key_cache, value_cache,
     its slot through the cache's merged view."""
     tokens = x.shape[0] * x.shape[1]
     v = F.linear(x.reshape(tokens, -1), wv).view(tokens, -1, HEAD)  # projected with the query and key
-    q, k = _vllm_flat(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox)
+    q, k = _vllm_rotated(x, wq, wk, wv, q_norm, k_norm, cos, sin, neox)
     key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slot_mapping, k)
     value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slot_mapping, v)
     return q.reshape(tokens, -1) * 1
