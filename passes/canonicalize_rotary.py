@@ -50,17 +50,24 @@ def _product(node: object) -> tuple[torch.fx.Node, torch.fx.Node] | None:
     return node.args[0], node.args[1]
 
 
-def _half(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
-    """(x, upper) when ``node`` is ``x[..., :h]`` (lower) or ``x[..., h:]`` (upper) with ``x``'s last dim ``2h``."""
+def _last_dim_slice(node: torch.fx.Node, step: int) -> tuple[dict[str, object], int] | None:
+    """(arguments, width) when ``node`` slices by ``step`` the last dim, of even ``width``, of its input."""
     if node.target is not aten.slice.Tensor:
         return None
     args = arguments(node)
     x = value(args["self"])
-    if not isinstance(x, torch.Tensor) or args["dim"] not in (-1, x.dim() - 1) or args["step"] != 1:
+    if not isinstance(x, torch.Tensor) or args["dim"] not in (-1, x.dim() - 1) or args["step"] != step:
         return None
     width = x.shape[-1]
-    if not isinstance(width, int) or width % 2:
+    return (args, width) if isinstance(width, int) and width % 2 == 0 else None
+
+
+def half_of(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
+    """(x, upper) when ``node`` is ``x[..., :h]`` (lower) or ``x[..., h:]`` (upper) with ``x``'s last dim ``2h``."""
+    found = _last_dim_slice(node, 1)
+    if found is None:
         return None
+    args, width = found
     start, end = args["start"] or 0, args["end"]
     if start == 0 and end == width // 2:
         return args["self"], False
@@ -71,17 +78,12 @@ def _half(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
 
 def every_other(node: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
     """(x, odd) when ``node`` is ``x[..., ::2]`` (even) or ``x[..., 1::2]`` (odd) with ``x``'s last dim even."""
-    if node.target is not aten.slice.Tensor:
+    found = _last_dim_slice(node, 2)
+    if found is None:
         return None
-    args = arguments(node)
-    x = value(args["self"])
-    if not isinstance(x, torch.Tensor) or args["dim"] not in (-1, x.dim() - 1) or args["step"] != 2:
-        return None
-    width = x.shape[-1]
-    if not isinstance(width, int) or width % 2 or (args["start"] or 0) not in (0, 1) \
-            or not (args["end"] is None or args["end"] >= width):
-        return None
-    return args["self"], (args["start"] or 0) == 1
+    args, width = found
+    start, end = args["start"] or 0, args["end"]
+    return (args["self"], start == 1) if start in (0, 1) and (end is None or end >= width) else None
 
 
 def _on_last(node: torch.fx.Node, target: object) -> bool:
@@ -129,7 +131,7 @@ def _rotation(out: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch.f
     if found is None or len(found[0]) != 2 or not isinstance(result, torch.Tensor):
         return None
     (first, second), interleaved = found
-    split = every_other if interleaved else _half
+    split = every_other if interleaved else half_of
     if first.target is not aten.sub.Tensor or second.target is not aten.add.Tensor or len(first.args) != 2 \
             or len(second.args) != 2 or first.kwargs or second.kwargs or len(first.users) != 1 \
             or len(second.users) != 1:

@@ -32,6 +32,7 @@ appended at the cache's write position, which the launch advances; or at the pag
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +42,13 @@ from torch._higher_order_ops.auto_functionalize import auto_functionalized
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.plans import UnsupportedPlan, rope_row_plan
-from ascend_compile.passes.canonicalize_rotary import every_other, pieces
+from ascend_compile.passes.canonicalize_rotary import every_other, half_of, pieces
 from ascend_compile.passes.graph_facts import facts_of
-from ascend_compile.passes.replace import VIEWS, arguments, call, hoist, same_shape, sole_user, swap, swap_items, value
+from ascend_compile.passes.replace import VIEWS, call, hoist, same_shape, sole_user, swap, swap_items, value
 
 aten = torch.ops.aten
 prims = torch.ops.prims
 bi = torch.ops.ascend_bi
-_LAST_DIM = (3, -1)
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,6 @@ def _other(mul: torch.fx.Node, operand: torch.fx.Node) -> object:
     return b if a is operand and b is not operand else a if b is operand and a is not operand else None
 
 
-def _half_slice(node: torch.fx.Node, x: torch.fx.Node, half: int, upper: bool) -> bool:
-    """``x[..., half:]`` (``upper``) or ``x[..., :half]``."""
-    if node.target is not aten.slice.Tensor or node.args[0] is not x:
-        return False
-    args = arguments(node)
-    if args["dim"] not in _LAST_DIM or args["step"] != 1:
-        return False
-    start, end = args["start"], args["end"]
-    return start == half and (end is None or end >= 2 * half) if upper else start in (0, None) and end == half
-
-
 def rope_of(item: torch.fx.Node) -> Rope | None:
     """The rotation applied to ``item``, a query or key per head (through its heads transpose), if
     that is all ``item`` is used for."""
@@ -101,7 +90,7 @@ def rope_of(item: torch.fx.Node) -> Rope | None:
     if not (flat or is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
         return None
     muls = [u for u in x.users if u.target is aten.mul.Tensor]
-    found = _rotated(x, x_val.shape[-1] // 2)
+    found = _rotated(x)
     if len(muls) != 1 or not sole_user(muls[0]) or found is None or not sole_user(found[0]):
         return None
     rotated, interleaved = found
@@ -125,12 +114,12 @@ def _down(node: torch.fx.Node, steps: int) -> torch.fx.Node | None:
     return node
 
 
-def _rotated(x: torch.fx.Node, half: int) -> tuple[torch.fx.Node, bool] | None:
+def _rotated(x: torch.fx.Node) -> tuple[torch.fx.Node, bool] | None:
     """(node, interleaved): ``rotate_half(x)``, ``cat(-x[..., h:], x[..., :h], -1)``, or GPT-J's
     ``rotate_every_two(x)``, ``stack((-x[..., 1::2], x[..., ::2]), -1).flatten(-2)``, among ``x``'s users."""
     for interleaved in (False, True):
-        parts = [[u for u in x.users if (every_other(u) == (x, second) if interleaved else
-                                          _half_slice(u, x, half, upper=second))] for second in (False, True)]
+        split = every_other if interleaved else half_of
+        parts = [[u for u in x.users if split(u) == (x, second)] for second in (False, True)]
         if any(len(part) != 1 for part in parts) or not sole_user(parts[1][0]):
             continue
         neg = next(iter(parts[1][0].users))
@@ -212,16 +201,25 @@ def cache_writes(k_rot: torch.fx.Node) -> CacheWrites | None:
     found = _slot_write(key)
     if found is None or key.args[2] is not k_rot:
         return None
-    k_cache, index = found
-    for sibling in index.users:
-        other = _slot_write(sibling) if sibling is not key else None
-        if other is None or other[0] is k_cache or other[1] is not index:
+    index = found[1]
+    sibling = _value_write(key, index.users, _slot_write, k_rot, is_heads_transpose)
+    return CacheWrites(key, sibling, sibling.args[2].args[0]) if sibling is not None else None
+
+
+def _value_write(key: torch.fx.Node, candidates: Iterable[torch.fx.Node],
+                 write_of: Callable[[torch.fx.Node], tuple[torch.fx.Node, torch.fx.Node] | None], k_rot: torch.fx.Node,
+                 is_value: Callable[[torch.fx.Node], bool]) -> torch.fx.Node | None:
+    """The value's write beside the key's write ``key`` among ``candidates``: a ``write_of`` another cache at
+    the same slots, of a tensor (``is_value``) shaped and typed as ``k_rot``."""
+    k_cache, slots = write_of(key)
+    for sibling in candidates:
+        other = write_of(sibling) if sibling is not key else None
+        if other is None or other[0] is k_cache or other[1] is not slots:
             continue
-        v_heads = sibling.args[2]
-        if isinstance(v_heads, torch.fx.Node) and is_heads_transpose(v_heads) and \
-                same_shape(tuple(value(v_heads).shape), tuple(value(k_rot).shape)) and \
-                value(v_heads).dtype == value(k_rot).dtype:
-            return CacheWrites(key, sibling, v_heads.args[0])
+        v = sibling.args[2]
+        if isinstance(v, torch.fx.Node) and is_value(v) and value(v).dtype == value(k_rot).dtype \
+                and same_shape(tuple(value(v).shape), tuple(value(k_rot).shape)):
+            return sibling
     return None
 
 
@@ -270,16 +268,10 @@ def paged_writes(k_rot: torch.fx.Node) -> PagedWrites | None:
     found = _paged_write(key)
     if found is None or key.args[2] is not node:
         return None
-    k_cache, slots = found
-    for sibling in (put for index in slots.users for put in index.users):
-        other = _paged_write(sibling) if sibling is not key else None
-        if other is None or other[0] is k_cache or other[1] is not slots:
-            continue
-        v = sibling.args[2]
-        if isinstance(v, torch.fx.Node) and same_shape(tuple(value(v).shape), tuple(value(k_rot).shape)) and \
-                value(v).dtype == value(k_rot).dtype:
-            return PagedWrites(key, sibling, v, slots)
-    return None
+    slots = found[1]
+    sibling = _value_write(key, (put for index in slots.users for put in index.users), _paged_write, k_rot,
+                           lambda v: True)
+    return PagedWrites(key, sibling, sibling.args[2], slots) if sibling is not None else None
 
 
 @dataclass(frozen=True)
