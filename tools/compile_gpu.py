@@ -84,7 +84,7 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
     from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
     from ascend_compile.kernels.rope import bi_rms_norm_rope
-    from ascend_compile.kernels.rope_attention import bi_rope_attention
+    from ascend_compile.kernels.rope_attention import bi_rope_attention, bi_rope_attention_grown
     from ascend_compile.kernels.softmax import bi_softmax
 
     bf, hidden, inter, heads, kv_heads, dim, slots = torch.bfloat16, 1024, 3072, 16, 8, 128, 520
@@ -103,6 +103,7 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
         caches, index = (t(batch, kv_heads, slots, dim), t(batch, kv_heads, slots, dim)), t(1, dtype=torch.int64)
         q, k = t(batch, length, heads, dim), t(batch, length, kv_heads, dim)
         rope = ((t(dim), t(dim)), (1e-6, 1e-6), t(batch, length, dim), t(batch, length, dim))
+        paged = (t(batch * slots // 16, 16, kv_heads, dim), t(batch * slots // 16, 16, kv_heads, dim))
         heads_qk = t(2, rows * heads, dim)  # the query and key norms' rows, one buffer as in a layer
         launches += [
             (f"rms_norm, {name}", partial(bi_rms_norm, t(rows, hidden), t(rows, hidden), t(hidden), 1e-6)),
@@ -120,6 +121,12 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
             (f"rope + attention, {name}", partial(bi_rope_attention, q, k, k, *rope, *caches, index, append=True,
                                                   mask=torch.ones(batch, 1, length, slots, dtype=torch.bool),
                                                   heads_inner=True)),
+            (f"norm + GPT-J rope + paged cache, {name}", partial(bi_rms_norm_rope, q, k, *rope, paged=True,
+                                                                 cache=(k, *paged, t(rows, dtype=torch.int64)),
+                                                                 interleaved=True)),
+            (f"GPT-J rope + attention, grown caches, {name}", partial(
+                bi_rope_attention_grown, q, k, k, *rope, t(batch, kv_heads, slots - length, dim),
+                t(batch, kv_heads, slots - length, dim), is_causal=length > 1, interleaved=True)),
             (f"attention, additive mask, {name}", partial(bi_attention, t(batch, heads, length, dim), *caches,
                                                           t(batch, 1, length, slots))),
             (f"attention, causal, {name}", partial(bi_attention, t(batch, heads, length, dim), *caches,
