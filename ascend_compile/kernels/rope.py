@@ -40,30 +40,42 @@ from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
 from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan
 from ascend_compile.kernels.reduce import row_launch
+from ascend_compile.kernels.rms_norm import NormForm
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum_rows
+
+#: The norm forms the query/key norms take here: where the weight multiplies and whether it is ``1 + w``.
+NORM_WEIGHT_FORMS = NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
+WEIGHT_FP32 = tl.constexpr(int(NormForm.WEIGHT_FP32))
+WEIGHT_PLUS_ONE = tl.constexpr(int(NormForm.WEIGHT_PLUS_ONE))
 
 
 @triton.jit
 def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                NORM: tl.constexpr):
+                NORM: tl.constexpr, FORM: tl.constexpr):
     """``weight * (h * scale).to(dtype)`` at columns ``cols`` of head rows ``rows``, rounded as the
     RMSNorm kernel rounds it (``h`` itself without ``NORM``)."""
     h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
     if not NORM:
         return h
-    y = round_to(h * scale[:, None], DTYPE, EMULATE_BF16)
+    y = h * scale[:, None]
+    if not WEIGHT_FP32 & FORM:
+        y = round_to(y, DTYPE, EMULATE_BF16)
     weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)  # w_ptr: one, or one per row
+    if WEIGHT_PLUS_ONE & FORM:
+        weight = weight + 1.0
     return round_to(weight * y, DTYPE, EMULATE_BF16)
 
 
 @triton.jit
 def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                 BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
+                 BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
+                 FORM: tl.constexpr = 0):
     """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows (``live`` ones) starting at pointers
     ``rows``, by angles ``cos``/``sin`` (fp32, broadcastable to (``BLOCK_H``, ``BLOCK``)): fp32 values,
     each already rounded to ``DTYPE``.  Column ``c`` pairs with ``c ^ 1`` when ``INTERLEAVED``, else
-    with the column half a row away; the first of a pair takes its partner negated."""
+    with the column half a row away; the first of a pair takes its partner negated.  ``FORM``: where
+    the norm rounds (``NormForm``'s weight flags, as ``kernels/rms_norm.py`` rounds them)."""
     cols = tl.arange(0, BLOCK)
     scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if NORM:
@@ -77,8 +89,8 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
     else:
         first = cols < n // 2
         partner = tl.where(first, cols + n // 2, cols - n // 2)
-    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16, NORM)
-    rotated = _normalized(rows, w_ptr, partner, n, live, scale, DTYPE, EMULATE_BF16, NORM)
+    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
+    rotated = _normalized(rows, w_ptr, partner, n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
     return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
                     DTYPE, EMULATE_BF16)
@@ -87,12 +99,13 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
 @triton.jit
 def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
                      DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                     NORM: tl.constexpr, INTERLEAVED: tl.constexpr):
+                     NORM: tl.constexpr, INTERLEAVED: tl.constexpr, FORM: tl.constexpr):
     """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
     cols = tl.arange(0, BLOCK)
     cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
     sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
-    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED)
+    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED,
+                       FORM)
     tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty),
              mask=live[:, None] & (cols[None, :] < n))
 
@@ -104,7 +117,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
                       CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
-                      OVERLAP: tl.constexpr = False):
+                      FORM: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
     grid's stride.  ``index_ptr``: the slot of each position (strides ``si_b``, ``si_l``), or
@@ -127,7 +140,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             h = part * BLOCK_H + heads
             _norm_rope_heads(q_ptr + b * sq_b + pos * sq_l + h * sq_h, h < HQ, wq_ptr, eps_q, cos_row, sin_row,
                              qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK,
-                             NORM, INTERLEAVED)
+                             NORM, INTERLEAVED, FORM)
         else:
             part -= query_items
             is_value = part >= key_items
@@ -147,7 +160,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             else:
                 _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, written, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
-                                 BLOCK_H, BLOCK, NORM, INTERLEAVED)
+                                 BLOCK_H, BLOCK, NORM, INTERLEAVED, FORM)
     if APPEND:  # the last program to arrive has seen every other program's read of the position
         tl.debug_barrier()
         if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
@@ -165,6 +178,13 @@ def angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
         t = t.squeeze(1)
     t = t.expand(batch, length, n)
     return t if t.stride(2) == 1 else t.contiguous()
+
+
+def check_form(form: int, caller: str) -> None:
+    """Raise unless the query/key norms can round as ``form`` here."""
+    if form & ~NORM_WEIGHT_FORMS:
+        raise ValueError(f"{caller}: form {form!r}: the query/key norms round as NormForm.LLAMA (0) or with its "
+                         f"weight flags WEIGHT_FP32 and WEIGHT_PLUS_ONE ({int(NORM_WEIGHT_FORMS)} together)")
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor,
@@ -205,8 +225,8 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor,
 def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
                      eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor,
                      cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-                     append: bool = False, paged: bool = False,
-                     interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     append: bool = False, paged: bool = False, interleaved: bool = False,
+                     form: int = NormForm.LLAMA) -> tuple[torch.Tensor, torch.Tensor | None]:
     """RMSNorm then RoPE of the query ``q`` (batch, length, heads, dim) and key ``k`` (batch, length,
     kv heads, dim): ``(q_rot, k_rot)``, each (batch, heads, length, dim) contiguous, as transformers'
     ``apply_rotary_pos_emb(q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2), cos, sin)`` computes
@@ -218,11 +238,14 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     the caches are vLLM's, (blocks, block size, kv heads, dim), and ``index`` (batch x length) holds
     each token's slot, ``block * block size + offset``.  ``weights`` and ``eps`` None: no norms, the
     rotation alone (``bi_rope``).  ``interleaved``: GPT-J's rotation of each even column with the odd
-    one after it, ``x * cos + rotate_every_two(x) * sin``, for transformers' ``rotate_half``.
+    one after it, ``x * cos + rotate_every_two(x) * sin``, for transformers' ``rotate_half``.  ``form``:
+    where the norms round, ``NormForm.LLAMA`` or its weight flags (Gemma's ``WEIGHT_FP32 |
+    WEIGHT_PLUS_ONE``).
     """
     batch, length, heads, n = q.shape
     kv_heads = k.shape[2]
     check_inputs(q, k, cache, append, paged=paged)
+    check_form(form, "bi_rms_norm_rope")
     device = devices.of_tensor(q)
     plan = rope_row_plan(n, q.dtype, device)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
@@ -254,7 +277,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
             q_out.stride(0), q_out.stride(1), q_out.stride(2), *strides[0], *strides[1],
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
             BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None,
-            INTERLEAVED=interleaved, **options,
+            INTERLEAVED=interleaved, FORM=int(form), **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)
 

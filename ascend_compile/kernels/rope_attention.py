@@ -58,7 +58,7 @@ from ascend_compile.kernels.plans import (
     launch_options,
     rope_row_plan,
 )
-from ascend_compile.kernels.rope import angles, bi_rms_norm_rope, check_inputs, rotated_rows
+from ascend_compile.kernels.rope import angles, bi_rms_norm_rope, check_form, check_inputs, rotated_rows
 from ascend_compile.kernels.rounding import TL_DTYPES
 
 #: Rows of one decode row block: the packed query rows (positions x query heads per key/value head), then a
@@ -85,7 +85,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
                            skc_b, skc_h, skc_l, skc_d, svc_b, svc_h, svc_l, svc_d,
                            spk_b, spk_h, spk_l, spv_b, spv_h, spv_l,
                            sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d,
-                           DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
+                           DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr, FORM: tl.constexpr,
                            APPEND: tl.constexpr, GROW: tl.constexpr, INTERLEAVED: tl.constexpr, GROUP: tl.constexpr,
                            HAS_MASK: tl.constexpr,
                            MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
@@ -124,7 +124,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
                      q_ptr + b * sq_b + r_pos * sq_l + (kvh * GROUP + r_g) * sq_h)
     rotated = rotated_rows(heads, r_live | is_key, tl.where(is_key, wk_ptr, wq_ptr)[:, None],
                            tl.where(is_key, eps_k, eps_q), cos.to(tl.float32), sin.to(tl.float32), D,
-                           DTYPE, EMULATE_BF16, ROT_ROWS, BLOCK_D, NORM, INTERLEAVED)
+                           DTYPE, EMULATE_BF16, ROT_ROWS, BLOCK_D, NORM, INTERLEAVED, FORM)
     # The step's keys and values of this key/value head, by the program whose split holds their slot.
     new = is_key & (slots >= 0) & (slots < Lk)  # a slot outside the cache is written nowhere (ops/cache_bounds.py)
     if SPLIT:
@@ -164,22 +164,23 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       index: torch.Tensor, *, append: bool, mask: torch.Tensor | None = None,
                       is_causal: bool = False, scale: float | None = None, masked_score: float = float("-inf"),
-                      heads_inner: bool = False, interleaved: bool = False,
+                      heads_inner: bool = False, interleaved: bool = False, form: int = 0,
                       schedule: AttentionSchedule | None = None) -> torch.Tensor:
     """``bi_attention(bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index),
     append=append)[0], k_cache, v_cache, mask, is_causal, scale, ...)``: the query/key norms (none when
     ``weights`` is None), the rotation, the cache writes and attention over the caches, in one launch
     at decode shapes (``DECODE_ROWS`` query and key rows at most, GPUs and the CPU), the two launches
-    otherwise; the same bits either way.  ``interleaved``: GPT-J's rotation (``bi_rms_norm_rope``).
+    otherwise; the same bits either way.  ``interleaved`` (GPT-J's rotation) and ``form`` (where the
+    norms round) as ``bi_rms_norm_rope`` takes them.
     ``schedule`` overrides the attention schedule (tests)."""
     check_inputs(q, k, (v, k_cache, v_cache, index), append, caller="bi_rope_attention")
     attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
     if not _one_launch(q, k, v_cache):
         q_rot, _ = bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index), append=append,
-                                    interleaved=interleaved)
+                                    interleaved=interleaved, form=form)
         return bi_attention(q_rot, k_cache, v_cache, **attend)
-    return _launch(q, k, v, weights, eps, cos, sin, k_cache, v_cache, index, None, append, interleaved, schedule,
-                   **attend)
+    return _launch(q, k, v, weights, eps, cos, sin, k_cache, v_cache, index, None, append, (interleaved, form),
+                   schedule, **attend)
 
 
 def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -187,7 +188,7 @@ def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             cos: torch.Tensor, sin: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, *,
                             mask: torch.Tensor | None = None, is_causal: bool = False, scale: float | None = None,
                             masked_score: float = float("-inf"), heads_inner: bool = False,
-                            interleaved: bool = False, schedule: AttentionSchedule | None = None
+                            interleaved: bool = False, form: int = 0, schedule: AttentionSchedule | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A cache grown by ``torch.cat``: ``(out, keys, values)`` with ``keys = cat((past_k, k_rot), 2)``,
     ``values = cat((past_v, v.transpose(1, 2)), 2)`` and ``out`` attention over them, ``k_rot`` the
@@ -202,13 +203,13 @@ def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          f"{tuple(k.shape)} (batch, length, kv heads, dim) and value {tuple(v.shape)}, in {q.dtype}")
     attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
     if not _one_launch(q, k, v):
-        q_rot, k_rot = bi_rms_norm_rope(q, k, weights, eps, cos, sin, interleaved=interleaved)
+        q_rot, k_rot = bi_rms_norm_rope(q, k, weights, eps, cos, sin, interleaved=interleaved, form=form)
         keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
         return bi_attention(q_rot, keys, values, **attend), keys, values
     keys, values = (past.new_empty((batch, kv_heads, past.shape[2] + length, d)) for past in (past_k, past_v))
     past = tuple(p if p.stride(3) == 1 else p.contiguous() for p in (past_k, past_v))
     out = _launch(q, k, v if v.stride(3) == 1 else v.contiguous(), weights, eps, cos, sin, keys, values, keys,
-                  past, False, interleaved, schedule, **attend)
+                  past, False, (interleaved, form), schedule, **attend)
     return out, keys, values
 
 
@@ -224,10 +225,13 @@ def _one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
             eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
             v_cache: torch.Tensor, index: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, append: bool,
-            interleaved: bool, schedule: AttentionSchedule | None, *, mask: torch.Tensor | None, is_causal: bool,
-            scale: float | None, masked_score: float, heads_inner: bool) -> torch.Tensor:
+            rotation: tuple[bool, int], schedule: AttentionSchedule | None, *, mask: torch.Tensor | None,
+            is_causal: bool, scale: float | None, masked_score: float, heads_inner: bool) -> torch.Tensor:
     """The one launch (and the split schedule's fold): the step's keys go to slots ``index``, or from the
-    write position ``index`` on (``append``), or after the ``past`` keys and values it copies first."""
+    write position ``index`` on (``append``), or after the ``past`` keys and values it copies first;
+    ``rotation``: (interleaved, form), as ``bi_rms_norm_rope`` takes them."""
+    interleaved, form = rotation
+    check_form(form, "bi_rope_attention")
     batch, length, heads, d = q.shape
     kv_heads, slots = k.shape[2], k_cache.shape[2]
     device = devices.of_tensor(q)
@@ -256,6 +260,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[to
         *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
         DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=rope_row_plan(d, q.dtype, device).fp32_io and q.dtype == torch.bfloat16,
         NORM=weights is not None, APPEND=append, GROW=past is not None, INTERLEAVED=interleaved, GROUP=group,
+        FORM=int(form),
         HAS_MASK=mask is not None,
         MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, MASK_ROW=mask_row(mask, length, split),
         IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,

@@ -28,19 +28,20 @@ def _rotated(x: torch.Tensor) -> torch.Tensor:
 @bi_op("rms_norm_rope")
 def rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
                   eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
-                  interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  interleaved: bool = False, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``apply_rotary_pos_emb(rms_norm(q).transpose(1, 2), rms_norm(k).transpose(1, 2), cos, sin)``
-    with the weights and epsilons of ``rms_norm_pair``; ``interleaved``: GPT-J's ``rotate_every_two``
-    for ``rotate_half`` (every op here takes it)."""
+    with the weights, epsilons and ``form`` of ``rms_norm_pair`` (its weight flags: ``NormForm.LLAMA``,
+    Gemma's ``WEIGHT_FP32 | WEIGHT_PLUS_ONE``); ``interleaved``: GPT-J's ``rotate_every_two`` for
+    ``rotate_half`` (every op here takes it)."""
     q_rot, k_rot = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                    interleaved=interleaved)
+                                    interleaved=interleaved, form=form)
     return q_rot, k_rot
 
 
 @rms_norm_rope.register_fake
 def _(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[float],
       eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
-      interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+      interleaved: bool = False, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return _rotated(q), _rotated(k)
 
 
@@ -48,12 +49,12 @@ def _(q: torch.Tensor, k: torch.Tensor, weights: list[torch.Tensor], eps: list[f
 def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                         eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                         sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        index: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+                        index: torch.Tensor, interleaved: bool = False, form: int = 0) -> torch.Tensor:
     """``rms_norm_rope``, then ``k_cache[:, :, index] = k_rot`` and ``v_cache[:, :, index] =
     v.transpose(1, 2)`` in place (transformers' static cache update); returns the rotated query."""
     check_cache("rms_norm_rope_cache", q, k, v, k_cache, v_cache, index, append=False)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, index), interleaved=interleaved)
+                                cache=(v, k_cache, v_cache, index), interleaved=interleaved, form=form)
     return q_rot
 
 
@@ -61,13 +62,14 @@ def rms_norm_rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weigh
 def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                          eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                          sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                         cache_length: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+                         cache_length: torch.Tensor, interleaved: bool = False, form: int = 0) -> torch.Tensor:
     """``rms_norm_rope_cache`` at ``index = arange(length) + cache_length``, then ``cache_length +=
     length`` in place: all of transformers' ``StaticLayer.update`` (``cache_length`` is its
     ``cumulative_length``, one int64)."""
     check_cache("rms_norm_rope_append", q, k, v, k_cache, v_cache, cache_length, append=True)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, cache_length), append=True, interleaved=interleaved)
+                                cache=(v, k_cache, v_cache, cache_length), append=True, interleaved=interleaved,
+                                form=form)
     return q_rot
 
 
@@ -75,13 +77,14 @@ def rms_norm_rope_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
 def rms_norm_rope_paged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Tensor],
                         eps: list[float], eps_tensors: list[torch.Tensor | None], cos: torch.Tensor,
                         sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        slot_mapping: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+                        slot_mapping: torch.Tensor, interleaved: bool = False, form: int = 0) -> torch.Tensor:
     """``rms_norm_rope``, then token ``t``'s key and value (batch x length tokens) into vLLM's paged caches
     (blocks, block size, kv heads, dim) at slot ``slot_mapping[t]``, ``block * block size + offset``, in
     place (``key_cache.view(-1, heads, dim).index_copy_(0, slot_mapping, k_rot)``); returns the rotated query."""
     check_cache("rms_norm_rope_paged", q, k, v, k_cache, v_cache, slot_mapping, append=False, paged=True)
     q_rot, _ = bi_rms_norm_rope(q, k, (weights[0], weights[1]), _eps(eps, eps_tensors), cos, sin,
-                                cache=(v, k_cache, v_cache, slot_mapping), paged=True, interleaved=interleaved)
+                                cache=(v, k_cache, v_cache, slot_mapping), paged=True, interleaved=interleaved,
+                                form=form)
     return q_rot
 
 

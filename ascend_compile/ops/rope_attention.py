@@ -38,10 +38,10 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.
          eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
          v_cache: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
          scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None, masked_score: float | None,
-         interleaved: bool, append: bool) -> torch.Tensor:
+         interleaved: bool, form: int, append: bool) -> torch.Tensor:
     check_cache("rope_attention_append" if append else "rope_attention", q, k, v, k_cache, v_cache, index, append)
     return bi_rope_attention(q, k, v, *_norms(weights, eps, eps_tensors), cos, sin, k_cache, v_cache, index,
-                             append=append, interleaved=interleaved,
+                             append=append, interleaved=interleaved, form=form,
                              **_attend(mask, is_causal, scale, heads_inner, scale_tensor, masked_score))
 
 
@@ -50,11 +50,11 @@ def rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: l
                    eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
                    is_causal: bool, scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None,
-                   masked_score: float | None = None, interleaved: bool = False) -> torch.Tensor:
+                   masked_score: float | None = None, interleaved: bool = False, form: int = 0) -> torch.Tensor:
     """``attention(rms_norm_rope_cache(q, k, v, ...), k_cache, v_cache, mask, ...)`` (``rope_cache``
     when ``weights`` is empty)."""
     return _run(q, k, v, weights, eps, eps_tensors, cos, sin, k_cache, v_cache, index, mask, is_causal, scale,
-                heads_inner, scale_tensor, masked_score, interleaved, append=False)
+                heads_inner, scale_tensor, masked_score, interleaved, form, append=False)
 
 
 @bi_op("rope_attention_append", mutates_args=("k_cache", "v_cache", "cache_length"))
@@ -63,11 +63,11 @@ def rope_attention_append(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wei
                           sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_length: torch.Tensor,
                           mask: torch.Tensor | None, is_causal: bool, scale: float | None, heads_inner: bool,
                           scale_tensor: torch.Tensor | None = None, masked_score: float | None = None,
-                          interleaved: bool = False) -> torch.Tensor:
+                          interleaved: bool = False, form: int = 0) -> torch.Tensor:
     """``attention(rms_norm_rope_append(q, k, v, ...), k_cache, v_cache, mask, ...)`` (``rope_append``
     when ``weights`` is empty): the slots start at ``cache_length``, which advances by the step's length."""
     return _run(q, k, v, weights, eps, eps_tensors, cos, sin, k_cache, v_cache, cache_length, mask, is_causal, scale,
-                heads_inner, scale_tensor, masked_score, interleaved, append=True)
+                heads_inner, scale_tensor, masked_score, interleaved, form, append=True)
 
 
 @bi_op("rope_attention_grown")
@@ -77,12 +77,12 @@ def rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weig
                          is_causal: bool, scale: float | None, heads_inner: bool,
                          scale_tensor: torch.Tensor | None = None,
                          masked_score: float | None = None,
-                         interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         interleaved: bool = False, form: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``q_rot, k_rot = rms_norm_rope(q, k, ...)`` (``rope`` when ``weights`` is empty), then
     ``keys = cat((past_k, k_rot), 2)``, ``values = cat((past_v, v.transpose(1, 2)), 2)``: returns
     ``(attention(q_rot, keys, values, mask, ...), keys, values)``."""
     return bi_rope_attention_grown(q, k, v, *_norms(weights, eps, eps_tensors), cos, sin, past_k, past_v,
-                                   interleaved=interleaved,
+                                   interleaved=interleaved, form=form,
                                    **_attend(mask, is_causal, scale, heads_inner, scale_tensor, masked_score))
 
 
@@ -91,7 +91,8 @@ def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: list[torch.Ten
       eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor, past_k: torch.Tensor,
       past_v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool, scale: float | None, heads_inner: bool,
       scale_tensor: torch.Tensor | None = None,
-      masked_score: float | None = None, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+      masked_score: float | None = None, interleaved: bool = False,
+      form: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grown = [p.new_empty((p.shape[0], p.shape[1], p.shape[2] + q.shape[1], p.shape[3])) for p in (past_k, past_v)]
     return _output(q, v.shape[-1], heads_inner), grown[0], grown[1]
 
@@ -100,7 +101,7 @@ def _attention_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: l
                    eps_tensors: list[torch.Tensor | None], cos: torch.Tensor, sin: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None,
                    is_causal: bool, scale: float | None, heads_inner: bool, scale_tensor: torch.Tensor | None = None,
-                   masked_score: float | None = None, interleaved: bool = False) -> torch.Tensor:
+                   masked_score: float | None = None, interleaved: bool = False, form: int = 0) -> torch.Tensor:
     return _output(q, v_cache.shape[-1], heads_inner)
 
 

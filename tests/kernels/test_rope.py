@@ -9,6 +9,7 @@ import torch
 
 import ascend_compile.ops  # noqa: F401
 from ascend_compile.kernels.plans import UnsupportedPlan
+from ascend_compile.kernels.rms_norm import NormForm
 from ascend_compile.kernels.rope import bi_rms_norm_rope
 from tests.helpers import rel_error
 
@@ -163,6 +164,21 @@ def test_interleaved_pairs_equal_gptjs_rotation(dtype: torch.dtype) -> None:
     want_q, want_k = separate(q, k, weights, cos, sin, norm=lambda x, w, e: x, rotate=rotate_every_two)
     assert torch.equal(got_q, want_q)
     assert torch.equal(caches[0].view(-1, 2, 64)[slots], want_k.reshape(4, 2, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemmas_norm_form_equals_its_norm_then_the_rotation(dtype: torch.dtype) -> None:
+    """``form``: the norms round as ``rms_norm`` with that form (Gemma's fp32 ``1 + w`` weight) before the
+    rotation; a form with a residual flag is refused by name."""
+    q, k, _, weights, cos, sin = inputs(3, 2, dtype, seed=11)
+    form = int(NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE)
+    got = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, form=form)
+    want = separate(q, k, weights, cos, sin, norm=lambda x, w, e: bi.rms_norm(x, w, e, form=form))
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    if dtype == torch.bfloat16:  # negative control: Llama's rounding
+        assert not torch.equal(bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin)[0], want[0])
+    with pytest.raises(ValueError, match="WEIGHT_FP32 and WEIGHT_PLUS_ONE"):
+        bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, form=int(NormForm.FP32_SUM))
 
 
 def test_a_position_has_its_bits_in_every_batch() -> None:

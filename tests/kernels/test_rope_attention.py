@@ -90,11 +90,11 @@ def test_bad_cache_is_named() -> None:
         _fused(case, mask, True, True)
 
 
-def _grown_separately(q, k, v, weights, cos, sin, past_k, past_v, norm: bool,
-                      interleaved: bool = False) -> list[torch.Tensor]:
+def _grown_separately(q, k, v, weights, cos, sin, past_k, past_v, norm: bool, interleaved: bool = False,
+                      form: int = 0) -> list[torch.Tensor]:
     """The rotation, ``torch.cat`` of each cache and attention, as three ops."""
     if norm:
-        q_rot, k_rot = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, interleaved)
+        q_rot, k_rot = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, interleaved, form)
     else:
         q_rot, k_rot = bi.rope(q, k, cos, sin, interleaved)
     keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
@@ -124,14 +124,17 @@ def test_grown_caches_have_the_bits_of_rotation_cat_attention(norm: bool, length
 
 
 @pytest.mark.parametrize("schedule", [None, SPLIT])
-def test_interleaved_rotation_has_the_bits_of_the_rotation_launch(schedule: AttentionSchedule | None) -> None:
-    """GPT-J's interleaved pairs rotate in the attention launch as in the norm-and-rotate launch; negative
-    control: ``rotate_half``'s launch gives other bits."""
+@pytest.mark.parametrize(("interleaved", "form"), [(True, 0), (False, 3)], ids=["gptj", "gemma-norms"])
+def test_rotation_forms_have_the_bits_of_the_rotation_launch(interleaved: bool, form: int,
+                                                            schedule: AttentionSchedule | None) -> None:
+    """GPT-J's interleaved pairs, and Gemma's norm form, rotate in the attention launch as in the norm-and-rotate
+    launch; negative control: the default form's launch gives other bits."""
     q, k, v, weights, cos, sin = inputs(2, 1, torch.bfloat16, heads=HEADS, kv_heads=KV_HEADS, dim=DIM)
     gen = torch.Generator().manual_seed(2)
     pasts = [torch.randn(2, KV_HEADS, 515, DIM, generator=gen).to(torch.bfloat16) for _ in range(2)]
-    got = bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, *pasts, interleaved=True, schedule=schedule)
-    want = _grown_separately(q, k, v, weights, cos, sin, *pasts, True, interleaved=True)
+    got = bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, *pasts, interleaved=interleaved, form=form,
+                                  schedule=schedule)
+    want = _grown_separately(q, k, v, weights, cos, sin, *pasts, True, interleaved=interleaved, form=form)
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     assert not torch.equal(bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, *pasts, schedule=schedule)[0],
                            got[0])

@@ -160,10 +160,10 @@ def _rope(m: Make) -> Sample:
 
 
 def _rms_norm_rope_paged(m: Make) -> Sample:
-    # Flattened tokens, (tokens, 1, heads, dim), each at its slot of the blocks.
+    # Flattened tokens, (tokens, 1, heads, dim), each at its slot of the blocks; Gemma's norm form.
     q, k, v = m.projections(length=1)
     return (q, k, v, [m.weight(DIM), m.weight(DIM)], EPS, [None, None], *m.angles(length=1), *m.paged_caches(),
-            torch.tensor([9, 2])), {}
+            torch.tensor([9, 2])), {"form": 3}
 
 
 def _rope_cache(m: Make) -> Sample:
