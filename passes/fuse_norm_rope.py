@@ -15,6 +15,9 @@ the launch too, and the small kernel Inductor ran before every layer's launch fo
 the increment is gone.  These forms need Inductor (the ``fx`` executor would run them on copies
 of the caches), so other executors get ``rms_norm_rope`` alone.
 
+The norms may round as Llama/Qwen do or with Gemma's weight (``1 + w`` multiplying the fp32 value),
+a ``form`` of the launch, and may run before the heads transpose (Qwen3) or after it (Gemma).
+
 Matches, for each norm pair, both outputs rotated with one ``cos``/``sin`` (``rope_patterns``), and
 rewrites them to ``ascend_bi::rms_norm_rope`` / ``rms_norm_rope_cache`` / ``rms_norm_rope_append``
 (``rope_patterns.fold_rope``).
@@ -29,8 +32,9 @@ from collections import Counter
 import torch
 import torch.fx
 
+from ascend_compile.kernels.rope import NORM_WEIGHT_FORMS
 from ascend_compile.passes.fuse_sibling_norms import form_of
-from ascend_compile.passes.rope_patterns import RopeOps, fits_kernel, fold_rope, rope_of
+from ascend_compile.passes.rope_patterns import RopeOps, fits_kernel, fold_rope, is_heads_transpose, rope_of
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,12 +51,18 @@ def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
     for pair in [n for n in gm.graph.nodes if n.target is bi.rms_norm_pair.default]:
         items = sorted((u for u in pair.users if u.target is operator.getitem), key=lambda u: u.args[1])
         (xq, xk), weights, eps, eps_tensors = pair.args[:4]
-        if len(items) != 2 or form_of(pair) or not fits_kernel(xq, xk):  # the rotation kernel rounds as Llama/Qwen
+        form = form_of(pair)
+        # Normalized after the heads transpose (Gemma): the launch reads the projections per head before it.
+        heads_first = all(isinstance(x, torch.fx.Node) and is_heads_transpose(x) for x in (xq, xk))
+        if heads_first:
+            xq, xk = xq.args[0], xk.args[0]
+        if len(items) != 2 or form & ~NORM_WEIGHT_FORMS or not fits_kernel(xq, xk):
             continue
-        q, k = rope_of(items[0]), rope_of(items[1])
+        q, k = rope_of(items[0], heads_first), rope_of(items[1], heads_first)
         if q is None or k is None or (q.cos, q.sin) != (k.cos, k.sin):
             continue
-        forms[fold_rope(gm, xq, xk, q, k, _OPS, dict(weights=weights, eps=eps, eps_tensors=eps_tensors), order)] += 1
+        extra = dict(weights=weights, eps=eps, eps_tensors=eps_tensors, **({"form": form} if form else {}))
+        forms[fold_rope(gm, xq, xk, q, k, _OPS, extra, order)] += 1
     del forms[None]
     logger.debug("fuse_norm_rope: %d query/key norm pairs rotate in their launch, %d of them advancing the cache's "
                  "write position", forms.total(), forms["append"])

@@ -128,7 +128,8 @@ def _fuse_grown(gm: torch.fx.GraphModule, rotation: torch.fx.Node, order: dict[t
     attention = found["attention"]
     kwargs = dict(q=args["q"], k=args["k"], v=found["v"], weights=args.get("weights", []), eps=args.get("eps", []),
                   eps_tensors=args.get("eps_tensors", []), cos=args["cos"], sin=args["sin"],
-                  past_k=found["past_k"], past_v=found["past_v"], interleaved=args.get("interleaved", False))
+                  past_k=found["past_k"], past_v=found["past_v"], interleaved=args.get("interleaved", False),
+                  form=args.get("form", 0))
     kwargs.update({name: arguments(attention).get(name) for name in _ATTENTION_ARGS})
     node = call(gm.graph, attention, bi.rope_attention_grown.default, (), kwargs)
     swap_items([attention, *found["grown"]], node)

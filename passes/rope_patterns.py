@@ -78,16 +78,18 @@ def _other(mul: torch.fx.Node, operand: torch.fx.Node) -> object:
     return b if a is operand and b is not operand else a if b is operand and a is not operand else None
 
 
-def rope_of(item: torch.fx.Node) -> Rope | None:
-    """The rotation applied to ``item``, a query or key per head (through its heads transpose), if
-    that is all ``item`` is used for."""
+def rope_of(item: torch.fx.Node, heads_first: bool = False) -> Rope | None:
+    """The rotation applied to ``item``, a query or key per head (through its heads transpose, or
+    itself when it is ``heads_first``: already (batch, heads, length, dim), as Gemma normalizes the
+    transposed projection), if that is all ``item`` is used for."""
     item_val = value(item)
     flat = isinstance(item_val, torch.Tensor) and item_val.dim() == 3 and len(item.users) == 3
-    if not flat and not sole_user(item):
+    if not (flat or heads_first) and not sole_user(item):
         return None
-    x = item if flat else next(iter(item.users))
+    x = item if flat or heads_first else next(iter(item.users))
     x_val = value(x)
-    if not (flat or is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) or len(x.users) != 3:
+    if not (flat or heads_first or is_heads_transpose(x)) or not isinstance(x_val, torch.Tensor) \
+            or x_val.dim() != (3 if flat else 4) or len(x.users) != 3:
         return None
     muls = [u for u in x.users if u.target is aten.mul.Tensor]
     found = _rotated(x)

@@ -140,3 +140,11 @@ def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_struc
     assert other["fusions"].get("fuse_rope_attention", 0) == (zoo.TINY.layers if name == "plain" else 0), other
     assert other["launches_per_layer"]["ascend_bi"] <= reference["launches_per_layer"]["ascend_bi"], (reference, other)
     assert not other["uncovered"]
+
+
+def test_gemmas_transposed_norms_join_the_attention_launch() -> None:
+    """transformers' Gemma 3 normalizes the transposed query and key, its weight ``1 + w`` on the fp32 value:
+    norms, rotation and cache writes still fold into the rotation's launch and that into attention's."""
+    found = structure("gemma3", stock_launches=False, stock_bits=False)
+    assert found["fusions"].get("fuse_norm_rope") == found["fusions"].get("fuse_rope_attention") == zoo.TINY.layers
+    assert not found["uncovered"]

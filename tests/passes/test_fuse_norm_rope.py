@@ -16,6 +16,7 @@ from torch._inductor import lowering
 from ascend_compile import devices
 from ascend_compile.devices import Device, NpuFacts
 from ascend_compile.executors.inductor import allow_fallbacks
+from ascend_compile.kernels.rms_norm import NormForm
 from ascend_compile.passes.canonicalize_input_writes import canonicalize_input_writes
 from ascend_compile.passes.canonicalize_rotary import canonicalize_rotary
 from ascend_compile.passes.canonicalize_splits import canonicalize_splits
@@ -98,6 +99,37 @@ def test_norms_and_rotation_share_the_norm_launch_with_the_same_bits() -> None:
     separate = after_passes(aten_graph(_prologue, *inputs), *BEFORE)
     assert bi.rms_norm_pair.default in targets(separate)
     assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+
+
+def _gemma_rms(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """transformers' ``Gemma3RMSNorm``: the fp32 value times ``1 + w``, rounded once."""
+    h32 = h.float()
+    return (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + 1e-6) * (1.0 + weight.float())).type_as(h)
+
+
+def _gemma(x, wq, wk, wv, q_norm, k_norm, cos, sin):
+    """Gemma3Attention up to attention: projections per head, transposed, then normalized and rotated."""
+    batch, length = x.shape[:2]
+    q, k = (F.linear(x, w).view(batch, length, -1, HEAD).transpose(1, 2) for w in (wq, wk))
+    q, k = _gemma_rms(q, q_norm), _gemma_rms(k, k_norm)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def test_gemmas_norms_after_the_transpose_rotate_in_the_launch_in_their_rounding() -> None:
+    """Gemma normalizes the transposed projections, its weight ``1 + w`` on the fp32 value: the launch reads the
+    projections per head and rounds as Gemma does (the pair's form).  Negative control: the Llama rounding gives
+    other bits."""
+    inputs = _inputs()
+    gm = after_passes(aten_graph(_gemma, *inputs), *BEFORE, fuse_norm_rope)
+    (node,) = [n for n in gm.graph.nodes if n.target is bi.rms_norm_rope.default]
+    assert gm.count == 1 and node.kwargs["form"] == NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
+    separate = after_passes(aten_graph(_gemma, *inputs), *BEFORE)
+    assert all(torch.equal(f, s) for f, s in zip(gm(*inputs), separate(*inputs), strict=True))
+    assert all(torch.equal(f, e) for f, e in zip(gm(*inputs), _gemma(*inputs), strict=True))
+    node.kwargs = {**node.kwargs, "form": 0}
+    gm.recompile()
+    assert not torch.equal(gm(*inputs)[0], _gemma(*inputs)[0])
 
 
 def _rotated_by(x, wq, wk, q_norm, k_norm, cos, sin):
