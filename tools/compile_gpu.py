@@ -124,9 +124,9 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
             (f"norm + GPT-J rope + paged cache, {name}", partial(bi_rms_norm_rope, q, k, *rope, paged=True,
                                                                  cache=(k, *paged, t(rows, dtype=torch.int64)),
                                                                  interleaved=True)),
-            (f"GPT-J rope + attention, grown caches, {name}", partial(
+            (f"Gemma norms + GPT-J rope + attention, grown caches, {name}", partial(
                 bi_rope_attention_grown, q, k, k, *rope, t(batch, kv_heads, slots - length, dim),
-                t(batch, kv_heads, slots - length, dim), is_causal=length > 1, interleaved=True)),
+                t(batch, kv_heads, slots - length, dim), is_causal=length > 1, interleaved=True, form=3)),
             (f"attention, additive mask, {name}", partial(bi_attention, t(batch, heads, length, dim), *caches,
                                                           t(batch, 1, length, slots))),
             (f"attention, causal, {name}", partial(bi_attention, t(batch, heads, length, dim), *caches,
