@@ -127,7 +127,7 @@ def qwen3_structure() -> dict[str, object]:
     return structure("qwen3", stock_launches=False, stock_bits=False)  # the reference: ascend_bi's side only
 
 
-@pytest.mark.parametrize("name", ["plain", "vllm", "vllm-gptj"])
+@pytest.mark.parametrize("name", ["plain", "vllm", pytest.param("vllm-gptj", marks=pytest.mark.slow)])
 def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_structure: dict[str, object]) -> None:
     """The hand-written and vLLM-shaped decoders (neox or GPT-J rotation) fuse like transformers' Qwen3 (their
     query/key norms and rotations in one launch; the hand-written one's caches grown by ``cat`` in its attention
@@ -142,6 +142,7 @@ def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_struc
     assert not other["uncovered"]
 
 
+@pytest.mark.slow  # the pattern's bits are in tests/passes/test_fuse_norm_rope.py; this is the real model
 def test_gemmas_transposed_norms_join_the_attention_launch() -> None:
     """transformers' Gemma 3 normalizes the transposed query and key, its weight ``1 + w`` on the fp32 value:
     norms, rotation and cache writes still fold into the rotation's launch and that into attention's."""

@@ -123,8 +123,8 @@ def test_grown_caches_have_the_bits_of_rotation_cat_attention(norm: bool, length
     assert not torch.equal(shorter[0], got[0])
 
 
-@pytest.mark.parametrize("schedule", [None, SPLIT])
-@pytest.mark.parametrize(("interleaved", "form"), [(True, 0), (False, 3)], ids=["gptj", "gemma-norms"])
+@pytest.mark.parametrize(("interleaved", "form", "schedule"), [(True, 0, SPLIT), (False, 3, None)],
+                         ids=["gptj-split", "gemma-norms-serial"])
 def test_rotation_forms_have_the_bits_of_the_rotation_launch(interleaved: bool, form: int,
                                                             schedule: AttentionSchedule | None) -> None:
     """GPT-J's interleaved pairs, and Gemma's norm form, rotate in the attention launch as in the norm-and-rotate
