@@ -101,9 +101,8 @@ def _grown_separately(q, k, v, weights, cos, sin, past_k, past_v, norm: bool, in
     return [bi.attention(q_rot, keys, values, None, False, None, False), keys, values]
 
 
-@pytest.mark.parametrize("norm", [True, False])
-@pytest.mark.parametrize(("length", "past", "schedule"), [(1, 515, None), (1, 515, SPLIT), (1, 100, SPLIT),
-                                                           (3, 510, SPLIT), (9, 200, None)])
+@pytest.mark.parametrize(("norm", "length", "past", "schedule"), [
+    (True, 1, 515, None), (True, 1, 515, SPLIT), (False, 1, 100, SPLIT), (True, 3, 510, SPLIT), (False, 9, 200, None)])
 def test_grown_caches_have_the_bits_of_rotation_cat_attention(norm: bool, length: int, past: int,
                                                              schedule: AttentionSchedule | None) -> None:
     """Pasts across one and two key splits, the serial and the split schedule; nine positions take the
