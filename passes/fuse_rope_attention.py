@@ -49,8 +49,8 @@ _FUSED = {
     bi.rope_cache.default: (bi.rope_attention.default, False),
     bi.rope_append.default: (bi.rope_attention_append.default, False),
 }
-#: The rotations without cache writes, and whether each has query/key norms.
-_ROTATIONS = {bi.rms_norm_rope.default: True, bi.rope.default: False}
+#: The rotations without cache writes (with query/key norms, without).
+_ROTATIONS = frozenset({bi.rms_norm_rope.default, bi.rope.default})
 _ATTENTION_ARGS = ("mask", "is_causal", "scale", "heads_inner", "scale_tensor", "masked_score")
 
 

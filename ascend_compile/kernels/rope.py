@@ -54,7 +54,7 @@ WEIGHT_PLUS_ONE = tl.constexpr(int(NormForm.WEIGHT_PLUS_ONE))
 def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
                 NORM: tl.constexpr, FORM: tl.constexpr):
     """``weight * (h * scale).to(dtype)`` at columns ``cols`` of head rows ``rows``, rounded as the
-    RMSNorm kernel rounds it (``h`` itself without ``NORM``)."""
+    RMSNorm kernel rounds it in ``FORM`` (``h`` itself without ``NORM``)."""
     h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
     if not NORM:
         return h
@@ -70,7 +70,7 @@ def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_
 @triton.jit
 def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
-                 FORM: tl.constexpr = 0):
+                 FORM: tl.constexpr):
     """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows (``live`` ones) starting at pointers
     ``rows``, by angles ``cos``/``sin`` (fp32, broadcastable to (``BLOCK_H``, ``BLOCK``)): fp32 values,
     each already rounded to ``DTYPE``.  Column ``c`` pairs with ``c ^ 1`` when ``INTERLEAVED``, else

@@ -52,7 +52,9 @@ from ascend_compile.kernels.attention import (
 )
 from ascend_compile.kernels.overlap import wait_for_inputs
 from ascend_compile.kernels.plans import (
+    AttentionPlan,
     AttentionSchedule,
+    RowPlan,
     attention_plan,
     attention_schedule,
     launch_options,
@@ -175,12 +177,13 @@ def bi_rope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     ``schedule`` overrides the attention schedule (tests)."""
     check_inputs(q, k, (v, k_cache, v_cache, index), append, caller="bi_rope_attention")
     attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
-    if not _one_launch(q, k, v_cache):
+    plans = _one_launch_plans(q, k, v_cache)
+    if plans is None:
         q_rot, _ = bi_rms_norm_rope(q, k, weights, eps, cos, sin, cache=(v, k_cache, v_cache, index), append=append,
                                     interleaved=interleaved, form=form)
         return bi_attention(q_rot, k_cache, v_cache, **attend)
     return _launch(q, k, v, weights, eps, cos, sin, k_cache, v_cache, index, None, append, (interleaved, form),
-                   schedule, **attend)
+                   plans, schedule, **attend)
 
 
 def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -202,40 +205,44 @@ def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          f"{tuple(past_v.shape)} {past_v.dtype} must both be (batch, kv heads, past, dim) of key "
                          f"{tuple(k.shape)} (batch, length, kv heads, dim) and value {tuple(v.shape)}, in {q.dtype}")
     attend = dict(mask=mask, is_causal=is_causal, scale=scale, masked_score=masked_score, heads_inner=heads_inner)
-    if not _one_launch(q, k, v):
+    plans = _one_launch_plans(q, k, v)
+    if plans is None:
         q_rot, k_rot = bi_rms_norm_rope(q, k, weights, eps, cos, sin, interleaved=interleaved, form=form)
         keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
         return bi_attention(q_rot, keys, values, **attend), keys, values
     keys, values = (past.new_empty((batch, kv_heads, past.shape[2] + length, d)) for past in (past_k, past_v))
     past = tuple(p if p.stride(3) == 1 else p.contiguous() for p in (past_k, past_v))
     out = _launch(q, k, v if v.stride(3) == 1 else v.contiguous(), weights, eps, cos, sin, keys, values, keys,
-                  past, False, (interleaved, form), schedule, **attend)
+                  past, False, (interleaved, form), plans, schedule, **attend)
     return out, keys, values
 
 
-def _one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the one-launch kernel takes these shapes on this device."""
+def _one_launch_plans(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[AttentionPlan, RowPlan] | None:
+    """The attention and rotation plans of the one launch, when it takes these shapes on this device."""
     batch, length, heads, d = q.shape
     device = devices.of_tensor(q)
     group = heads // k.shape[2] if heads % k.shape[2] == 0 else 0
-    return 0 < length * (group + 1) <= DECODE_ROWS and device.plan_kind != "npu" and v.shape[3] == d \
-        and rope_row_plan(d, q.dtype, device).block == attention_plan(d, d, q.dtype, device).block_d
+    if not 0 < length * (group + 1) <= DECODE_ROWS or device.plan_kind == "npu" or v.shape[3] != d:
+        return None
+    plans = attention_plan(d, d, q.dtype, device), rope_row_plan(d, q.dtype, device)
+    return plans if plans[1].block == plans[0].block_d else None
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor] | None,
             eps: tuple[float, float] | None, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
             v_cache: torch.Tensor, index: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None, append: bool,
-            rotation: tuple[bool, int], schedule: AttentionSchedule | None, *, mask: torch.Tensor | None,
+            rotation: tuple[bool, int], plans: tuple[AttentionPlan, RowPlan],
+            schedule: AttentionSchedule | None, *, mask: torch.Tensor | None,
             is_causal: bool, scale: float | None, masked_score: float, heads_inner: bool) -> torch.Tensor:
     """The one launch (and the split schedule's fold): the step's keys go to slots ``index``, or from the
     write position ``index`` on (``append``), or after the ``past`` keys and values it copies first;
-    ``rotation``: (interleaved, form), as ``bi_rms_norm_rope`` takes them."""
+    ``rotation``: (interleaved, form), as ``bi_rms_norm_rope`` takes them; ``plans``: ``_one_launch_plans``."""
     interleaved, form = rotation
     check_form(form, "bi_rope_attention")
+    plan, row_plan = plans
     batch, length, heads, d = q.shape
     kv_heads, slots = k.shape[2], k_cache.shape[2]
     device = devices.of_tensor(q)
-    plan = attention_plan(d, d, q.dtype, device)
     group = heads // kv_heads
     out = attention_output(q, heads, length, d, plan, heads_inner)
     q, k = (t if t.stride(3) == 1 else t.contiguous() for t in (q, k))
@@ -258,10 +265,9 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[to
         v.stride(0), v.stride(1), v.stride(2), cos.stride(0), cos.stride(1), cos.stride(2),
         *k_cache.stride(), *v_cache.stride(), *past_k.stride()[:3], *past_v.stride()[:3],
         *(mask.stride() if mask is not None else (0, 0, 0, 0)), *out.stride(),
-        DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=rope_row_plan(d, q.dtype, device).fp32_io and q.dtype == torch.bfloat16,
-        NORM=weights is not None, APPEND=append, GROW=past is not None, INTERLEAVED=interleaved, GROUP=group,
-        FORM=int(form),
-        HAS_MASK=mask is not None,
+        DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=row_plan.fp32_io and q.dtype == torch.bfloat16,
+        NORM=weights is not None, FORM=int(form), APPEND=append, GROW=past is not None, INTERLEAVED=interleaved,
+        GROUP=group, HAS_MASK=mask is not None,
         MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool, MASK_ROW=mask_row(mask, length, split),
         IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=plan.split_keys // plan.block_n,
         ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,

@@ -58,3 +58,6 @@ def test_caches_grown_by_cat_have_the_bits_of_three_ops(batch: int, past: int) -
     assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
     alone = bi_rope_attention_grown(q[:1], k[:1], v[:1], tuple(weights), EPS, cos, sin, *(p[:1] for p in pasts))
     assert all(torch.equal(a, g[:1]) for a, g in zip(alone, got, strict=True))
+    # Negative control: a past one key shorter gives the query other keys.
+    shorter = bi_rope_attention_grown(q, k, v, tuple(weights), EPS, cos, sin, *(p[:, :, 1:] for p in pasts))
+    assert not torch.equal(shorter[0], got[0])
