@@ -1,8 +1,9 @@
 """Where a decode step's time goes: GPU kernel time per kernel name, per mode, one bucket.
 
-The same model, cache and modes as ``bench_decode``; after a warm-up (compile and capture), a few
-steps run under ``torch.profiler`` and every GPU kernel's time is summed by name (kernels replayed
-from CUDA graphs included).  The table lists, per mode, the kernels that add the most time to the
+The same model, cache and modes as ``bench_decode``, or with ``--zoo NAME`` a zoo model (``tools/zoo.py``)
+under stock ``reduce-overhead`` and ``ascend_bi``; after a warm-up (compile and capture), a few steps
+run under ``torch.profiler`` and every GPU kernel's time is summed by name (kernels replayed from
+CUDA graphs included).  The table lists, per mode, the kernels that add the most time to the
 step, their own time and launches per step, and the totals: the place to look before changing a
 schedule.
 
@@ -11,7 +12,8 @@ counts that wait too, and the own times add up to more than the step.  What a ke
 part of its run past the end of every kernel that started before it (``exposed_times``): those
 parts and the GPU's idle gaps add up to the profiled span exactly.
 
-Usage: ``python -m ascend_compile.tools.profile_decode [--bucket 8] [--modes ...] [--top 12]``.
+Usage: ``python -m ascend_compile.tools.profile_decode [--bucket 8] [--modes ...] [--top 12]``, or
+``... --zoo plain [--layers 8]`` (zoo modes: ``reduce-overhead`` and ``ascend_bi``).
 """
 
 from __future__ import annotations
@@ -20,19 +22,23 @@ import argparse
 import collections
 import contextlib
 import dataclasses
+import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ascend_compile import devices
-from ascend_compile.tools.bench_decode import MODES, Step, Workload, _modes
+from ascend_compile.tools import zoo
+from ascend_compile.tools.bench_decode import MODES, Workload, _modes
 from ascend_compile.tools.benchmarking import card_line, start, versions
 from ascend_compile.tools.models import qwen3_0_6b
 
 STEPS = 5
+#: The modes a zoo model is profiled in.
+ZOO_MODES = ("reduce-overhead", "ascend_bi")
 
 
 @dataclasses.dataclass
@@ -64,16 +70,17 @@ def exposed_times(kernels: list[tuple[str, float, float]]) -> Profile:
     return dict(times), idle
 
 
-def kernel_times(step: Step, ids: torch.Tensor, cache: Any, position: torch.Tensor,
-                 context_manager: Callable[[], contextlib.AbstractContextManager[Any]]) -> Profile:
-    """``exposed_times`` of the GPU kernels of one step (averaged over ``STEPS``)."""
+def kernel_times(step: Callable[[], Any],
+                 context_manager: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+                 ) -> Profile:
+    """``exposed_times`` of the GPU kernels of one ``step()`` (averaged over ``STEPS``)."""
     with torch.no_grad(), context_manager():
         for _ in range(3):
-            step(ids, cache, position)
+            step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(STEPS):
-                step(ids, cache, position)
+                step()
             torch.cuda.synchronize()
     kernels = [(event.name, event.time_range.start, event.time_range.end) for event in prof.events()
                if event.device_type == torch.autograd.DeviceType.CUDA]
@@ -95,9 +102,32 @@ def table(mode: str, times: dict[str, KernelTime], idle_us: float, top: int) -> 
     return "\n".join(lines)
 
 
+def _bench_decode_profiles(args: argparse.Namespace) -> Iterator[tuple[str, Profile]]:
+    """``bench_decode``'s Qwen3-0.6B step in each of ``args.modes``."""
+    model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
+    available = _modes(model)
+    for mode in args.modes:
+        step, context_manager = available[mode]
+        ids, cache, position = Workload("decode", args.context).inputs(model, args.bucket)
+        yield mode, kernel_times(functools.partial(step, ids, cache, position), context_manager)
+
+
+def _zoo_profiles(args: argparse.Namespace) -> Iterator[tuple[str, Profile]]:
+    """Zoo model ``args.zoo``'s step under stock ``reduce-overhead`` and under ``ascend_bi``."""
+    cfg = dataclasses.replace(zoo.ZooConfig(), layers=args.layers)
+    model = zoo.build(args.zoo, cfg=cfg, context=args.context)
+    for mode in ZOO_MODES:
+        torch._dynamo.reset()
+        step = torch.compile(model.step, **({"backend": "ascend_bi"} if mode == "ascend_bi" else {"mode": mode}))
+        inputs = model.inputs(args.bucket)
+        yield mode, kernel_times(functools.partial(step, *inputs))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="*", default=["reduce-overhead", "ascend_bi inductor"], choices=MODES)
+    parser.add_argument("--zoo", choices=sorted(zoo.ZOO), help="profile this zoo model (modes: reduce-overhead and "
+                        "ascend_bi) instead of bench_decode's Qwen3-0.6B")
     parser.add_argument("--bucket", type=int, default=8)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--layers", type=int, default=28)
@@ -105,16 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not start("profile_decode"):
         return 2
-    model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
-    available = _modes(model)
-    sections = [card_line(versions()) + f" Bucket {args.bucket}, context {args.context}, {args.layers} layers."]
+    model = f"zoo model {args.zoo}" if args.zoo else "Qwen3-0.6B"
+    sections = [card_line(versions()) + f" {model}, bucket {args.bucket}, context {args.context}, "
+                f"{args.layers} layers."]
     if devices.of_tensor(torch.empty(0, device="cuda")).overlapped_launches:
         sections[0] += (" Template kernels launched overlapped: each one's own time includes its wait for the "
                         f"kernel before it ({devices.OVERLAP_LAUNCHES_ENV}=0 launches them one at a time).")
-    for mode in args.modes:
-        step, context_manager = available[mode]
-        ids, cache, position = Workload("decode", args.context).inputs(model, args.bucket)
-        times, idle = kernel_times(step, ids, cache, position, context_manager)
+    for mode, (times, idle) in (_zoo_profiles(args) if args.zoo else _bench_decode_profiles(args)):
         sections.append(table(mode, times, idle, args.top))
     print("\n\n".join(sections))
     return 0

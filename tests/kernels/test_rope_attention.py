@@ -91,14 +91,14 @@ def test_bad_cache_is_named() -> None:
 
 
 def _grown_separately(q, k, v, weights, cos, sin, past_k, past_v, norm: bool, interleaved: bool = False,
-                      form: int = 0) -> list[torch.Tensor]:
+                      form: int = 0, is_causal: bool = False) -> list[torch.Tensor]:
     """The rotation, ``torch.cat`` of each cache and attention, as three ops."""
     if norm:
         q_rot, k_rot = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, interleaved, form)
     else:
         q_rot, k_rot = bi.rope(q, k, cos, sin, interleaved)
     keys, values = torch.cat((past_k, k_rot), 2), torch.cat((past_v, v.transpose(1, 2)), 2)
-    return [bi.attention(q_rot, keys, values, None, False, None, False), keys, values]
+    return [bi.attention(q_rot, keys, values, None, is_causal, None, False), keys, values]
 
 
 @pytest.mark.parametrize(("norm", "length", "past", "schedule"), [
@@ -120,6 +120,19 @@ def test_grown_caches_have_the_bits_of_rotation_cat_attention(norm: bool, length
     # Negative control: a past one key shorter gives the query other keys.
     shorter = bi_rope_attention_grown(q, k, v, *norms, cos, sin, *(p[:, :, 1:] for p in pasts), schedule=schedule)
     assert not torch.equal(shorter[0], got[0])
+
+
+def test_grown_caches_are_whole_when_causal_attention_skips_splits() -> None:
+    """SDPA's ``is_causal`` lets a decode step's query see the first key alone, so the serial schedule
+    folds no split past the first; the grown caches still hold every past key (negative control: the
+    query then attends to other keys than without ``is_causal``)."""
+    q, k, v, weights, cos, sin = inputs(2, 1, torch.bfloat16, heads=HEADS, kv_heads=KV_HEADS, dim=DIM)
+    gen = torch.Generator().manual_seed(3)
+    pasts = [torch.randn(2, KV_HEADS, 515, DIM, generator=gen).to(torch.bfloat16) for _ in range(2)]
+    got = bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, *pasts, is_causal=True)
+    want = _grown_separately(q, k, v, weights, cos, sin, *pasts, True, is_causal=True)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not torch.equal(bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, *pasts)[0], got[0])
 
 
 @pytest.mark.parametrize(("interleaved", "form", "schedule"), [(True, 0, SPLIT), (False, 3, None)],
