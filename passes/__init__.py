@@ -16,6 +16,7 @@ from ascend_compile.passes.canonicalize_rotary import canonicalize_rotary
 from ascend_compile.passes.canonicalize_splits import canonicalize_splits
 from ascend_compile.passes.canonicalize_squares import canonicalize_squares
 from ascend_compile.passes.fix_contiguity import fix_contiguity
+from ascend_compile.passes.fuse_gated_activation import fuse_gated_activation
 from ascend_compile.passes.fuse_norm_rope import fuse_norm_rope
 from ascend_compile.passes.fuse_paged_attention import fuse_paged_attention
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
@@ -23,7 +24,6 @@ from ascend_compile.passes.fuse_rope import fuse_rope
 from ascend_compile.passes.fuse_rope_attention import fuse_rope_attention
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
-from ascend_compile.passes.fuse_silu_mul import fuse_silu_mul
 from ascend_compile.passes.rewrite_attention import rewrite_attention
 from ascend_compile.passes.rewrite_eager_attention import rewrite_eager_attention
 from ascend_compile.passes.rewrite_matmul import rewrite_matmul
@@ -57,7 +57,7 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_rms_norm,  # reads rewrite_reductions' mean
     fix_contiguity,
     fuse_sibling_matmuls,  # after fix_contiguity: the operands it groups are final
-    fuse_silu_mul,  # reads fuse_sibling_matmuls' gate/up groups
+    fuse_gated_activation,  # reads fuse_sibling_matmuls' gate/up groups
     fuse_sibling_norms,  # reads fuse_rms_norm's norms and fuse_sibling_matmuls' query/key/value groups
     fuse_norm_rope,  # reads fuse_sibling_norms' pairs
     fuse_rope,  # after fuse_norm_rope: the rotations left have no norms before them

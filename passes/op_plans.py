@@ -46,7 +46,7 @@ def _extents(node: torch.fx.Node, target: torch._ops.OpOverload) -> tuple[str, d
         x = node.args[0][0].meta["val"]
     if not isinstance(x, torch.Tensor):
         return None
-    if target in (_ops.mm.default, _ops.mm_silu_mul.default):
+    if target in (_ops.mm.default, _ops.mm_gated.default):
         return "matmul", {"k": x.shape[1], "n": _fake(node, 1).shape[1]}, x.dtype
     if target == _ops.mm_group.default:  # one plan for every weight (bi_matmul_group)
         return "matmul", {"k": x.shape[1], "n": node.args[1][0].meta["val"].shape[1]}, x.dtype

@@ -6,7 +6,7 @@ and halves the product (``SiluAndMul``); Phi-3 does both with slices and ``chunk
 (transformers' Qwen3, Llama, hand-written ones) run one linear layer per projection.  Written per
 projection, every later pass sees one form: ``fuse_sibling_matmuls`` groups the products of one
 activation into one launch again (the weight slices lie side by side in memory, as before), and
-``fuse_silu_mul`` finds the gate and up factors of ``silu(gate) * up``.
+``fuse_gated_activation`` finds the gate and up factors of ``act(gate) * up``.
 
 A column of ``x @ W`` is ``x @ W[:, column]``: the template's reduction plan is a function of K
 (and of the output width only where ``matmul_plan`` says so: the pass checks the plans agree), so

@@ -144,9 +144,11 @@ def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_struc
 
 
 @pytest.mark.slow  # the pattern's bits are in tests/passes/test_fuse_norm_rope.py; this is the real model
-def test_gemmas_transposed_norms_join_the_attention_launch() -> None:
+def test_gemmas_transposed_norms_and_gelu_join_launches() -> None:
     """transformers' Gemma 3 normalizes the transposed query and key, its weight ``1 + w`` on the fp32 value:
-    norms, rotation and cache writes still fold into the rotation's launch and that into attention's."""
+    norms, rotation and cache writes still fold into the rotation's launch and that into attention's; its MLP's
+    GELU (tanh form) joins the gate/up launch."""
     found = structure("gemma3", stock_launches=False, stock_bits=False)
     assert found["fusions"].get("fuse_norm_rope") == found["fusions"].get("fuse_rope_attention") == zoo.TINY.layers
+    assert found["fusions"].get("fuse_gated_activation") == zoo.TINY.layers
     assert not found["uncovered"]

@@ -81,7 +81,7 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     """The template kernels a Qwen3-0.6B step launches (and the vocabulary's softmax) at its shapes:
     decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2."""
     from ascend_compile.kernels.attention import bi_attention
-    from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
+    from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
     from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
     from ascend_compile.kernels.rope import bi_rms_norm_rope
     from ascend_compile.kernels.rope_attention import bi_rope_attention, bi_rope_attention_grown
@@ -96,8 +96,10 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
         return t(n, k).t()
 
     gate_up = w(hidden, 2 * inter)
-    launches: list[tuple[str, Callable[[], object]]] = [("softmax over the vocabulary", partial(bi_softmax,
-                                                                                                 t(8, 151936), -1))]
+    launches: list[tuple[str, Callable[[], object]]] = [
+        ("softmax over the vocabulary", partial(bi_softmax, t(8, 151936), -1)),
+        ("gate/up, GELU tanh (Gemma), batch 8 x 1", partial(bi_matmul_gated, t(8, hidden), gate_up[:, :inter],
+                                                              gate_up[:, inter:], "gelu_tanh"))]
     for batch, length in ((1, 1), (8, 1), (32, 1), (2, 512)):
         rows, name = batch * length, f"batch {batch} x {length}"
         caches, index = (t(batch, kv_heads, slots, dim), t(batch, kv_heads, slots, dim)), t(1, dtype=torch.int64)
@@ -114,7 +116,7 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
                                                   w(hidden, kv_heads * dim)])),
             (f"o projection, {name}", partial(bi_matmul, t(rows, heads * dim), w(heads * dim, hidden),
                                               b_is_weight=True)),
-            (f"gate/up, {name}", partial(bi_matmul_silu_mul, t(rows, hidden), gate_up[:, :inter], gate_up[:, inter:])),
+            (f"gate/up, {name}", partial(bi_matmul_gated, t(rows, hidden), gate_up[:, :inter], gate_up[:, inter:])),
             (f"down, {name}", partial(bi_matmul, t(rows, inter), w(inter, hidden), b_is_weight=True)),
             (f"norm + rope + cache, {name}", partial(bi_rms_norm_rope, q, k, *rope, cache=(k, *caches, index),
                                                      append=True)),

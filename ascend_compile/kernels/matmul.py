@@ -27,12 +27,15 @@ memory order, then transpose the tile (``A_T``/``B_T``): same values, same bits,
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Sequence
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from ascend_compile import devices
 from ascend_compile.kernels.addresses import element_distance
@@ -50,6 +53,23 @@ from ascend_compile.kernels.plans import (
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 
 logger = logging.getLogger(__name__)
+
+#: ``bi_matmul_gated``'s activations, as the kernel's ``GATED`` values (``_activation``).
+GATED_ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
+_EAGER_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": torch.nn.functional.silu, "gelu_tanh": functools.partial(torch.nn.functional.gelu, approximate="tanh")}
+
+
+def _interpreted_tanh(x: tl.tensor) -> tl.tensor:
+    """``tanh`` of a tile in Triton's interpreter, which has no libdevice: torch's, the CPU's
+    ``aten.tanh`` that the decomposed GELU runs unfused."""
+    from triton.runtime.interpreter import TensorHandle
+
+    return tl.tensor(TensorHandle(torch.from_numpy(x.handle.data).tanh().numpy(), x.handle.dtype), x.type)
+
+
+if devices.triton_interpreted():  # compiled kernels call the backend's libdevice.tanh, as Inductor's code does
+    libdevice = types.SimpleNamespace(tanh=_interpreted_tanh)  # noqa: F811
 
 
 @triton.jit
@@ -252,11 +272,12 @@ def _matmul_tile(
     column ``seg_n1`` (``seg_n2``) on, B and the output are shifted by ``seg_b1`` and ``seg_o1``
     elements to the second weight and output, whose row stride is ``seg_om1``.  A tile never
     straddles two weights.  ``WIDE_INDEX``: some offset passes 2**31 elements (the logits of a
-    long prefill), so offsets are computed in 64 bits.  ``GATED``: the tile is ``silu(a @ gate) *
-    (a @ up)`` with the up weight ``up_off`` elements after the gate weight, rounded to ``DTYPE``
-    where eager rounds (never split).  ``IN_FLIGHT``: chunks a serial tile sums side by side
-    (``_sum_chunks``).  ``OVERLAP``: launched early (``overlap.py``); a weight whose
-    unit stride runs along K is requested into L2 before the wait for the previous kernel.
+    long prefill), so offsets are computed in 64 bits.  ``GATED`` (a ``GATED_ACTIVATIONS`` value,
+    0: none): the tile is ``act(a @ gate) * (a @ up)`` with the up weight ``up_off`` elements after
+    the gate weight, rounded to ``DTYPE`` where eager rounds (never split).  ``IN_FLIGHT``: chunks a
+    serial tile sums side by side (``_sum_chunks``).  ``OVERLAP``: launched early (``overlap.py``);
+    a weight whose unit stride runs along K is requested into L2 before the wait for the previous
+    kernel.
     ``PRELOAD`` (split tiles): the chunk's weight blocks are loaded into registers before that wait,
     so that after it only A's loads stand between the program and its dots.
     """
@@ -319,11 +340,22 @@ def _matmul_tile(
         total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
                                 CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
-        if GATED:  # silu(gate) * up as eager and Inductor write it: gate, up and the SiLU rounded to DTYPE
+        if GATED:  # act(gate) * up as Inductor computes it unfused: gate, up and the activation rounded to DTYPE
             gate = round_to(total, DTYPE, EMULATE_BF16)
-            total = round_to(gate / (1.0 + tl.exp(-gate)), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
+            total = round_to(_activation(gate, GATED), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
+
+
+@triton.jit
+def _activation(x, KIND: tl.constexpr):
+    """A gated MLP's activation in fp32, op for op as torch decomposes it (so Inductor's bits):
+    ``GATED_ACTIVATIONS["silu"]`` ``x / (1 + exp(-x))``; ``"gelu_tanh"`` (``approximate="tanh"``)
+    ``x * 0.5 * (tanh((x + x**2 * x * 0.044715) * sqrt(2 / pi)) + 1)``."""
+    if KIND == 1:
+        return x / (1.0 + tl.exp(-x))
+    inner = (x + x * x * x * 0.044715) * 0.7978845608028654
+    return x * 0.5 * (libdevice.tanh(inner) + 1.0)
 
 
 @triton.jit
@@ -461,30 +493,35 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     return outs
 
 
-def bi_matmul_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``silu(a @ gate) * (a @ up)`` in one launch: a gated MLP's activation.
+def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """``act(a @ gate) * (a @ up)`` in one launch: a gated MLP's activation, ``act`` one of
+    ``GATED_ACTIVATIONS`` (``silu``; ``gelu_tanh``, GELU with ``approximate="tanh"``).
 
     Each program computes a tile of both products (``bi_matmul``'s plan and bits for each) and
-    combines them as eager's three ops would, rounding the two products and the SiLU to the
-    dtype; neither product is written to memory.  ``gate`` and ``up`` are (K, N) of one layout;
-    the up weight is found by its distance in memory from the gate weight.
+    combines them as the three unfused ops would (the activation as torch decomposes it), rounding
+    the two products and the activation to the dtype; neither product is written to memory.
+    ``gate`` and ``up`` are (K, N) of one layout; the up weight is found by its distance in memory
+    from the gate weight.
     """
+    if activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"bi_matmul_gated: activation {activation!r}; accepted: {', '.join(GATED_ACTIVATIONS)}")
     if a.dim() != 2 or gate.dim() != 2 or gate.shape != up.shape or gate.stride() != up.stride() \
             or gate.shape[0] != a.shape[1]:
-        raise ValueError(f"bi_matmul_silu_mul takes a 2-D activation (M, K) and two weights (K, N) of one layout, got "
+        raise ValueError(f"bi_matmul_gated takes a 2-D activation (M, K) and two weights (K, N) of one layout, got "
                          f"{tuple(a.shape)}, {tuple(gate.shape)}{gate.stride()}, {tuple(up.shape)}{up.stride()}")
     if not a.dtype == gate.dtype == up.dtype or not a.device == gate.device == up.device:
-        raise ValueError(f"bi_matmul_silu_mul operands must share one dtype and device, got {a.dtype}, {gate.dtype}, "
+        raise ValueError(f"bi_matmul_gated operands must share one dtype and device, got {a.dtype}, {gate.dtype}, "
                          f"{up.dtype} on {a.device}, {gate.device}, {up.device}")
     (m, k), n = a.shape, gate.shape[1]
     device = devices.of_tensor(a)
     if m == 0 or n == 0 or k == 0 or device.plan_kind == "npu":  # nothing to compute, or NPU tiles
-        return torch.nn.functional.silu(bi_matmul(a, gate)) * bi_matmul(a, up)
+        return _EAGER_ACTIVATIONS[activation](bi_matmul(a, gate)) * bi_matmul(a, up)
     plan = matmul_plan(k, n, a.dtype, device)
     sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
                             _runs_along(gate[None], 1), gated=True)
     out = torch.empty((m, n), dtype=torch.float32 if plan.fp32_io else a.dtype, device=a.device)
-    _launch(a[None], gate[None], None, out[None], plan, sched, device, up=up[None], dtype=a.dtype)
+    _launch(a[None], gate[None], None, out[None], plan, sched, device, up=up[None], dtype=a.dtype,
+            activation=activation)
     return out.to(a.dtype)
 
 
@@ -502,11 +539,12 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
             plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
             n: int | None = None, segments: tuple[int, ...] | None = None, up: torch.Tensor | None = None,
-            dtype: torch.dtype | None = None, b_is_weight: bool = False) -> None:
+            dtype: torch.dtype | None = None, b_is_weight: bool = False, activation: str = "silu") -> None:
     """Launch over 3-D operands; ``n`` columns (``b``'s unless given) in the weights that
-    ``segments`` locates (``bi_matmul_group``; one weight when None); with ``up``, ``silu(a @ b) *
-    (a @ up)`` rounded as eager rounds in ``dtype`` (``bi_matmul_silu_mul``).  Split programs
-    preload ``b`` only when it ``b_is_weight`` (``bi_matmul``)."""
+    ``segments`` locates (``bi_matmul_group``; one weight when None); with ``up``, ``act(a @ b) *
+    (a @ up)`` rounded as the unfused ops round in ``dtype``, ``act`` the ``GATED_ACTIVATIONS``
+    entry ``activation`` (``bi_matmul_gated``).  Split programs preload ``b`` only when it
+    ``b_is_weight`` (``bi_matmul``)."""
     z, m, k = a.shape
     n = n or b.shape[2]
     dtype = dtype or out.dtype
@@ -541,7 +579,8 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
         A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
-        GATED=up is not None, DTYPE=TL_DTYPES[dtype], EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
+        GATED=GATED_ACTIVATIONS[activation] if up is not None else 0, DTYPE=TL_DTYPES[dtype],
+        EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
         PREFETCH_STEP=PREFETCH_BYTES // b.element_size(),
         PRELOAD=split and sched.preload_weight and b_is_weight,
         **launch_options(device, sched.num_warps, sched.num_stages, overlap=True),

@@ -1,4 +1,4 @@
-"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_group``, ``ascend_bi::mm_silu_mul`` and ``ascend_bi::bmm``:
+"""``ascend_bi::mm`` (mm and addmm), ``ascend_bi::mm_group``, ``ascend_bi::mm_gated`` and ``ascend_bi::bmm``:
 batch-invariant matrix products.
 
 They are ``torch.library.custom_op`` ops whose real impl launches the Triton template and whose
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
 from ascend_compile.ops.library import bi_op
 
 
@@ -40,14 +40,15 @@ def _mm_group_fake(a: torch.Tensor, bs: list[torch.Tensor]) -> list[torch.Tensor
     return [_mm_fake(a, b) for b in bs]
 
 
-@bi_op("mm_silu_mul")
-def mm_silu_mul(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``silu(a @ gate) * (a @ up)`` in one launch (``fuse_silu_mul`` inserts it); each product has ``mm``'s bits."""
-    return bi_matmul_silu_mul(a, gate, up)
+@bi_op("mm_gated")
+def mm_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act(a @ gate) * (a @ up)`` in one launch (``fuse_gated_activation`` inserts it), ``activation``
+    ``"silu"`` or ``"gelu_tanh"``; each product has ``mm``'s bits."""
+    return bi_matmul_gated(a, gate, up, activation)
 
 
-@mm_silu_mul.register_fake
-def _mm_silu_mul_fake(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+@mm_gated.register_fake
+def _mm_gated_fake(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
     return _mm_fake(a, gate)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 from ascend_compile import devices
 from ascend_compile.kernels import matmul as matmul_module
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
 from ascend_compile.kernels.plans import MatmulSchedule, UnsupportedPlan, matmul_plan
 from tests.helpers import all_bitwise_equal, rel_error, rows_in_batches
 
@@ -78,7 +79,7 @@ def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: 
         monkeypatch.setattr(matmul_module, "matmul_schedule",
                             lambda *args, count=count, **kw: dataclasses.replace(default_schedule(*args, **kw),
                                                                                  chunks_in_flight=count))
-        gated.append(bi_matmul_silu_mul(x, w.t(), up.t()))
+        gated.append(bi_matmul_gated(x, w.t(), up.t()))
     assert all(torch.equal(g, gated[0]) for g in gated[1:])
 
     xf, wf = x.float(), w.float()  # fp32 output: bf16's final rounding can hide a changed order
@@ -140,20 +141,39 @@ def test_group_gives_each_products_bits(dtype: torch.dtype) -> None:
         bi_matmul_group(x, [k.t()] * 4)
 
 
-def test_silu_mul_is_invariant_and_rounds_as_eager() -> None:
-    """``silu(x @ gate) * (x @ up)`` in one launch: rows alone equal rows in a batch, in bf16 the
-    bits of eager's three ops on the two products (the same roundings), and close to float64."""
+def _gelu_tanh_decomposed(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation op for op as torch decomposes it, in fp32 (Inductor's unfused code)."""
+    x32 = x.float()
+    return (x32 * 0.5 * (torch.tanh((x32 + x32 * x32 * x32 * 0.044715) * 0.7978845608028654) + 1)).to(x.dtype)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_gated_activation_is_invariant_and_rounds_as_unfused(activation: str) -> None:
+    """``act(x @ gate) * (x @ up)`` in one launch: rows alone equal rows in a batch, in bf16 the
+    bits of the three ops on the two products (the same roundings; GELU as torch decomposes it,
+    which is what runs unfused), and close to float64.  Negative control: the other activation
+    gives other bits."""
+    act = {"silu": F.silu, "gelu_tanh": _gelu_tanh_decomposed}[activation]
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(9, 300, generator=gen).bfloat16()
     gate, up = (torch.randn(200, 300, generator=gen).bfloat16() for _ in range(2))
-    fused = bi_matmul_silu_mul(x, gate.t(), up.t())
-    assert torch.equal(fused, F.silu(bi_matmul(x, gate.t())) * bi_matmul(x, up.t()))
+    fused = bi_matmul_gated(x, gate.t(), up.t(), activation)
+    assert torch.equal(fused, act(bi_matmul(x, gate.t())) * bi_matmul(x, up.t()))
     for rows in (slice(0, 1), slice(3, 5), slice(8, 9)):
-        assert torch.equal(bi_matmul_silu_mul(x[rows], gate.t(), up.t()), fused[rows])
-    reference = F.silu(x.double() @ gate.double().t()) * (x.double() @ up.double().t())
+        assert torch.equal(bi_matmul_gated(x[rows], gate.t(), up.t(), activation), fused[rows])
+    exact = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh")}[activation]
+    reference = exact(x.double() @ gate.double().t()) * (x.double() @ up.double().t())
     assert rel_error(fused, reference) < 2e-2
+    other = "silu" if activation == "gelu_tanh" else "gelu_tanh"
+    assert not torch.equal(bi_matmul_gated(x, gate.t(), up.t(), other), fused)
+
+
+def test_gated_inputs_are_checked() -> None:
+    x, gate, up = torch.randn(2, 30), torch.randn(30, 20), torch.randn(30, 20)
     with pytest.raises(ValueError, match="two weights \\(K, N\\) of one layout"):
-        bi_matmul_silu_mul(x, gate.t(), up[:100].t())
+        bi_matmul_gated(x, gate, up[:, :10])
+    with pytest.raises(ValueError, match="activation 'gelu'; accepted: silu, gelu_tanh"):
+        bi_matmul_gated(x, gate, up, "gelu")
 
 
 def test_empty_extents() -> None:

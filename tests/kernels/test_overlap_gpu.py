@@ -10,7 +10,7 @@ import torch
 
 from ascend_compile import devices
 from ascend_compile.kernels.attention import bi_attention
-from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_group, bi_matmul_silu_mul
+from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
 from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
 
 pytestmark = pytest.mark.gpu
@@ -43,7 +43,7 @@ def _layer(x: torch.Tensor, residual: torch.Tensor, cache: tuple[torch.Tensor, t
     attn = bi_attention(q.view(BATCH, HEADS, 1, HEAD_DIM), keys, values, mask)
     o = bi_matmul(attn.reshape(BATCH, HEADS * HEAD_DIM), w["o"].t())
     normed2, h2 = bi_rms_norm(o, h, w["ln2"], 1e-6)
-    down = bi_matmul(bi_matmul_silu_mul(normed2, w["gate"].t(), w["up"].t()), w["down"].t())
+    down = bi_matmul(bi_matmul_gated(normed2, w["gate"].t(), w["up"].t()), w["down"].t())
     return [h, q, k, attn, o, h2, down]
 
 

@@ -85,8 +85,8 @@ def _mm_group(m: Make) -> Sample:
     return (m.randn(3, 16), [m.randn(128, 16).t(), m.randn(8, 16).t()]), {}
 
 
-def _mm_silu_mul(m: Make) -> Sample:
-    return (m.randn(3, 16), m.randn(16, 8), m.randn(16, 8)), {}
+def _mm_gated(m: Make) -> Sample:
+    return (m.randn(3, 16), m.randn(16, 8), m.randn(16, 8), "gelu_tanh"), {}
 
 
 def _bmm(m: Make) -> Sample:
@@ -241,7 +241,7 @@ class Case(NamedTuple):
 SAMPLES: dict[str, Case] = {
     "mm": Case(_mm),
     "mm_group": Case(_mm_group),
-    "mm_silu_mul": Case(_mm_silu_mul),
+    "mm_gated": Case(_mm_gated),
     "bmm": Case(_bmm),
     "packed_mm": Case(_packed_mm),
     "sum": Case(_sum),
