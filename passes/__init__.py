@@ -22,6 +22,7 @@ from ascend_compile.passes.fuse_paged_attention import fuse_paged_attention
 from ascend_compile.passes.fuse_rms_norm import fuse_rms_norm
 from ascend_compile.passes.fuse_rope import fuse_rope
 from ascend_compile.passes.fuse_rope_attention import fuse_rope_attention
+from ascend_compile.passes.fuse_sandwich_norms import fuse_sandwich_norms
 from ascend_compile.passes.fuse_sibling_matmuls import fuse_sibling_matmuls
 from ascend_compile.passes.fuse_sibling_norms import fuse_sibling_norms
 from ascend_compile.passes.rewrite_attention import rewrite_attention
@@ -55,6 +56,7 @@ PIPELINE: tuple[Pass, ...] = (
     fuse_paged_attention,  # reads rewrite_attention's attention over a gathered paged cache
     rewrite_reductions,
     fuse_rms_norm,  # reads rewrite_reductions' mean
+    fuse_sandwich_norms,  # reads fuse_rms_norm's norms
     fix_contiguity,
     fuse_sibling_matmuls,  # after fix_contiguity: the operands it groups are final
     fuse_gated_activation,  # reads fuse_sibling_matmuls' gate/up groups

@@ -63,7 +63,8 @@ def _extents(node: torch.fx.Node, target: torch._ops.OpOverload) -> tuple[str, d
     if target == _ops.layer_norm.default:
         return "row", {"n": math.prod(node.args[1])}, x.dtype
     if target in (_ops.rms_norm.default, _ops.add_rms_norm.default, _ops.rms_norm_pair.default,
-                  _ops.rms_norm_rope.default, _ops.rms_norm_rope_cache.default, _ops.rms_norm_rope_append.default):
+                  _ops.rms_norm_sandwich.default, _ops.rms_norm_rope.default, _ops.rms_norm_rope_cache.default,
+                  _ops.rms_norm_rope_append.default):
         return "row", {"n": x.shape[-1]}, x.dtype
     if target in (_ops.attention.default, _ops.paged_attention.default):
         return "attention", {"head_dim": x.shape[-1], "value_dim": _fake(node, 2).shape[-1]}, x.dtype

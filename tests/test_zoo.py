@@ -144,11 +144,15 @@ def test_models_written_differently_reach_qwen3s_launches(name: str, qwen3_struc
 
 
 @pytest.mark.slow  # the pattern's bits are in tests/passes/test_fuse_norm_rope.py; this is the real model
-def test_gemmas_transposed_norms_and_gelu_join_launches() -> None:
+def test_gemmas_transposed_norms_gelu_and_sandwich_norms_join_launches(qwen3_structure: dict[str, object]) -> None:
     """transformers' Gemma 3 normalizes the transposed query and key, its weight ``1 + w`` on the fp32 value:
     norms, rotation and cache writes still fold into the rotation's launch and that into attention's; its MLP's
-    GELU (tanh form) joins the gate/up launch."""
+    GELU (tanh form) joins the gate/up launch, and each sublayer's output norm the norm after the residual add
+    (the last layer's the final norm): as many launches a layer as Qwen3's."""
     found = structure("gemma3", stock_launches=False, stock_bits=False)
     assert found["fusions"].get("fuse_norm_rope") == found["fusions"].get("fuse_rope_attention") == zoo.TINY.layers
     assert found["fusions"].get("fuse_gated_activation") == zoo.TINY.layers
+    assert found["fusions"].get("fuse_sandwich_norms") == 2 * zoo.TINY.layers
+    reference = qwen3_structure["launches_per_layer"]["ascend_bi"]
+    assert found["invariant"]["ascend_bi"] and found["launches_per_layer"]["ascend_bi"] <= reference, found
     assert not found["uncovered"]

@@ -82,7 +82,7 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2."""
     from ascend_compile.kernels.attention import bi_attention
     from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
-    from ascend_compile.kernels.rms_norm import bi_rms_norm, bi_rms_norm_pair
+    from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm, bi_rms_norm_pair, bi_rms_norm_sandwich
     from ascend_compile.kernels.rope import bi_rms_norm_rope
     from ascend_compile.kernels.rope_attention import bi_rope_attention, bi_rope_attention_grown
     from ascend_compile.kernels.softmax import bi_softmax
@@ -99,7 +99,10 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     launches: list[tuple[str, Callable[[], object]]] = [
         ("softmax over the vocabulary", partial(bi_softmax, t(8, 151936), -1)),
         ("gate/up, GELU tanh (Gemma), batch 8 x 1", partial(bi_matmul_gated, t(8, hidden), gate_up[:, :inter],
-                                                              gate_up[:, inter:], "gelu_tanh"))]
+                                                              gate_up[:, inter:], "gelu_tanh")),
+        ("post norm + residual add + pre norm (Gemma), batch 8 x 1", partial(
+            bi_rms_norm_sandwich, t(8, hidden), t(8, hidden), t(hidden), 1e-6, NormForm(3), t(hidden), 1e-6,
+            NormForm(3)))]
     for batch, length in ((1, 1), (8, 1), (32, 1), (2, 512)):
         rows, name = batch * length, f"batch {batch} x {length}"
         caches, index = (t(batch, kv_heads, slots, dim), t(batch, kv_heads, slots, dim)), t(1, dtype=torch.int64)

@@ -54,11 +54,46 @@ class NormForm(enum.IntFlag):
 
 
 @triton.jit
-def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                EMULATE_BF16: tl.constexpr, FP32_SUM: tl.constexpr):
+def _rms_scale(x_row, n, eps, BLOCK: tl.constexpr):
+    """``rsqrt(mean(x**2) + eps)`` of a row, its squares summed as ``_rms_norm_kernel`` sums a row's."""
+    cols = tl.arange(0, BLOCK)
+    lanes = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        h = tl.load(x_row + start + cols, mask=start + cols < n, other=0.0).to(tl.float32)
+        lanes += h * h
+    return tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + eps)
+
+
+@triton.jit
+def _normalized(h, scale, w_row, offsets, mask, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                HAS_WEIGHT: tl.constexpr, WEIGHT_FP32: tl.constexpr, WEIGHT_PLUS_ONE: tl.constexpr):
+    """The norm's output values of ``h`` (fp32) scaled by ``scale``, rounded where the form says."""
+    y = h * scale
+    if not WEIGHT_FP32:
+        y = round_to(y, DTYPE, EMULATE_BF16)
+    if HAS_WEIGHT:
+        weight = tl.load(w_row + offsets, mask=mask, other=0.0).to(tl.float32)
+        if WEIGHT_PLUS_ONE:
+            weight = weight + 1.0
+        y = round_to(weight * y, DTYPE, EMULATE_BF16)
+    elif WEIGHT_FP32:
+        y = round_to(y, DTYPE, EMULATE_BF16)
+    return y
+
+
+@triton.jit
+def _row_values(x_ptr, r_ptr, offsets, mask, r_scale, rw_ptr, DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                EMULATE_BF16: tl.constexpr, FP32_SUM: tl.constexpr, R_NORM: tl.constexpr,
+                R_WEIGHT_FP32: tl.constexpr, R_WEIGHT_PLUS_ONE: tl.constexpr):
+    """``x + residual`` rounded as the form says (``x`` without a residual); ``R_NORM``: the residual
+    operand is a norm's output of the row at ``r_ptr`` (scale ``r_scale``, weight ``rw_ptr``)."""
     h = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        h = h + tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        r = tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if R_NORM:
+            r = _normalized(r, r_scale, rw_ptr, offsets, mask, DTYPE, EMULATE_BF16, True, R_WEIGHT_FP32,
+                            R_WEIGHT_PLUS_ONE)
+        h = h + r
         if not FP32_SUM:
             h = round_to(h, DTYPE, EMULATE_BF16)
     return h
@@ -66,12 +101,16 @@ def _row_values(x_ptr, r_ptr, offsets, mask, DTYPE: tl.constexpr, HAS_RESIDUAL: 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, stride_r, stride_out, eps,
-                     rows1, x_off2, w_off2, out_off2, stride_x2, eps2,
+                     rows1, x_off2, w_off2, out_off2, stride_x2, eps2, rw_ptr, r_eps,
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                      EMULATE_BF16: tl.constexpr, BLOCK: tl.constexpr, PAIR: tl.constexpr,
                      WEIGHT_FP32: tl.constexpr = False, WEIGHT_PLUS_ONE: tl.constexpr = False,
                      FP32_SUM: tl.constexpr = False, FP32_RESIDUAL: tl.constexpr = False,
-                     OVERLAP: tl.constexpr = False):
+                     R_NORM: tl.constexpr = False, R_WEIGHT_FP32: tl.constexpr = False,
+                     R_WEIGHT_PLUS_ONE: tl.constexpr = False, OVERLAP: tl.constexpr = False):
+    """Rows of ``bi_rms_norm`` (``bi_rms_norm_pair`` when ``PAIR``; ``bi_rms_norm_sandwich`` when
+    ``R_NORM``: the residual operand is the norm, weight ``rw_ptr`` and epsilon ``r_eps``, of the rows
+    at ``r_ptr``, computed here as ``bi_rms_norm`` computes it)."""
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     cols = tl.arange(0, BLOCK)
@@ -88,11 +127,14 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
             w_row = w_ptr + tl.where(second, w_off2, 0)
             out_row = out_ptr + tl.where(second, out_off2, 0) + local * stride_out
             row_eps = tl.where(second, eps2, eps)
+        r_scale = 1.0
+        if R_NORM:
+            r_scale = _rms_scale(r_ptr + row * stride_r, n, r_eps, BLOCK)
         lanes = tl.zeros((BLOCK,), dtype=tl.float32)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
-                            FP32_SUM)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
+                            EMULATE_BF16, FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
             if HAS_RESIDUAL:
                 total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM and not FP32_RESIDUAL else h
                 tl.store(sum_ptr + row * stride_out + start + cols, total.to(sum_ptr.dtype.element_ty), mask=mask)
@@ -100,18 +142,10 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
         scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + row_eps)
         for start in range(0, n, BLOCK):
             mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
-                            FP32_SUM)
-            y = h * scale
-            if not WEIGHT_FP32:
-                y = round_to(y, DTYPE, EMULATE_BF16)
-            if HAS_WEIGHT:
-                weight = tl.load(w_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-                if WEIGHT_PLUS_ONE:
-                    weight = weight + 1.0
-                y = round_to(weight * y, DTYPE, EMULATE_BF16)
-            elif WEIGHT_FP32:
-                y = round_to(y, DTYPE, EMULATE_BF16)
+            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
+                            EMULATE_BF16, FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
+            y = _normalized(h, scale, w_row, start + cols, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT, WEIGHT_FP32,
+                            WEIGHT_PLUS_ONE)
             tl.store(out_row + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -147,13 +181,53 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     if rows and n:
         grid, options = row_launch(x, rows, plan, fp_fusion=False, overlap=True)
         _rms_norm_kernel[grid](rows_x, rows_r, weight if weight is not None else rows_x, out, total, rows, n,
-                               rows_x.stride(0), rows_r.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps,
+                               rows_x.stride(0), rows_r.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps, rows_x, eps,
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
                                HAS_WEIGHT=weight is not None,
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=False,
                                **_form_options(form), **options)
     out = out.to(x.dtype).reshape(x.shape)
     return out, (total.to(residual.dtype).reshape(x.shape) if residual is not None else None)
+
+
+#: The forms a sandwich's first norm rounds in (it has no residual of its own).
+SANDWICH_PRE_FORMS = NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
+
+
+def bi_rms_norm_sandwich(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch.Tensor, pre_eps: float,
+                         pre_form: NormForm, weight: torch.Tensor | None, eps: float,
+                         form: NormForm = NormForm.LLAMA) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bi_rms_norm(x, bi_rms_norm(pre_x, None, pre_weight, pre_eps, pre_form)[0], weight, eps, form)`` in one
+    launch, the same bits: a norm whose output joins the residual stream ``x``, and the norm of the sum (Gemma's
+    post-attention norm, residual add and pre-feedforward norm; its post-feedforward norm and the next layer's
+    input norm).  Each row normalizes ``pre_x`` with the row plan ``bi_rms_norm`` uses, adds it to ``x``
+    and normalizes the sum; the first norm's output is never stored.  Returns ``(out, sum)``."""
+    n = x.shape[-1]
+    if pre_x.shape != x.shape or pre_x.dtype != x.dtype or pre_x.device != x.device \
+            or pre_weight.shape != (n,) or (weight is not None and weight.shape != (n,)):
+        raise ValueError(f"bi_rms_norm_sandwich: the stream {tuple(x.shape)} {x.dtype} and the first norm's input "
+                         f"{tuple(pre_x.shape)} {pre_x.dtype} must match, the weights be ({n},); got "
+                         f"{tuple(pre_weight.shape)} and {None if weight is None else tuple(weight.shape)}")
+    if pre_form & ~SANDWICH_PRE_FORMS or form & (NormForm.FP32_SUM | NormForm.FP32_RESIDUAL):
+        raise ValueError(f"bi_rms_norm_sandwich: forms {pre_form!r} and {form!r}; the first norm takes "
+                         f"{SANDWICH_PRE_FORMS!r} flags, the second none of FP32_SUM and FP32_RESIDUAL")
+    device = devices.of_tensor(x)
+    plan = row_plan(n, x.dtype, device)
+    rows_x, rows_pre = _rows(x, n), _rows(pre_x, n)
+    store = plan.store_dtype(x.dtype)
+    out, total = (torch.empty(rows_x.shape, dtype=store, device=x.device) for _ in range(2))
+    rows = rows_x.shape[0]
+    if rows and n:
+        grid, options = row_launch(x, rows, plan, fp_fusion=False, overlap=True)
+        _rms_norm_kernel[grid](rows_x, rows_pre, weight if weight is not None else rows_x, out, total, rows, n,
+                               rows_x.stride(0), rows_pre.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps,
+                               pre_weight, pre_eps, DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=True,
+                               HAS_WEIGHT=weight is not None, EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16,
+                               BLOCK=plan.block, PAIR=False, R_NORM=True,
+                               R_WEIGHT_FP32=bool(pre_form & NormForm.WEIGHT_FP32),
+                               R_WEIGHT_PLUS_ONE=bool(pre_form & NormForm.WEIGHT_PLUS_ONE),
+                               **_form_options(form), **options)
+    return out.to(x.dtype).reshape(x.shape), total.to(x.dtype).reshape(x.shape)
 
 
 def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
@@ -187,7 +261,7 @@ def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
         _rms_norm_kernel[grid](rows_x[0], rows_x[0], weights[0], outs[0], outs[0], rows, n,
                                rows_x[0].stride(0), 0, n, eps[0], rows_x[0].shape[0],
                                element_distance(rows_x[0], rows_x[1]), element_distance(weights[0], weights[1]),
-                               element_distance(outs[0], outs[1]), rows_x[1].stride(0), eps[1],
+                               element_distance(outs[0], outs[1]), rows_x[1].stride(0), eps[1], weights[0], eps[0],
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=False, HAS_WEIGHT=True,
                                EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=True,
                                **_form_options(form), **options)

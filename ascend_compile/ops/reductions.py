@@ -1,5 +1,5 @@
 """``ascend_bi::`` reduction ops: sum/mean, var_mean, logsumexp, softmax/log_softmax, layer_norm, cumsum,
-rms_norm, add_rms_norm and rms_norm_pair.
+rms_norm, add_rms_norm, rms_norm_sandwich and rms_norm_pair.
 
 Each op computes what its aten counterpart computes, with the summation order fixed by a row
 plan.  Every output is contiguous, in the real and the fake impl alike, so Inductor's layout for
@@ -13,7 +13,7 @@ import torch
 
 from ascend_compile.kernels.norms import bi_layer_norm
 from ascend_compile.kernels.reduce import bi_sum, bi_var_mean
-from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm, bi_rms_norm_pair
+from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm, bi_rms_norm_pair, bi_rms_norm_sandwich
 from ascend_compile.kernels.scan import bi_cumsum
 from ascend_compile.kernels.softmax import bi_logsumexp, bi_softmax
 from ascend_compile.ops.library import bi_op
@@ -127,6 +127,23 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor |
 def _(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float,
       eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=residual.dtype)
+
+
+@bi_op("rms_norm_sandwich")
+def rms_norm_sandwich(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch.Tensor, pre_eps: float,
+                      pre_eps_tensor: torch.Tensor | None, pre_form: int, weight: torch.Tensor | None, eps: float,
+                      eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``add_rms_norm(x, rms_norm(pre_x, pre_weight, pre_eps, pre_eps_tensor, pre_form), weight, eps, eps_tensor,
+    form)`` in one launch (``fuse_sandwich_norms`` inserts it): the first norm's output is never stored."""
+    return bi_rms_norm_sandwich(x, pre_x, pre_weight, eps_value(pre_eps, pre_eps_tensor), NormForm(pre_form),
+                                weight, eps_value(eps, eps_tensor), NormForm(form))
+
+
+@rms_norm_sandwich.register_fake
+def _(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch.Tensor, pre_eps: float,
+      pre_eps_tensor: torch.Tensor | None, pre_form: int, weight: torch.Tensor | None, eps: float,
+      eps_tensor: torch.Tensor | None = None, form: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
 @bi_op("rms_norm_pair")

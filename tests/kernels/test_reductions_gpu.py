@@ -70,3 +70,16 @@ def test_query_and_key_norms_in_one_launch_keep_their_bits_on_gpu() -> None:
         got = torch.ops.ascend_bi.rms_norm_pair([q[:m], k[:m]], weights, [1e-6, 1e-6], [None, None])
         assert torch.equal(got[0], torch.ops.ascend_bi.rms_norm(q[:m], weights[0], 1e-6))
         assert torch.equal(got[1], torch.ops.ascend_bi.rms_norm(k[:m], weights[1], 1e-6))
+
+
+@pytest.mark.parametrize("form", [0, 3], ids=["llama", "gemma"])
+def test_sandwich_norms_in_one_launch_keep_their_bits_on_gpu(form: int) -> None:
+    """``rms_norm_sandwich`` at hidden 1024: the bits of ``rms_norm`` then ``add_rms_norm``, at every row count."""
+    bi = torch.ops.ascend_bi
+    gen = torch.Generator("cuda").manual_seed(2)
+    x, pre_x = (torch.randn(max(ROWS), 1024, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+    pre_weight, weight = (torch.rand(1024, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+    for m in ROWS:
+        got = bi.rms_norm_sandwich(x[:m], pre_x[:m], pre_weight, 1e-6, None, form, weight, 1e-6, None, form)
+        want = bi.add_rms_norm(x[:m], bi.rms_norm(pre_x[:m], pre_weight, 1e-6, None, form), weight, 1e-6, None, form)
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), m

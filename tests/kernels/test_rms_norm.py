@@ -71,3 +71,39 @@ def test_pair_gives_each_norm_its_own_bits(dtype: torch.dtype) -> None:
     assert not torch.equal(got[1], bi.rms_norm(k, k_weight, EPS))  # the second epsilon is the one used
     with pytest.raises(ValueError, match="inputs must share their last dim"):
         bi.rms_norm_pair([q, k[..., :64]], [q_weight, k_weight[:64]], [EPS, EPS], [None, None])
+
+
+@pytest.mark.parametrize("forms", [(0, 0), (3, 3), (1, 0)], ids=["llama", "gemma", "fp32-weight-first"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sandwich_gives_the_two_norms_bits(dtype: torch.dtype, forms: tuple[int, int]) -> None:
+    """A norm joining the residual stream and the norm of the sum, one launch: the bits of ``rms_norm`` then
+    ``add_rms_norm``, each row alone as in the batch, close to float64.  Negative control: another first
+    weight changes the output, so the first norm is really computed."""
+    pre_form, form = forms
+    n = 1000
+    x, pre_x, weights = _inputs(n, dtype, rows=5)
+    pre_weight, weight = weights[0], weights[1]
+    got = bi.rms_norm_sandwich(x, pre_x, pre_weight, EPS, None, pre_form, weight, EPS, None, form)
+    want = bi.add_rms_norm(x, bi.rms_norm(pre_x, pre_weight, EPS, None, pre_form), weight, EPS, None, form)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    for row in (0, 4):
+        alone = bi.rms_norm_sandwich(x[row:row + 1], pre_x[row:row + 1], pre_weight, EPS, None, pre_form, weight, EPS,
+                                     None, form)
+        assert all(torch.equal(a, g[row:row + 1]) for a, g in zip(alone, got, strict=True))
+    def norm64(h: torch.Tensor, w: torch.Tensor, plus_one: bool) -> torch.Tensor:
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * (w.double() + float(plus_one))
+
+    out64 = norm64(x.double() + norm64(pre_x.double(), pre_weight, bool(pre_form & 2)), weight, bool(form & 2))
+    assert rel_error(got[0], out64) < (1e-5 if dtype == torch.float32 else 3e-2)
+    other = bi.rms_norm_sandwich(x, pre_x, weight, EPS, None, pre_form, weight, EPS, None, form)
+    assert not torch.equal(other[0], got[0])
+
+
+def test_sandwich_refuses_forms_it_cannot_round_in() -> None:
+    from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm_sandwich
+
+    x, pre_x, weight = _inputs(64, torch.bfloat16, rows=2)
+    with pytest.raises(ValueError, match="the first norm takes"):
+        bi_rms_norm_sandwich(x, pre_x, weight[0], EPS, NormForm.FP32_SUM, weight[0], EPS)
+    with pytest.raises(ValueError, match="must match"):
+        bi_rms_norm_sandwich(x, pre_x[:1], weight[0], EPS, NormForm.LLAMA, weight[0], EPS)

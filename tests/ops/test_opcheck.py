@@ -132,6 +132,11 @@ def _add_rms_norm(m: Make) -> Sample:
     return (m.randn(3, 20), m.randn(3, 20), m.weight(20), 1e-6), {}
 
 
+def _rms_norm_sandwich(m: Make) -> Sample:
+    return (m.randn(3, 20), m.randn(3, 20), m.weight(20), 1e-6, None, 3, m.weight(20), 0.5), \
+        {"eps_tensor": torch.tensor(1e-6, dtype=torch.float64), "form": 3}
+
+
 def _rms_norm_pair(m: Make) -> Sample:
     q, k, _ = m.projections()
     return ([q, k], [m.weight(DIM), m.weight(DIM)], EPS, [None, None]), {}
@@ -252,6 +257,7 @@ SAMPLES: dict[str, Case] = {
     "cumsum": Case(_cumsum),
     "rms_norm": Case(_rms_norm),
     "add_rms_norm": Case(_add_rms_norm),
+    "rms_norm_sandwich": Case(_rms_norm_sandwich),
     "rms_norm_pair": Case(_rms_norm_pair),
     "rms_norm_rope": Case(_rms_norm_rope),
     "rms_norm_rope_cache": Case(_rms_norm_rope_cache),
