@@ -198,6 +198,7 @@ def bi_rope_attention_grown(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     rotated key of ``bi_rms_norm_rope``.  At decode shapes one launch copies the past, writes the step
     and attends (each program the keys of its own splits), else the rotation, ``torch.cat`` and
     attention; the same bits either way."""
+    check_inputs(q, k, None, False, caller="bi_rope_attention_grown")
     batch, length, kv_heads, d = k.shape
     if past_k.dim() != 4 or past_k.shape != past_v.shape or past_k.shape[:2] != (batch, kv_heads) \
             or past_k.shape[3] != d or v.shape != k.shape or past_k.dtype != q.dtype or past_v.dtype != q.dtype:

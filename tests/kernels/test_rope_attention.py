@@ -157,3 +157,5 @@ def test_bad_past_is_named() -> None:
     past = torch.zeros(1, KV_HEADS, 4, DIM, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="must both be"):
         bi_rope_attention_grown(q, k, v, weights, EPS, cos, sin, past, past[:, :1])
+    with pytest.raises(ValueError, match="bi_rope_attention_grown: key .* does not match query"):
+        bi_rope_attention_grown(q, k[..., :DIM // 2], v, weights, EPS, cos, sin, past, past)
