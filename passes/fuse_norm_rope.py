@@ -32,7 +32,7 @@ from collections import Counter
 import torch
 import torch.fx
 
-from ascend_compile.kernels.rope import NORM_WEIGHT_FORMS
+from ascend_compile.kernels.rms_norm import WEIGHT_FORMS
 from ascend_compile.passes.fuse_sibling_norms import form_of
 from ascend_compile.passes.rope_patterns import RopeOps, fits_kernel, fold_rope, is_heads_transpose, rope_of
 from ascend_compile.settings import Settings
@@ -56,7 +56,7 @@ def fuse_norm_rope(gm: torch.fx.GraphModule, settings: Settings) -> int:
         heads_first = all(isinstance(x, torch.fx.Node) and is_heads_transpose(x) for x in (xq, xk))
         if heads_first:
             xq, xk = xq.args[0], xk.args[0]
-        if len(items) != 2 or form & ~NORM_WEIGHT_FORMS or not fits_kernel(xq, xk):
+        if len(items) != 2 or form & ~WEIGHT_FORMS or not fits_kernel(xq, xk):
             continue
         q, k = rope_of(items[0], heads_first), rope_of(items[1], heads_first)
         if q is None or k is None or (q.cos, q.sin) != (k.cos, k.sin):

@@ -9,7 +9,7 @@ its roundings, added to the stream, the sum normalized as ``add_rms_norm`` does,
 not change.  The first norm's output is never stored.
 
 A pair fuses when the first norm is used only by the add, has a weight and rounds in a form
-without a residual of its own (``SANDWICH_PRE_FORMS``), and the second norm's sum rounds to the
+without a residual of its own (``WEIGHT_FORMS``), and the second norm's sum rounds to the
 stream's dtype (no ``FP32_SUM`` or ``FP32_RESIDUAL``); both share the row length and dtype.
 
 Matches (the normed output in either operand of the add)::
@@ -31,7 +31,7 @@ import torch
 import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
-from ascend_compile.kernels.rms_norm import SANDWICH_PRE_FORMS, NormForm
+from ascend_compile.kernels.rms_norm import WEIGHT_FORMS, NormForm
 from ascend_compile.passes.replace import call, same_shape, shape_of, sole_user, value
 from ascend_compile.settings import Settings
 
@@ -53,7 +53,7 @@ def _first_norm(node: object, stream: object) -> tuple[object, ...] | None:
     x, weight = node.args[:2]
     form = _arg(node, 4, "form", 0)
     same_rows = same_shape(shape_of(x), shape_of(stream)) and value(x).dtype == value(stream).dtype
-    if weight is None or form & ~SANDWICH_PRE_FORMS or not same_rows:
+    if weight is None or form & ~WEIGHT_FORMS or not same_rows:
         return None
     return x, weight, _arg(node, 2, "eps"), _arg(node, 3, "eps_tensor"), form
 

@@ -53,6 +53,11 @@ class NormForm(enum.IntFlag):
     FP32_RESIDUAL = 8
 
 
+#: The forms of a norm without a residual of its own: where the weight multiplies and whether it is ``1 + w``
+#: (the query/key norms of the rotation launches, a sandwich's first norm).
+WEIGHT_FORMS = NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
+
+
 @triton.jit
 def _rms_scale(x_row, n, eps, BLOCK: tl.constexpr):
     """``rsqrt(mean(x**2) + eps)`` of a row, its squares summed as ``_rms_norm_kernel`` sums a row's."""
@@ -65,9 +70,10 @@ def _rms_scale(x_row, n, eps, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _normalized(h, scale, w_row, offsets, mask, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                HAS_WEIGHT: tl.constexpr, WEIGHT_FP32: tl.constexpr, WEIGHT_PLUS_ONE: tl.constexpr):
-    """The norm's output values of ``h`` (fp32) scaled by ``scale``, rounded where the form says."""
+def rms_normalized(h, scale, w_row, offsets, mask, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                   HAS_WEIGHT: tl.constexpr, WEIGHT_FP32: tl.constexpr, WEIGHT_PLUS_ONE: tl.constexpr):
+    """The norm's output values of ``h`` (fp32) scaled by ``scale``, rounded where the form says: every
+    RMSNorm kernel rounds through here (``kernels/rope.py``'s query/key norms too)."""
     y = h * scale
     if not WEIGHT_FP32:
         y = round_to(y, DTYPE, EMULATE_BF16)
@@ -91,8 +97,8 @@ def _row_values(x_ptr, r_ptr, offsets, mask, r_scale, rw_ptr, DTYPE: tl.constexp
     if HAS_RESIDUAL:
         r = tl.load(r_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         if R_NORM:
-            r = _normalized(r, r_scale, rw_ptr, offsets, mask, DTYPE, EMULATE_BF16, True, R_WEIGHT_FP32,
-                            R_WEIGHT_PLUS_ONE)
+            r = rms_normalized(r, r_scale, rw_ptr, offsets, mask, DTYPE, EMULATE_BF16, True, R_WEIGHT_FP32,
+                               R_WEIGHT_PLUS_ONE)
         h = h + r
         if not FP32_SUM:
             h = round_to(h, DTYPE, EMULATE_BF16)
@@ -144,8 +150,8 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
             mask = start + cols < n
             h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
                             EMULATE_BF16, FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
-            y = _normalized(h, scale, w_row, start + cols, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT, WEIGHT_FP32,
-                            WEIGHT_PLUS_ONE)
+            y = rms_normalized(h, scale, w_row, start + cols, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT, WEIGHT_FP32,
+                               WEIGHT_PLUS_ONE)
             tl.store(out_row + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -190,10 +196,6 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     return out, (total.to(residual.dtype).reshape(x.shape) if residual is not None else None)
 
 
-#: The forms a sandwich's first norm rounds in (it has no residual of its own).
-SANDWICH_PRE_FORMS = NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
-
-
 def bi_rms_norm_sandwich(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch.Tensor, pre_eps: float,
                          pre_form: NormForm, weight: torch.Tensor | None, eps: float,
                          form: NormForm = NormForm.LLAMA) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,9 +210,9 @@ def bi_rms_norm_sandwich(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch
         raise ValueError(f"bi_rms_norm_sandwich: the stream {tuple(x.shape)} {x.dtype} and the first norm's input "
                          f"{tuple(pre_x.shape)} {pre_x.dtype} must match, the weights be ({n},); got "
                          f"{tuple(pre_weight.shape)} and {None if weight is None else tuple(weight.shape)}")
-    if pre_form & ~SANDWICH_PRE_FORMS or form & (NormForm.FP32_SUM | NormForm.FP32_RESIDUAL):
+    if pre_form & ~WEIGHT_FORMS or form & (NormForm.FP32_SUM | NormForm.FP32_RESIDUAL):
         raise ValueError(f"bi_rms_norm_sandwich: forms {pre_form!r} and {form!r}; the first norm takes "
-                         f"{SANDWICH_PRE_FORMS!r} flags, the second none of FP32_SUM and FP32_RESIDUAL")
+                         f"{WEIGHT_FORMS!r} flags, the second none of FP32_SUM and FP32_RESIDUAL")
     device = devices.of_tensor(x)
     plan = row_plan(n, x.dtype, device)
     rows_x, rows_pre = _rows(x, n), _rows(pre_x, n)

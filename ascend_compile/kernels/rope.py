@@ -40,12 +40,10 @@ from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
 from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan
 from ascend_compile.kernels.reduce import row_launch
-from ascend_compile.kernels.rms_norm import NormForm
+from ascend_compile.kernels.rms_norm import WEIGHT_FORMS, NormForm, rms_normalized
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum_rows
 
-#: The norm forms the query/key norms take here: where the weight multiplies and whether it is ``1 + w``.
-NORM_WEIGHT_FORMS = NormForm.WEIGHT_FP32 | NormForm.WEIGHT_PLUS_ONE
 WEIGHT_FP32 = tl.constexpr(int(NormForm.WEIGHT_FP32))
 WEIGHT_PLUS_ONE = tl.constexpr(int(NormForm.WEIGHT_PLUS_ONE))
 
@@ -58,13 +56,9 @@ def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_
     h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
     if not NORM:
         return h
-    y = h * scale[:, None]
-    if not WEIGHT_FP32 & FORM:
-        y = round_to(y, DTYPE, EMULATE_BF16)
-    weight = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)  # w_ptr: one, or one per row
-    if WEIGHT_PLUS_ONE & FORM:
-        weight = weight + 1.0
-    return round_to(weight * y, DTYPE, EMULATE_BF16)
+    # w_ptr: one weight, or one per row
+    return rms_normalized(h, scale[:, None], w_ptr, cols, cols < n, DTYPE, EMULATE_BF16, True, WEIGHT_FP32 & FORM,
+                          WEIGHT_PLUS_ONE & FORM)
 
 
 @triton.jit
@@ -182,9 +176,9 @@ def angles(t: torch.Tensor, batch: int, length: int, n: int) -> torch.Tensor:
 
 def check_form(form: int, caller: str) -> None:
     """Raise unless the query/key norms can round as ``form`` here."""
-    if form & ~NORM_WEIGHT_FORMS:
+    if form & ~WEIGHT_FORMS:
         raise ValueError(f"{caller}: form {form!r}: the query/key norms round as NormForm.LLAMA (0) or with its "
-                         f"weight flags WEIGHT_FP32 and WEIGHT_PLUS_ONE ({int(NORM_WEIGHT_FORMS)} together)")
+                         f"weight flags WEIGHT_FP32 and WEIGHT_PLUS_ONE ({int(WEIGHT_FORMS)} together)")
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor,
