@@ -126,11 +126,13 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
                  HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
                  SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr = 0):
+                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr = 0,
+                 past_k=None, past_v=None, past=0, spk_l=0, spv_l=0, GROWN: tl.constexpr = False):
     """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
     values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
     ``mask_rows[r]`` (at ``mask_rows`` for all rows when ``MASK_ROW``).  A boolean mask adds
-    ``masked_score`` where it is False (-inf: the key is skipped)."""
+    ``masked_score`` where it is False (-inf: the key is skipped).  ``GROWN``: keys before ``past``
+    are read at ``past_k``/``past_v`` (rows ``spk_l``/``spv_l`` apart), the others at ``k_base``/``v_base``."""
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     # ``DENOM_DOT`` (``AttentionPlan.denominator_by_dot``): the denominator is a dot too, of the
     # weights acc sums by a block of ones; every column of ``denoms`` holds the same sums, and one
@@ -157,14 +159,19 @@ def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, m
         elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
             bias = _mask_tile(mask_rows, keys, stride_mk, visible, keys < Lk, MASK_ROW)
         slots = _key_slots(keys, Lk, table_row, PAGE)
+        k_rows = k_base + slots * stride_kl
+        v_rows = v_base + slots * stride_vl
+        if GROWN:
+            k_rows = tl.where(keys < past, past_k + keys * spk_l, k_rows)
+            v_rows = tl.where(keys < past, past_v + keys * spv_l, v_rows)
         if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
-            k = tl.trans(tl.load(k_base + slots[:, None] * stride_kl + dk[None, :] * stride_kd,
+            k = tl.trans(tl.load(k_rows[:, None] + dk[None, :] * stride_kd,
                                  mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
         else:
-            k = tl.load(k_base + slots[None, :] * stride_kl + dk[:, None] * stride_kd,
-                        mask=(keys[None, :] < Lk) & (dk[:, None] < D), other=0.0)
-        v = tl.load(v_base + slots[:, None] * stride_vl + dv[None, :] * stride_vd,
-                    mask=(keys[:, None] < Lk) & (dv[None, :] < DV), other=0.0)
+            k = tl.load(k_rows[None, :] + dk[:, None] * stride_kd, mask=(keys[None, :] < Lk) & (dk[:, None] < D),
+                        other=0.0)
+        v = tl.load(v_rows[:, None] + dv[None, :] * stride_vd, mask=(keys[:, None] < Lk) & (dv[None, :] < DV),
+                    other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -281,8 +288,9 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
             UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr,
-            PAGE: tl.constexpr = 0):
-    """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``:
+            PAGE: tl.constexpr = 0, past_k=None, past_v=None, past=0, spk_l=0, spv_l=0, GROWN: tl.constexpr = False):
+    """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``
+    (those before ``past`` at ``past_k``/``past_v`` when ``GROWN``, as ``_split_state`` reads them):
     split ``split_id``'s state, for ``fold_splits`` (``SPLIT``), or every split folded in order, the
     result to ``out_ptr + out_rows``."""
     dv = tl.arange(0, BLOCK_DV)
@@ -290,7 +298,7 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
         m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split_id, Lk, sm_scale, masked_score,
                                      sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                                      IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                                     INPUT_PRECISION, K_T, PAGE)
+                                     INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
         state = (split_id * tl.num_programs(1) + bkv) * Lq * group + rows
         tl.store(ws_m + state, m, mask=live)
         tl.store(ws_l + state, denom, mask=live)
@@ -304,7 +312,8 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
                                          sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL,
                                          MASK_ROW, IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST,
-                                         DENOM_DOT, INPUT_PRECISION, K_T, PAGE)
+                                         DENOM_DOT, INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l,
+                                         GROWN)
             big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
         _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
 

@@ -502,11 +502,12 @@ class AttentionSchedule:
 
 @functools.lru_cache(maxsize=4096)
 def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device,
-                       additive_mask: bool = False) -> AttentionSchedule:
+                       additive_mask: bool = False, copies_past: bool = False) -> AttentionSchedule:
     """Rows per program and the split choice; free to depend on the batch.
 
     ``queries`` counts a group's packed rows (query positions x query heads per key/value head),
-    ``heads`` the (batch, key/value head) pairs; ``additive_mask``: the scores read a floating mask.
+    ``heads`` the (batch, key/value head) pairs; ``additive_mask``: the scores read a floating mask;
+    ``copies_past``: the launch's other programs copy a grown cache's past (``kernels/rope_attention.py``).
     """
     if device.plan_kind == "npu":
         return _npu_attention_schedule(plan, queries, heads, device)
@@ -519,7 +520,8 @@ def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int,
     # 512-token prefill 1.58x causal, 1.66x with a boolean mask; 128 query positions over 1024 keys
     # 0.72x, 64 over 2048 0.46x, 32 over 4096 0.35x).
     splits = plan.num_splits(keys)
-    split = 1 < splits and blocks <= splits and heads * blocks < device.compute_units
+    # Where copy programs fill the SMs anyway, the attention's own chain is what is left to shorten (0008).
+    split = 1 < splits and blocks <= splits and (copies_past or heads * blocks < device.compute_units)
     # 4 warps (H200: prefill blocks of 64 rows over 512 causal keys took 13.0 us against 32.6 with
     # 8 warps, the 512-token prefill at bs 4 18.4 ms against 19.4), except 64-row blocks that add a
     # floating mask: with 4 warps they spill (triton 3.9's sm_90 build), with 8 a 512-token prefill
