@@ -84,6 +84,11 @@ class GraphSignature:
         """Inputs copied into static buffers on every call (tensors that are not parameters or buffers)."""
         return tuple(s for s in self.inputs if s.kind == "tensor")
 
+    @functools.cached_property
+    def written_copies(self) -> tuple[InputSpec, ...]:
+        """Copied inputs the graph writes into: copied back to the caller's tensors after every call."""
+        return tuple(s for s in self.copied if s.mutated)
+
     def bindings(self, args: Sequence[Any]) -> dict[sympy.Symbol, int]:
         """Every size symbol's value in a call."""
         return {symbol: int(args[position]) if dim is None else int(args[position].shape[dim])

@@ -167,6 +167,31 @@ def test_padded_batches_give_every_row_its_alone_bits(runners: list[BucketGraphR
     assert len(dynamic) == 1 and sorted(b for b, _ in dynamic[0].graphs) == [2, 4, 8]
 
 
+class _ReadsCaches(_Step):
+    """Reads four caches of its own (as a decoder reads a cache per layer grown by ``cat``) and writes none."""
+
+    def forward(self, x: torch.Tensor, *caches: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x @ self.weight + sum(c.sum(1) for c in caches), -1)
+
+
+def test_a_steps_inputs_are_staged_in_one_copy_per_dtype(runners: list[BucketGraphRunner],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five float inputs go into the graph's buffers in one foreach copy, and a padded batch's rows keep
+    their bits; each input copied on its own took a launch and its host work per input, every step."""
+    compiled = _compile(_ReadsCaches())
+    gen = torch.Generator().manual_seed(2)
+    x, caches = torch.randn(3, 32, generator=gen), [torch.randn(3, 5, 48, generator=gen) for _ in range(4)]
+    alone = compiled(x[:1], *(c[:1] for c in caches))
+    compiled(x, *caches)  # captures the buckets
+    copies = []
+    foreach_copy = torch._foreach_copy_
+    monkeypatch.setattr(torch, "_foreach_copy_", lambda dst, src: copies.append(len(dst)) or foreach_copy(dst, src))
+    out = compiled(x, *caches)  # bucket 4, one pad row
+    assert copies == [5], copies
+    assert torch.equal(out[0], alone[0])
+    torch.testing.assert_close(out, torch.softmax(x @ W + sum(c.sum(1) for c in caches), -1))
+
+
 def test_stock_graph_in_the_same_runner_changes_bits_when_padded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Negative control: the runner around the stock graph (aten ops as traced) -- padded rows
     are not what the row gets alone."""
