@@ -55,6 +55,35 @@ def test_split_and_serial_schedules_give_identical_bits(dtype: torch.dtype) -> N
     assert all(torch.equal(o, outs[0]) for o in outs[1:])
 
 
+def _schedules(num_chunks: int, chunk_blocks: int) -> list[MatmulSchedule]:
+    """Every GPU schedule of a plan: serial in tiles of two shapes, 1, 2 or 4 chunks in flight where they
+    divide the chunks, split with the weight streamed or preloaded (chunks of 1, 2 or 4 blocks)."""
+    serial = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
+    schedules = [serial, dataclasses.replace(serial, block_m=64, block_n=32, group_m=4),
+                 dataclasses.replace(serial, split=True), dataclasses.replace(serial, block_m=32, split=True)]
+    schedules += [dataclasses.replace(serial, chunks_in_flight=n) for n in (2, 4) if num_chunks % n == 0]
+    if chunk_blocks in (1, 2, 4):
+        schedules.append(dataclasses.replace(serial, split=True, preload_weight=True))
+    return schedules
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_schedule_gives_the_same_bits_at_random_shapes(seed: int) -> None:
+    """A drawn (M, K, N, dtype): every schedule of the plan adds the same products in the same order,
+    so the bits are one (each schedule's own test fixes a shape; this one draws them)."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    m, k, n = (int(torch.randint(lo, hi, (1,), generator=gen)) for lo, hi in ((1, 48), (16, 1300), (8, 160)))
+    dtype = (torch.float32, torch.bfloat16, torch.float16)[seed % 3]
+    x, w = torch.randn(m, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
+    bias = torch.randn(n, generator=gen).to(dtype) if seed % 2 else None
+    plan = matmul_plan(k, n, dtype, devices.of_tensor(x))
+    outs = [bi_matmul(x, w.t(), bias, schedule=s, b_is_weight=s.preload_weight)
+            for s in _schedules(plan.num_chunks, plan.chunk_blocks)]
+    assert all(torch.equal(o, outs[0]) for o in outs[1:]), (m, k, n, dtype, plan)
+    ref = x.double() @ w.double().t() + (bias.double() if bias is not None else 0)
+    assert rel_error(outs[0], ref) < TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_chunks_in_flight_give_the_serial_bits(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks run side by side (2 or 4 in flight) add up in the plan's order: the bits of one and

@@ -110,6 +110,15 @@ def test_attention_splits_keys_only_when_they_outnumber_the_row_blocks() -> None
     assert not attention_schedule(plan, 2, 520, 256, GPU).split  # decode, bs 32: 256 programs
 
 
+def test_a_launch_copying_a_grown_past_splits_its_keys_with_the_sms_full() -> None:
+    """Copy programs fill the SMs anyway (0008): the attention splits while its keys make the splits,
+    whatever the programs' count; one split's keys, or more row blocks than splits, stay serial."""
+    plan = attention_plan(128, 128, torch.bfloat16, GPU)
+    assert attention_schedule(plan, 2, 513, 256, GPU, copies_past=True).split  # decode, bs 32
+    assert not attention_schedule(plan, 2, 200, 256, GPU, copies_past=True).split
+    assert not attention_schedule(plan, 1024, 512, 8, GPU, copies_past=True).split
+
+
 def test_operand_readability_with_unbacked_extents() -> None:
     """An unbacked batch extent (``mark_unbacked``) cannot be guarded on: the rule decides without it."""
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
