@@ -3,10 +3,10 @@
 A decode step is launch-bound without graph capture.  The runner captures the compiled graph once
 per capture size and runs a batch of n as the next size up, padded: inputs are copied into the
 bucket's static buffers (pad rows get the input's pad value), the graph is replayed, outputs are
-cut back to n rows, and inputs the graph wrote into get their n real rows back.  The copies are one
-foreach copy per dtype: a decoder whose caches grow by ``cat`` hands over two inputs a layer, and a
-copy each, with its host work, was the limit of its step at batch 1 (H100: 0.50 ms, 0.44 with the
-copies staged together and the past copied beside attention, ``kernels/rope_attention.py``).  The templates'
+cut back to n rows, and inputs the graph wrote into get their n real rows back.  Small inputs are
+copied together, one foreach copy per dtype: a decoder whose caches grow by ``cat`` hands over two
+inputs a layer, and at small batches a launch for each was a good part of its step
+(``STAGED_TOGETHER_BYTES``).  The templates'
 plans never look at the batch, so padding cannot change a real row's bits.
 
 Capture happens on the first call, for every bucket, largest first, into one shared memory pool,
@@ -39,6 +39,12 @@ logger = logging.getLogger(__name__)
 
 #: Shape keys (values of size symbols other than the batch) that get graphs; more run uncaptured.
 MAX_SHAPE_KEYS = 4
+#: Inputs of at most this many bytes are copied into the graph's buffers together (one foreach copy per
+#: dtype), larger ones by a copy kernel each.  A foreach copy saves small copies their launches, but
+#: moves 2-byte values four at a time in fixed 64K-element chunks, where a copy kernel moves eight
+#: (H100, a hand-written decoder's 16 caches a step: 1-4 MiB each, 41-70 us gained; 8-16 MiB, none;
+#: 32 MiB, about 108 us lost; docs/decisions/0024-graph-input-staging.md).
+STAGED_TOGETHER_BYTES = 4 << 20
 
 
 def capture_sizes(settings: Settings) -> tuple[int, ...]:
@@ -99,26 +105,33 @@ class _Bucket:
         default_factory=dict)
 
     def destinations(self, specs: Sequence[InputSpec], rows: int) -> list[tuple[list[int], list[torch.Tensor]]]:
-        """Where the ``rows`` real rows of each input of ``specs`` lie in its static buffer, as
-        (positions, views) per dtype; made once per ``rows``."""
+        """Where the ``rows`` real rows of each input of ``specs`` lie in its static buffer, as groups of
+        (positions, views) copied together: the inputs of one dtype up to ``STAGED_TOGETHER_BYTES``,
+        and each larger one alone; made once per ``rows``."""
         key = (rows, tuple(spec.position for spec in specs))
         if key not in self.staging:
-            groups: dict[torch.dtype, tuple[list[int], list[torch.Tensor]]] = {}
+            groups: dict[object, tuple[list[int], list[torch.Tensor]]] = {}
             for spec in specs:
                 static = self.inputs[spec.position]
-                positions, views = groups.setdefault(static.dtype, ([], []))
+                view = static[_region(spec, static.shape, rows)] if spec.batch_dims else static
+                together = view.numel() * view.element_size() <= STAGED_TOGETHER_BYTES
+                positions, views = groups.setdefault(static.dtype if together else spec.position, ([], []))
                 positions.append(spec.position)
-                views.append(static[_region(spec, static.shape, rows)] if spec.batch_dims else static)
+                views.append(view)
             self.staging[key] = list(groups.values())
         return self.staging[key]
 
 
 def _copy_groups(groups: list[tuple[list[int], list[torch.Tensor]]], args: Sequence[Any], back: bool = False) -> None:
-    """Copy the call's inputs into their views (``back``: the views into the inputs), one foreach copy
-    per dtype: a step's inputs take a launch or a few, not one each with its own host overhead."""
+    """Copy the call's inputs into their views (``back``: the views into the inputs): a group of several
+    in one foreach copy, a group of one by a copy kernel."""
     for positions, views in groups:
         sources = [args[p] for p in positions]
-        torch._foreach_copy_(*((sources, views) if back else (views, sources)))
+        targets, values = (sources, views) if back else (views, sources)
+        if len(targets) == 1:
+            targets[0].copy_(values[0])
+        else:
+            torch._foreach_copy_(targets, values)
 
 
 @dataclass

@@ -176,8 +176,8 @@ class _ReadsCaches(_Step):
 
 def test_a_steps_inputs_are_staged_in_one_copy_per_dtype(runners: list[BucketGraphRunner],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Five float inputs go into the graph's buffers in one foreach copy, and a padded batch's rows keep
-    their bits; each input copied on its own took a launch and its host work per input, every step."""
+    """Five small float inputs go into the graph's buffers in one foreach copy, and a padded batch's rows
+    keep their bits; inputs above ``STAGED_TOGETHER_BYTES`` are copied one by one."""
     compiled = _compile(_ReadsCaches())
     gen = torch.Generator().manual_seed(2)
     x, caches = torch.randn(3, 32, generator=gen), [torch.randn(3, 5, 48, generator=gen) for _ in range(4)]
@@ -189,7 +189,14 @@ def test_a_steps_inputs_are_staged_in_one_copy_per_dtype(runners: list[BucketGra
     out = compiled(x, *caches)  # bucket 4, one pad row
     assert copies == [5], copies
     assert torch.equal(out[0], alone[0])
-    torch.testing.assert_close(out, torch.softmax(x @ W + sum(c.sum(1) for c in caches), -1))
+    want = torch.softmax(x @ W + sum(c.sum(1) for c in caches), -1)
+    torch.testing.assert_close(out, want)
+    monkeypatch.setattr(graphs, "STAGED_TOGETHER_BYTES", x[:2].numel() * x.element_size())
+    copies.clear()
+    out = compiled(x[:2], *(c[:2] for c in caches))  # bucket 2: the caches are larger than the bound
+    assert copies == [], "a copy each, and x alone"
+    assert torch.equal(out[0], alone[0])
+    torch.testing.assert_close(out, want[:2])
 
 
 def test_stock_graph_in_the_same_runner_changes_bits_when_padded(monkeypatch: pytest.MonkeyPatch) -> None:
