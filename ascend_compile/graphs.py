@@ -3,11 +3,10 @@
 A decode step is launch-bound without graph capture.  The runner captures the compiled graph once
 per capture size and runs a batch of n as the next size up, padded: inputs are copied into the
 bucket's static buffers (pad rows get the input's pad value), the graph is replayed, outputs are
-cut back to n rows, and inputs the graph wrote into get their n real rows back.  Small inputs are
-copied together, one foreach copy per dtype: a decoder whose caches grow by ``cat`` hands over two
-inputs a layer, and at small batches a launch for each was a good part of its step
-(``STAGED_TOGETHER_BYTES``).  The templates'
-plans never look at the batch, so padding cannot change a real row's bits.
+cut back to n rows, and inputs the graph wrote into get their n real rows back.  The templates'
+plans never look at the batch, so padding cannot change a real row's bits.  Small inputs are copied
+together, one foreach copy per dtype: a decoder whose caches grow by ``cat`` hands over two inputs a
+layer, and at small batches a launch for each was a good part of its step (``STAGED_TOGETHER_BYTES``).
 
 Capture happens on the first call, for every bucket, largest first, into one shared memory pool,
 each after a warm-up run on a side stream (Triton compiles, workspaces are allocated).  A bucket
