@@ -2,7 +2,8 @@
 
 One kernel serves every schedule of a plan (see ``plans.py``).  K is cut into the plan's chunks;
 each chunk is accumulated from zero with ``tl.dot`` over ``BLOCK_K`` blocks, and the chunk
-partials are added in chunk order in fp32.  Two schedules produce exactly those additions:
+partials are added in chunk order in fp32, by ``_add_chunk`` alone.  Two schedules produce exactly
+those additions:
 
 * serial (large M): one program per output tile walks the chunks and adds each partial as it
   finishes;
@@ -122,6 +123,14 @@ def _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc, up, M, N, K,
 
 
 @triton.jit
+def _add_chunk(total, partial):
+    """The plan's one addition across chunks: the fp32 total of the chunks before, plus the next chunk's
+    partial (summed from zero).  Every schedule adds its chunks here, from a zero total, in chunk order
+    (serial, side by side, split, preloaded), which is why they all give one set of bits."""
+    return total + partial
+
+
+@triton.jit
 def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
                 stride_am, stride_ak, stride_bk, stride_bn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -160,12 +169,12 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
                                    stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
                                    A_T, B_T, GATED)
         if i % CHUNK_BLOCKS == CHUNK_BLOCKS - 1:
-            total, up_total = total + acc0, up_total + up0
+            total, up_total = _add_chunk(total, acc0), _add_chunk(up_total, up0)
             if IN_FLIGHT > 1:
-                total, up_total = total + acc1, up_total + up1
+                total, up_total = _add_chunk(total, acc1), _add_chunk(up_total, up1)
             if IN_FLIGHT > 2:
-                total, up_total = total + acc2, up_total + up2
-                total, up_total = total + acc3, up_total + up3
+                total, up_total = _add_chunk(total, acc2), _add_chunk(up_total, up2)
+                total, up_total = _add_chunk(total, acc3), _add_chunk(up_total, up3)
             acc0, acc1, acc2, acc3 = zero, zero, zero, zero
             up0, up1, up2, up3 = zero, zero, zero, zero
     return total, up_total
@@ -201,7 +210,7 @@ def _sum_preloaded(a_ptr, rm, k, b0, b1, b2, b3, M, K, stride_am, stride_ak,
                           INPUT_PRECISION, A_T)
         acc = _dot_loaded(a_ptr, rm, k + 3 * BLOCK_K, b3, acc, M, K, stride_am, stride_ak, EVEN_K, UPCAST,
                           INPUT_PRECISION, A_T)
-    return tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32) + acc
+    return _add_chunk(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), acc)
 
 
 @triton.jit
@@ -332,7 +341,7 @@ def _matmul_tile(
         if arrived == NUM_CHUNKS - 1:
             total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for c in range(NUM_CHUNKS):
-                total += tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + local, cache_modifier=".cg")
+                total = _add_chunk(total, tl.load(tile_ws + c * (BLOCK_M * BLOCK_N) + local, cache_modifier=".cg"))
             _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                       stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
             tl.atomic_xchg(counter_ptr + tile, 0, sem="relaxed")
