@@ -158,6 +158,18 @@ def test_report_finds_the_serial_attention_atomic_before_its_first_key_tile() ->
     assert "atom.global.gpu.release.add" in serial[-1], serial
 
 
+def test_ptx_is_written_without_line_numbers(tmp_path: pathlib.Path) -> None:
+    """``--ptx`` writes a launch's build for sm_90 without comments or debug lines: what changes with a
+    source file's line numbers is gone, so two trees' builds compare with ``diff -r``."""
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "o projection, batch 8 x 1", "--ptx", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (ptx,) = tmp_path.iterdir()
+    text = ptx.read_text()
+    assert ptx.name == "o_projection_batch_8_x_1.0.ptx" and ".target sm_90" in text
+    assert ".entry _bi_matmul_kernel" in text and "ld.global" in text
+    assert not any(".loc" in line or "//" in line or "$L__" in line for line in text.splitlines())
+
+
 def test_report_refuses_an_unknown_launch_name() -> None:
     done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "no such launch")
     assert done.returncode == 2 and "no launch name contains 'no such launch'" in done.stderr, done.stderr

@@ -11,15 +11,21 @@ ptxas), specialized on the arguments as a launch specializes them (``launch_sour
 build is the one a launch makes; outputs stay uninitialized.
 
 Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 90] [--only TEXT]
-[--report]``; ``--report`` adds a table of what each build waits on (``kernel_facts.py``).  Exit 0
-when every kernel compiled, 1 on the first compile error (printed), 2 on usage errors.
+[--report] [--ptx DIR]``; ``--report`` adds a table of what each build waits on (``kernel_facts.py``);
+``--ptx`` writes each build's PTX without comments and debug lines, one file per launch and kernel,
+so that two trees' builds can be compared with ``diff -r``: a kernel refactor whose PTX is unchanged
+keeps its speed, which a machine without a GPU can show.  Exit 0 when every kernel compiled, 1 on the
+first compile error (printed), 2 on usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import logging
+import pathlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -144,6 +150,23 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     return launches
 
 
+#: PTX lines that change with the source's line numbers and file names, not with the code.
+_DEBUG_LINE = re.compile(r"^\s*(\.loc|\.file)\b|\$L__|debug_|info_string|^\s*\.b(8|32)\s")
+
+
+def write_ptx(built: list[tuple[str, Any]], out: pathlib.Path) -> None:
+    """Each build's PTX to ``out/<launch>.<kernel index>.ptx``, without comments or debug lines."""
+    out.mkdir(parents=True, exist_ok=True)
+    count: collections.Counter[str] = collections.Counter()
+    for name, kernel in built:
+        stem = re.sub(r"\W+", "_", name).strip("_")
+        lines = (re.sub(r"//.*", "", line).rstrip() for line in kernel.asm["ptx"].splitlines())
+        kept = [line for line in lines if line and not _DEBUG_LINE.search(line)]
+        (out / f"{stem}.{count[stem]}.ptx").write_text("\n".join(kept) + "\n")
+        count[stem] += 1
+    print(f"PTX of {len(built)} builds in {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ascend_compile.tools.compile_gpu",
                                      description=(__doc__ or "").split("\n")[0])
@@ -153,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true",
                         help="print what each build waits on (tools/kernel_facts.py): registers, spills, shared "
                              "memory, async copies, atomics and fences, and those before the first read after the wait")
+    parser.add_argument("--ptx", metavar="DIR", help="write each build's PTX here, comments and debug lines left out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     launches = [(name, launch) for name, launch in qwen3_launches() if args.only in name]
@@ -173,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             built += [(name, kernel) for kernel in compiled[first:]]
             print(f"ok {name}")
     print(f"{len(compiled)} launches compiled for sm_{args.arch}")
+    if args.ptx:
+        write_ptx(built, pathlib.Path(args.ptx))
     if args.report:
         ptxas = default_ptxas(args.arch)
         print(TABLE_HEADER)
