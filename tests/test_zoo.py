@@ -4,13 +4,17 @@ not depend on the batch (and stock torch.compile's do)."""
 
 from __future__ import annotations
 
+import argparse
+import copy
 import dataclasses
+import json
+import pathlib
 
 import pytest
 import torch
 
-from ascend_compile.tools import zoo
-from ascend_compile.tools.bench_zoo import count_launches, structure
+from ascend_compile.tools import bench_zoo, zoo
+from ascend_compile.tools.bench_zoo import count_launches, markdown, merge_runs, structure
 
 transformers = pytest.importorskip("transformers")
 
@@ -112,6 +116,31 @@ def test_vllm_layer_maths_are_vllms() -> None:
     cos, sin = zoo.rope_angles(CFG, torch.arange(5))
     for neox in (True, False):
         assert torch.equal(zoo.apply_rotary(q, cos, sin, neox), ApplyRotaryEmb.forward_static(q, cos, sin, neox))
+
+
+def test_a_merged_run_keeps_the_models_it_did_not_measure() -> None:
+    """``--merge``: a second call's models replace the first's, the others stay, in the zoo's order;
+    a run of another card is refused."""
+    kept = json.loads((pathlib.Path(__file__).parents[1] / "docs" / "bench" / "zoo_h100.json").read_text())
+    run = copy.deepcopy(kept) | {"points": [p | {"ms": 2 * p["ms"]} for p in kept["points"] if p["model"] == "plain"],
+                                 "invariant": {"plain": kept["invariant"]["plain"]},
+                                 "bytes_read": {"plain": kept["bytes_read"]["plain"]}}
+    run["info"]["date"] = "2027-01-01"
+    merged = merge_runs(kept, run)
+    assert list(merged["invariant"]) == list(kept["invariant"]) == list(dict.fromkeys(p["model"] for p in
+                                                                                       merged["points"]))
+    doubled = {(p["model"], p["mode"], p["bucket"]): p["ms"] for p in merged["points"]}
+    for p in kept["points"]:
+        assert doubled[p["model"], p["mode"], p["bucket"]] == p["ms"] * (2 if p["model"] == "plain" else 1)
+    assert merged["info"]["date"].endswith(" and 2027-01-01") and "| plain | ratio |" in markdown(merged)
+    other = copy.deepcopy(run)
+    other["info"]["card"] = "NVIDIA H200"
+    with pytest.raises(SystemExit, match="not a GPU run with this run's card, config"):
+        merge_runs(kept, other)
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_arguments(parser)
+    with pytest.raises(SystemExit, match="merges GPU runs"):  # a structure run is never merged, nor ignored
+        bench_zoo.run(parser.parse_args(["--structure", "--merge", "--json", "unused.json"]))
 
 
 def test_launches_are_counted_in_the_call_function_only() -> None:

@@ -13,7 +13,10 @@ model asked for, in one process, on one card:
   Inductor (the step's launches at two layers minus at one), the fusions that fired, and whether
   sequence 0's bits were the same at every batch size.
 
-Usage: ``ascend-bi bench [--model NAME ...] [--buckets 1 2 4 8 16 32] [--json PATH]``, or
+A GPU run may also be split over calls on one machine (a device call can be shorter than the zoo):
+``--merge`` keeps the models of the ``--json`` file that this run does not measure.
+
+Usage: ``ascend-bi bench [--model NAME ...] [--buckets 1 2 4 8 16 32] [--json PATH [--merge]]``, or
 ``python -m ascend_compile.tools.bench_zoo`` with the same options.
 """
 
@@ -189,6 +192,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="launches per layer, fusions and invariance at small sizes (the default without a GPU)")
     parser.add_argument("--json", help="write the run as JSON here (on a GPU, again after each model: an "
                                        "interrupted run keeps the models it measured)")
+    parser.add_argument("--merge", action="store_true",
+                        help="GPU: keep the models of the --json file that this run does not measure (same card, "
+                             "configuration and context)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     import triton
 
     if args.structure or not torch.cuda.is_available():
+        if args.merge:
+            raise SystemExit("bench --merge: merges GPU runs; a structure run is one process's")
         info = {"device": "the CPU (Triton's interpreter)", "torch": torch.__version__, "triton": triton.__version__,
                 "date": datetime.date.today().isoformat(), "config": _config_line(zoo.TINY)}
         models = [structure(name) for name in args.model]
@@ -207,18 +215,62 @@ def run(args: argparse.Namespace) -> int:
         cfg = zoo.ZooConfig() if args.layers is None else dataclasses.replace(zoo.ZooConfig(), layers=args.layers)
         info = versions() | {"transformers": transformers.__version__, "config": _config_line(cfg),
                              "context": args.context}
-        doc = {"info": info, "kind": "gpu", "bandwidth": copy_bandwidth(), "points": [], "invariant": {},
-               "bytes_read": {}}
+        run_doc: dict[str, Any] = {"info": info, "kind": "gpu", "bandwidth": copy_bandwidth(), "points": [],
+                                   "invariant": {}, "bytes_read": {}}
+        kept = _read(args.json) if args.merge else None
+        if kept:
+            _check_mergeable(kept, run_doc)  # before any model runs
         for name in args.model:
             points, invariant, bytes_read = measure(name, cfg, args.buckets, args.context, args.repeats)
-            doc["points"] += [dataclasses.asdict(p) for p in points]
-            doc["invariant"][name] = invariant
-            doc["bytes_read"][name] = {str(b): n for b, n in bytes_read.items()}
-            _write(doc, args.json)
-        ok = all(modes["ascend_bi"] for modes in doc["invariant"].values())
+            run_doc["points"] += [dataclasses.asdict(p) for p in points]
+            run_doc["invariant"][name] = invariant
+            run_doc["bytes_read"][name] = {str(b): n for b, n in bytes_read.items()}
+            _write(merge_runs(kept, run_doc) if kept else run_doc, args.json)
+        doc = merge_runs(kept, run_doc) if kept else run_doc
+        ok = all(modes["ascend_bi"] for modes in run_doc["invariant"].values())
     _write(doc, args.json)
     print(markdown(doc))
     return 0 if ok else 1
+
+
+def merge_runs(kept: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` (a GPU run's document) with the models of ``kept`` that it did not measure, in the zoo's
+    order; both must come from one card, configuration and context."""
+    _check_mergeable(kept, run)
+    measured = set(run["invariant"])
+    order = list(zoo.ZOO)
+    merged = dict(run)
+    merged["points"] = sorted([p for p in kept["points"] if p["model"] not in measured] + run["points"],
+                              key=lambda p: order.index(p["model"]))
+    for key in ("invariant", "bytes_read"):
+        both = {m: v for m, v in kept[key].items() if m not in measured} | run[key]
+        merged[key] = {m: both[m] for m in order if m in both}
+    dates = list(dict.fromkeys([*kept["info"]["date"].split(" and "), run["info"]["date"]]))
+    merged["info"] = run["info"] | {"date": " and ".join(dates)}
+    return merged
+
+
+#: What two runs must share to stand in one table.
+_SAME_SETUP = ("card", "config", "context", "torch", "triton")
+
+
+def _check_mergeable(kept: dict[str, Any], run: dict[str, Any]) -> None:
+    if kept.get("kind") != "gpu" or any(kept["info"].get(key) != run["info"].get(key) for key in _SAME_SETUP):
+        theirs = ", ".join(str(kept.get("info", {}).get(key)) for key in _SAME_SETUP)
+        ours = ", ".join(str(run["info"].get(key)) for key in _SAME_SETUP)
+        raise SystemExit(f"bench --merge: the --json file is not a GPU run with this run's {', '.join(_SAME_SETUP)}: "
+                         f"{theirs} against {ours}")
+
+
+def _read(path: str | None) -> dict[str, Any] | None:
+    """The document at ``path`` (``--merge``), or None where there is none yet."""
+    if path is None:
+        raise SystemExit("bench --merge needs --json PATH: the run to keep models from and to write")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 def _write(doc: dict[str, Any], path: str | None) -> None:
