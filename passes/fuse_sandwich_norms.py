@@ -32,7 +32,7 @@ import torch.fx
 
 import ascend_compile.ops  # noqa: F401  (registers the ascend_bi ops the rewrite inserts)
 from ascend_compile.kernels.rms_norm import WEIGHT_FORMS, NormForm
-from ascend_compile.passes.replace import call, same_shape, shape_of, sole_user, value
+from ascend_compile.passes.replace import arguments, call, same_shape, shape_of, sole_user, value
 from ascend_compile.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,21 +41,17 @@ bi = torch.ops.ascend_bi
 _SUM_FORMS = NormForm.FP32_SUM | NormForm.FP32_RESIDUAL
 
 
-def _arg(node: torch.fx.Node, index: int, name: str, default: object = None) -> object:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
-
 def _first_norm(node: object, stream: object) -> tuple[object, ...] | None:
     """``(x, weight, eps, eps_tensor, form)`` of ``node`` when it is a norm that can join ``stream``'s add."""
     if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is bi.rms_norm.default
             and sole_user(node)):
         return None
-    x, weight = node.args[:2]
-    form = _arg(node, 4, "form", 0)
+    args = arguments(node)
+    x, weight, form = args["x"], args["weight"], args["form"]
     same_rows = same_shape(shape_of(x), shape_of(stream)) and value(x).dtype == value(stream).dtype
     if weight is None or form & ~WEIGHT_FORMS or not same_rows:
         return None
-    return x, weight, _arg(node, 2, "eps"), _arg(node, 3, "eps_tensor"), form
+    return x, weight, args["eps"], args["eps_tensor"], form
 
 
 def fuse_sandwich_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
@@ -64,15 +60,15 @@ def fuse_sandwich_norms(gm: torch.fx.GraphModule, settings: Settings) -> int:
     for add in list(gm.graph.nodes):
         if add.op != "call_function" or add.target is not bi.add_rms_norm.default:
             continue
-        weight, eps, eps_tensor, form = add.args[2], _arg(add, 3, "eps"), _arg(add, 4, "eps_tensor"), \
-            _arg(add, 5, "form", 0)
-        if form & _SUM_FORMS:
+        args = arguments(add)
+        if args["form"] & _SUM_FORMS:
             continue
         for stream, normed in (add.args[:2], add.args[1::-1]):
             first = _first_norm(normed, stream)
             if first is None:
                 continue
-            fused = call(gm.graph, add, bi.rms_norm_sandwich.default, (stream, *first, weight, eps, eps_tensor, form))
+            fused = call(gm.graph, add, bi.rms_norm_sandwich.default,
+                         (stream, *first, args["weight"], args["eps"], args["eps_tensor"], args["form"]))
             add.replace_all_uses_with(fused)
             gm.graph.erase_node(add)
             gm.graph.erase_node(normed)

@@ -218,15 +218,14 @@ def run(args: argparse.Namespace) -> int:
         run_doc: dict[str, Any] = {"info": info, "kind": "gpu", "bandwidth": copy_bandwidth(), "points": [],
                                    "invariant": {}, "bytes_read": {}}
         kept = _read(args.json) if args.merge else None
-        if kept:
-            _check_mergeable(kept, run_doc)  # before any model runs
+        doc = merge_runs(kept, run_doc) if kept else run_doc  # a merge is checked before any model runs
         for name in args.model:
             points, invariant, bytes_read = measure(name, cfg, args.buckets, args.context, args.repeats)
             run_doc["points"] += [dataclasses.asdict(p) for p in points]
             run_doc["invariant"][name] = invariant
             run_doc["bytes_read"][name] = {str(b): n for b, n in bytes_read.items()}
-            _write(merge_runs(kept, run_doc) if kept else run_doc, args.json)
-        doc = merge_runs(kept, run_doc) if kept else run_doc
+            doc = merge_runs(kept, run_doc) if kept else run_doc
+            _write(doc, args.json)
         ok = all(modes["ascend_bi"] for modes in run_doc["invariant"].values())
     _write(doc, args.json)
     print(markdown(doc))
