@@ -30,22 +30,22 @@ from __future__ import annotations
 
 import functools
 import logging
-import types
 from collections.abc import Callable, Sequence
 
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from ascend_compile import devices
 from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.arrival import COUNTERS_PER_DEVICE, arrival_counters
+from ascend_compile.kernels.gated_activation import GATED_ACTIVATIONS, gate_times_up, gated_activation
 from ascend_compile.kernels.overlap import PREFETCH_BYTES, prefetch_rows, wait_for_inputs
 from ascend_compile.kernels.plans import (
     PRELOAD_CHUNK_BLOCKS,
     MatmulPlan,
     MatmulSchedule,
+    gated_in_one_launch,
     launch_options,
     matmul_operand_readable,
     matmul_plan,
@@ -55,22 +55,8 @@ from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 
 logger = logging.getLogger(__name__)
 
-#: ``bi_matmul_gated``'s activations, as the kernel's ``GATED`` values (``_activation``).
-GATED_ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
 _EAGER_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": torch.nn.functional.silu, "gelu_tanh": functools.partial(torch.nn.functional.gelu, approximate="tanh")}
-
-
-def _interpreted_tanh(x: tl.tensor) -> tl.tensor:
-    """``tanh`` of a tile in Triton's interpreter, which has no libdevice: torch's, the CPU's
-    ``aten.tanh`` that the decomposed GELU runs unfused."""
-    from triton.runtime.interpreter import TensorHandle
-
-    return tl.tensor(TensorHandle(torch.from_numpy(x.handle.data).tanh().numpy(), x.handle.dtype), x.type)
-
-
-if devices.triton_interpreted():  # compiled kernels call the backend's libdevice.tanh, as Inductor's code does
-    libdevice = types.SimpleNamespace(tanh=_interpreted_tanh)  # noqa: F811
 
 
 @triton.jit
@@ -350,21 +336,10 @@ def _matmul_tile(
                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
                                 CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
         if GATED:  # act(gate) * up as Inductor computes it unfused: gate, up and the activation rounded to DTYPE
-            gate = round_to(total, DTYPE, EMULATE_BF16)
-            total = round_to(_activation(gate, GATED), DTYPE, EMULATE_BF16) * round_to(up, DTYPE, EMULATE_BF16)
+            total = gate_times_up(round_to(total, DTYPE, EMULATE_BF16), round_to(up, DTYPE, EMULATE_BF16), GATED,
+                                  DTYPE, EMULATE_BF16)
         _epilogue(total, bias_ptr, out_ptr, z, rm, rn, M, N,
                   stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
-
-
-@triton.jit
-def _activation(x, KIND: tl.constexpr):
-    """A gated MLP's activation in fp32, op for op as torch decomposes it (so Inductor's bits):
-    ``GATED_ACTIVATIONS["silu"]`` ``x / (1 + exp(-x))``; ``"gelu_tanh"`` (``approximate="tanh"``)
-    ``x * 0.5 * (tanh((x + x**2 * x * 0.044715) * sqrt(2 / pi)) + 1)``."""
-    if KIND == 1:
-        return x / (1.0 + tl.exp(-x))
-    inner = (x + x * x * x * 0.044715) * 0.7978845608028654
-    return x * 0.5 * (libdevice.tanh(inner) + 1.0)
 
 
 @triton.jit
@@ -502,15 +477,18 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     return outs
 
 
-def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
-    """``act(a @ gate) * (a @ up)`` in one launch: a gated MLP's activation, ``act`` one of
-    ``GATED_ACTIVATIONS`` (``silu``; ``gelu_tanh``, GELU with ``approximate="tanh"``).
+def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu", *,
+                    one_launch: bool | None = None) -> torch.Tensor:
+    """``act(a @ gate) * (a @ up)``: a gated MLP's activation, ``act`` one of ``GATED_ACTIVATIONS`` (``silu``;
+    ``gelu_tanh``, GELU with ``approximate="tanh"``).
 
-    Each program computes a tile of both products (``bi_matmul``'s plan and bits for each) and
-    combines them as the three unfused ops would (the activation as torch decomposes it), rounding
-    the two products and the activation to the dtype; neither product is written to memory.
-    ``gate`` and ``up`` are (K, N) of one layout; the up weight is found by its distance in memory
-    from the gate weight.
+    Each product has ``bi_matmul``'s plan and bits, and the combination rounds as the three unfused ops
+    would (the activation as torch decomposes it): the two products and the activation to the dtype.
+    Decode rows take one launch, each program computing a tile of both products and combining them,
+    neither product written to memory.  Prefill rows take two (``plans.gated_in_one_launch``): the
+    products as one ``bi_matmul_group``, then ``gated_activation``; the bits are the same.
+    ``one_launch`` overrides that choice (tests compare the two).  ``gate`` and ``up`` are (K, N) of one
+    layout; the one launch finds the up weight by its distance in memory from the gate weight.
     """
     if activation not in GATED_ACTIVATIONS:
         raise ValueError(f"bi_matmul_gated: activation {activation!r}; accepted: {', '.join(GATED_ACTIVATIONS)}")
@@ -525,6 +503,9 @@ def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activ
     device = devices.of_tensor(a)
     if m == 0 or n == 0 or k == 0 or device.plan_kind == "npu":  # nothing to compute, or NPU tiles
         return _EAGER_ACTIVATIONS[activation](bi_matmul(a, gate)) * bi_matmul(a, up)
+    if not (gated_in_one_launch(m, device) if one_launch is None else one_launch):
+        gate_out, up_out = bi_matmul_group(a, [gate, up])
+        return gated_activation(gate_out, up_out, activation, a.dtype)
     plan = matmul_plan(k, n, a.dtype, device)
     sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
                             _runs_along(gate[None], 1), gated=True)

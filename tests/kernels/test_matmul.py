@@ -60,6 +60,7 @@ def _schedules(num_chunks: int, chunk_blocks: int) -> list[MatmulSchedule]:
     divide the chunks, split with the weight streamed or preloaded (chunks of 1, 2 or 4 blocks)."""
     serial = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
     schedules = [serial, dataclasses.replace(serial, block_m=64, block_n=32, group_m=4),
+                 dataclasses.replace(serial, block_m=128, block_n=128, num_warps=8, group_m=8),  # prefill tiles
                  dataclasses.replace(serial, split=True), dataclasses.replace(serial, block_m=32, split=True)]
     schedules += [dataclasses.replace(serial, chunks_in_flight=n) for n in (2, 4) if num_chunks % n == 0]
     if chunk_blocks in (1, 2, 4):
@@ -195,6 +196,26 @@ def test_gated_activation_is_invariant_and_rounds_as_unfused(activation: str) ->
     assert rel_error(fused, reference) < 2e-2
     other = "silu" if activation == "gelu_tanh" else "gelu_tanh"
     assert not torch.equal(bi_matmul_gated(x, gate.t(), up.t(), other), fused)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gated_activation_in_two_launches_gives_the_one_launch_bits(dtype: torch.dtype) -> None:
+    """Prefill rows run the gated MLP as a grouped matmul and an elementwise launch: the same roundings, so
+    the one launch's bits, row for row alone and in the batch, for both activations.  Negative control: the
+    activation computed on the unrounded fp32 products gives other bits, so the rounding is what the test
+    pins."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(12, 260, generator=gen).to(dtype)
+    gate_up = torch.randn(2 * 128, 260, generator=gen).to(dtype)  # gate and up side by side, as vLLM stores them
+    gate, up = gate_up[:128].t(), gate_up[128:].t()
+    for activation in ("silu", "gelu_tanh"):
+        one = bi_matmul_gated(x, gate, up, activation, one_launch=True)
+        two = bi_matmul_gated(x, gate, up, activation, one_launch=False)
+        assert torch.equal(two, one), activation
+        assert torch.equal(bi_matmul_gated(x[5:7], gate, up, activation, one_launch=False), one[5:7])
+    if dtype != torch.float32:
+        g32, u32 = ((x.double() @ w.double()).float() for w in (gate, up))
+        assert not torch.equal((F.silu(g32) * u32).to(dtype), bi_matmul_gated(x, gate, up, one_launch=False))
 
 
 def test_gated_inputs_are_checked() -> None:

@@ -55,6 +55,8 @@ def test_split_serial_preloaded_and_in_flight_schedules_agree(dtype: torch.dtype
         outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # chunks side by side
                      base, split=False, block_m=bm, block_n=bn, num_warps=warps, num_stages=2, chunks_in_flight=count))
                  for count, bm, bn, warps in ((2, 16, 64, 4), (4, 16, 32, 2), (2, 64, 64, 4))]
+        outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # prefill tiles: two warpgroups
+                     base, split=False, block_m=128, block_n=128, num_warps=8, num_stages=3, chunks_in_flight=1))]
         assert all(torch.equal(o, outs[0]) for o in outs)
 
 
@@ -108,10 +110,11 @@ _EXACT = {"silu": F.silu, "gelu_tanh": functools.partial(F.gelu, approximate="ta
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
-@pytest.mark.parametrize("rows", [1, 8, 32, 200])
+@pytest.mark.parametrize("rows", [1, 8, 32, 200, 1024])
 def test_gated_activation_is_invariant_on_gpu(rows: int, activation: str) -> None:
-    """act(x @ gate) * (x @ up) in one launch: each row alone equals the row in the batch, the bits
-    of the two products and Inductor's code for the activation and the product (what runs unfused
+    """act(x @ gate) * (x @ up) in one launch (decode rows) or two (a grouped matmul and an elementwise
+    launch, prefill rows): each row alone equals the row in the batch, the other path gives the same bits,
+    and so do the two products and Inductor's code for the activation and the product (what runs unfused
     under ascend_bi), close to float64."""
     gen = torch.Generator("cuda").manual_seed(rows)
     x = torch.randn(rows, 1024, device="cuda", generator=gen).bfloat16()
@@ -119,6 +122,7 @@ def test_gated_activation_is_invariant_on_gpu(rows: int, activation: str) -> Non
     fused = bi_matmul_gated(x, gate.t(), up.t(), activation)
     assert all(torch.equal(bi_matmul_gated(x[r:r + 1], gate.t(), up.t(), activation), fused[r:r + 1])
                for r in (0, rows - 1))
+    assert torch.equal(fused, bi_matmul_gated(x, gate.t(), up.t(), activation, one_launch=rows > 128))
     unfused = torch.compile(lambda g, u: _EXACT[activation](g) * u, dynamic=False,
                             options={"emulate_precision_casts": True})  # as ascend_bi configures Inductor
     assert torch.equal(fused, unfused(bi_matmul(x, gate.t()), bi_matmul(x, up.t())))

@@ -11,6 +11,7 @@ from ascend_compile.devices import Device
 from ascend_compile.kernels.plans import (
     attention_plan,
     attention_schedule,
+    gated_in_one_launch,
     matmul_operand_readable,
     matmul_plan,
     matmul_schedule,
@@ -52,6 +53,20 @@ def test_schedules_fit_shared_memory(k: int, n: int) -> None:
                 columns = s.block_n * (2 if gated else 1)
                 stage = s.chunks_in_flight * (s.block_m + columns) * plan.block_k * dtype_size
                 assert stage * s.num_stages <= 227 * 1024
+
+
+def test_prefill_rows_take_wide_tiles_and_gated_products_two_launches() -> None:
+    """Prefill: 128 x 128 tiles on two warpgroups when they fill half the SMs, 64 x 128 on one otherwise; a
+    gated MLP's tiles never pass 64 columns (four accumulators) and prefill rows take two launches."""
+    plan = matmul_plan(1024, 3072, torch.bfloat16, GPU)
+    wide = matmul_schedule(plan, 2048, 3072, 1, 2, GPU)
+    assert (wide.block_m, wide.block_n, wide.num_warps, wide.split) == (128, 128, 8, False)
+    narrow = matmul_schedule(matmul_plan(3072, 1024, torch.bfloat16, GPU), 512, 1024, 1, 2, GPU)
+    assert (narrow.block_m, narrow.block_n, narrow.num_warps) == (64, 128, 4)
+    assert all(matmul_schedule(plan, m, n, 1, 2, GPU, gated=True).block_n <= 64
+               for m in (1, 64, 100, 128) for n in (3072, 151936))
+    assert gated_in_one_launch(128, GPU) and not gated_in_one_launch(129, GPU)
+    assert gated_in_one_launch(4096, CPU)  # the interpreter keeps one launch (tests ask for two)
 
 
 def test_chunks_in_flight_divide_the_chunks_and_serve_small_decode_batches() -> None:
