@@ -23,3 +23,15 @@ def test_overlapped_kernels_add_only_what_runs_past_the_kernels_before_them() ->
 
 def test_no_kernels() -> None:
     assert exposed_times([]) == ({}, 0.0)
+
+
+@pytest.mark.parametrize("argv", [["--prefill", "0"], ["--prefill", "512", "--zoo", "plain"]])
+def test_prefill_takes_a_positive_length_for_the_bench_model(argv: list[str],
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``--prefill`` profiles bench_decode's model; a zoo model or an empty prefill is a usage error that says why."""
+    from ascend_compile.tools.profile_decode import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "--prefill takes a positive token count" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""Where a decode step's time goes: GPU kernel time per kernel name, per mode, one bucket.
+"""Where a decode step's (or a prefill's) time goes: GPU kernel time per kernel name, per mode, one bucket.
 
-The same model, cache and modes as ``bench_decode``, or with ``--zoo NAME`` a zoo model (``tools/zoo.py``)
+The same model, cache and modes as ``bench_decode`` (``--prefill TOKENS``: its prefill of that many tokens per
+sequence instead of a decode step), or with ``--zoo NAME`` a zoo model (``tools/zoo.py``)
 under stock ``reduce-overhead`` and ``ascend_bi``; after a warm-up (compile and capture), a few steps
 run under ``torch.profiler`` and every GPU kernel's time is summed by name (kernels replayed from
 CUDA graphs included).  The table lists, per mode, the kernels that add the most time to the
@@ -12,7 +13,7 @@ counts that wait too, and the own times add up to more than the step.  What a ke
 part of its run past the end of every kernel that started before it (``exposed_times``): those
 parts and the GPU's idle gaps add up to the profiled span exactly.
 
-Usage: ``python -m ascend_compile.tools.profile_decode [--bucket 8] [--modes ...] [--top 12]``, or
+Usage: ``python -m ascend_compile.tools.profile_decode [--bucket 8] [--prefill TOKENS] [--modes ...] [--top 12]``, or
 ``... --zoo plain [--layers 8]`` (zoo modes: ``reduce-overhead`` and ``ascend_bi``).
 """
 
@@ -103,12 +104,13 @@ def table(mode: str, times: dict[str, KernelTime], idle_us: float, top: int) -> 
 
 
 def _bench_decode_profiles(args: argparse.Namespace) -> Iterator[tuple[str, Profile]]:
-    """``bench_decode``'s Qwen3-0.6B step in each of ``args.modes``."""
+    """``bench_decode``'s Qwen3-0.6B step (or prefill) in each of ``args.modes``."""
     model = qwen3_0_6b(num_hidden_layers=args.layers, attn_implementation="sdpa")
     available = _modes(model)
+    workload = Workload("prefill", args.prefill) if args.prefill else Workload("decode", args.context)
     for mode in args.modes:
         step, context_manager = available[mode]
-        ids, cache, position = Workload("decode", args.context).inputs(model, args.bucket)
+        ids, cache, position = workload.inputs(model, args.bucket)
         yield mode, kernel_times(functools.partial(step, ids, cache, position), context_manager)
 
 
@@ -130,14 +132,19 @@ def main(argv: list[str] | None = None) -> int:
                         "ascend_bi) instead of bench_decode's Qwen3-0.6B")
     parser.add_argument("--bucket", type=int, default=8)
     parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--prefill", type=int, metavar="TOKENS",
+                        help="profile a prefill of this many tokens per sequence instead of a decode step")
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
+    if args.prefill is not None and (args.zoo or args.prefill < 1):
+        parser.error(f"--prefill takes a positive token count for bench_decode's model, not with --zoo; got "
+                     f"{args.prefill} tokens{' and --zoo ' + args.zoo if args.zoo else ''}")
     if not start("profile_decode"):
         return 2
     model = f"zoo model {args.zoo}" if args.zoo else "Qwen3-0.6B"
-    sections = [card_line(versions()) + f" {model}, bucket {args.bucket}, context {args.context}, "
-                f"{args.layers} layers."]
+    shape = f"prefill of {args.prefill} tokens" if args.prefill else f"context {args.context}"
+    sections = [card_line(versions()) + f" {model}, bucket {args.bucket}, {shape}, {args.layers} layers."]
     if devices.of_tensor(torch.empty(0, device="cuda")).overlapped_launches:
         sections[0] += (" Template kernels launched overlapped: each one's own time includes its wait for the "
                         f"kernel before it ({devices.OVERLAP_LAUNCHES_ENV}=0 launches them one at a time).")
