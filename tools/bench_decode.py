@@ -4,7 +4,8 @@ transformers' Qwen3 with the Qwen3-0.6B configuration (``--model llama-3.2-1b``:
 Llama-3.2-1B configuration, a model without query/key norms), random bf16 weights, a static KV cache
 holding ``--context`` tokens (random keys and values, the same for a sequence in every batch).
 One decode step -- one new token per sequence, logits of the last position -- is timed at each
-bucket in each mode, and so is a prefill of ``--prefill-length`` tokens at ``--prefill-batches``:
+bucket in each mode, and so is a prefill of each of ``--prefill-lengths`` tokens at ``--prefill-batches``
+(the logits of the last position alone, as generation asks for them):
 
 * ``eager``, ``eager BI`` (``ascend_compile.eager_mode``: aten matmul/softmax/mean overridden),
 * ``torch.compile``, ``torch.compile reduce-overhead`` (stock Inductor, CUDA graphs),
@@ -57,7 +58,7 @@ class Point:
 def _step(model: torch.nn.Module) -> Step:
     def step(ids: torch.Tensor, cache: Any, position: torch.Tensor | None) -> torch.Tensor:
         return model(input_ids=ids, past_key_values=cache, cache_position=position,
-                     use_cache=cache is not None).logits[:, -1]
+                     use_cache=cache is not None, logits_to_keep=1).logits[:, -1]
 
     return step
 
@@ -108,6 +109,11 @@ class Workload:
     kind: str
     tokens: int
 
+    @property
+    def label(self) -> str:
+        """``decode``, or ``prefill N`` for a prefill of N tokens: a run may time several lengths."""
+        return self.kind if self.kind == "decode" else f"{self.kind} {self.tokens}"
+
     def inputs(self, model: torch.nn.Module, batch: int) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
         if self.kind == "decode":
             return (_ids(batch, model.config.vocab_size), _cache(model, batch, self.tokens),
@@ -123,7 +129,7 @@ def measure(model: torch.nn.Module, modes: list[str], workloads: dict[Workload, 
     for mode in modes:
         for workload, batches in workloads.items():
             rows = _measure_mode(mode, available[mode], workload, batches, repeats, model, points)
-            invariant[workload.kind, mode] = all(torch.equal(rows[0], r) for r in rows)
+            invariant[workload.label, mode] = all(torch.equal(rows[0], r) for r in rows)
     return points, invariant
 
 
@@ -144,7 +150,7 @@ def _measure_mode(mode: str, available: tuple[Step, Callable[[], contextlib.Abst
             ms = mean_call_ms(lambda step=step, ids=ids, cache=cache, position=position: step(ids, cache, position),
                           repeats)
         rows.append(first)
-        points.append(Point(workload.kind, mode, bucket, ms, first_s, mib))
+        points.append(Point(workload.label, mode, bucket, ms, first_s, mib))
         logger.info("%s", points[-1])
         del cache
     return rows
@@ -194,7 +200,10 @@ def markdown(doc: dict[str, Any]) -> str:
             title = (f"Decode step, {model} shapes, bf16, context {tokens.get(kind, 512)}; ms per step "
                      f"(copy bandwidth {doc['bandwidth'] / 1e12:.2f} TB/s).")
         else:
-            title = f"Prefill of {tokens.get(kind, 512)} tokens per sequence, {model} shapes, bf16; ms per prefill."
+            # Runs that labelled their one prefill "prefill" computed the logits of every position.
+            logits = "every position's logits" if kind == "prefill" else "the last position's logits"
+            title = (f"Prefill of {tokens.get(kind, 512)} tokens per sequence, {model} shapes, bf16, {logits}; "
+                     "ms per prefill.")
         floor = floors if kind == "decode" else None
         lines += ["", title, "", *_table(points, doc["invariant"], kind, floor)]
     return "\n".join(lines)
@@ -227,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--buckets", type=int, nargs="*", default=list(BUCKETS))
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--prefill-batches", type=int, nargs="*", default=list(PREFILL_BATCHES))
-    parser.add_argument("--prefill-length", type=int, default=512)
+    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=[512], metavar="TOKENS")
     parser.add_argument("--model", choices=sorted(MODELS), default="qwen3-0.6b",
                         help="configuration of the random-weight model (default: the issue's Qwen3-0.6B)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the model's own count)")
@@ -239,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads = {}
     if args.buckets:
         workloads[Workload("decode", args.context)] = args.buckets
-    if args.prefill_batches:
-        workloads[Workload("prefill", args.prefill_length)] = args.prefill_batches
+    for tokens in args.prefill_batches and args.prefill_lengths:
+        workloads[Workload("prefill", tokens)] = args.prefill_batches
     if not workloads:
         parser.error("nothing to time: give decode --buckets, --prefill-batches or both")
     if not start("bench_decode"):
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     info = versions() | {"transformers": transformers.__version__,
                          "model": f"{args.model} ({model.config.num_hidden_layers} layers)"}
     finish(args, info, points, markdown, bandwidth=bandwidth, floors={str(b): ms for b, ms in floors.items()},
-           tokens={workload.kind: workload.tokens for workload in workloads},
+           tokens={workload.label: workload.tokens for workload in workloads},
            invariant={f"{kind} {mode}": ok for (kind, mode), ok in invariant.items()})
     if args.plot and args.buckets:
         plot(points, floors, args.plot)

@@ -1,6 +1,6 @@
 """Check and time the batch-invariant matmul against ``torch.mm`` on one GPU, in one run.
 
-For every Qwen3-0.6B linear shape (K, N) and row count M it checks, in bf16:
+For every Qwen3-0.6B and Llama-3.2-1B linear shape (K, N) and row count M it checks, in bf16:
 
 * invariance: every row of ``X[:M] @ W.T`` equals, bitwise, the same row computed at the largest
   M (and the split -- weight streamed or preloaded -- and serial schedules of the plan agree bitwise);
@@ -9,7 +9,8 @@ For every Qwen3-0.6B linear shape (K, N) and row count M it checks, in bf16:
   weight (``b_is_weight``), and of ``torch.mm`` (cuBLAS), both replayed from CUDA graphs of
   back-to-back calls over enough weight copies that L2 cannot hold them.
 
-Usage: ``python -m ascend_compile.tools.bench_matmul [--json PATH] [--markdown PATH] [--sweep PATH]``.
+Usage: ``python -m ascend_compile.tools.bench_matmul [--rows M ...] [--models NAME ...] [--json PATH] [--markdown PATH]
+[--sweep PATH]``.
 ``--sweep`` also times a grid of schedules per point (schedules never change the bits, so the
 fastest can be chosen offline and written into ``plans.matmul_schedule``).
 """
@@ -30,10 +31,15 @@ from ascend_compile.tools.benchmarking import bench_parser, card_line, finish, g
 
 logger = logging.getLogger(__name__)
 
-SHAPES: tuple[tuple[int, int], ...] = (
-    (1024, 2048), (1024, 1024), (1024, 4096), (2048, 1024), (1024, 6144), (3072, 1024), (1024, 151936),
-)
-ROWS: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 16, 31, 32, 64, 128, 512)
+#: Per model its linears' (K, N): query, key/value, the query/key/value group, o, the gate/up pair, down, LM head.
+SHAPES: dict[str, tuple[tuple[int, int], ...]] = {
+    "qwen3-0.6b": ((1024, 2048), (1024, 1024), (1024, 4096), (2048, 1024), (1024, 6144), (3072, 1024),
+                   (1024, 151936)),
+    "llama-3.2-1b": ((2048, 2048), (2048, 512), (2048, 3072), (2048, 16384), (8192, 2048), (2048, 128256)),
+}
+ROWS: tuple[int, ...] = (1, 2, 3, 4, 7, 8, 16, 31, 32, 64, 128, 512, 2048)
+#: Rows from which a matmul is a prefill's (the summary's per-M geo-means start here).
+PREFILL_ROWS = 64
 _L2_FLUSH_BYTES = 256 << 20
 
 
@@ -47,13 +53,14 @@ class Point:
     rel_error: float
     bi_us: float
     cublas_us: float
+    model: str = "qwen3-0.6b"  # runs written before Llama shapes were measured timed Qwen3-0.6B's alone
 
     @property
     def speedup(self) -> float:
         return self.cublas_us / self.bi_us
 
 
-def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[Point]:
+def measure(model: str, k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[Point]:
     from ascend_compile import devices
     from ascend_compile.kernels.matmul import bi_matmul
     from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
@@ -79,7 +86,7 @@ def measure(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[P
         rel = ((out.double() - ref).norm() / ref.norm()).item()
         bi_us = graph_time_us([lambda x=x, wi=wi: bi_matmul(x, wi.t(), b_is_weight=True) for wi in weights])
         cublas_us = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
-        points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us))
+        points.append(Point(k, n, m, invariant, agree, rel, bi_us, cublas_us, model))
         logger.info("K=%d N=%d M=%d: invariant=%s agree=%s err=%.2e bi=%.1fus cublas=%.1fus",
                     k, n, m, invariant, agree, rel, bi_us, cublas_us)
     return points
@@ -97,8 +104,8 @@ def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
                 if num_chunks % in_flight == 0]
     block_ms = (32, 64) if m <= 64 else (64, 128)
     return [MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
-                           num_stages=3, group_m=8)
-            for bm in block_ms for bn in (64, 128, 256) for split in (True, False)]
+                           num_stages=stages, group_m=8)
+            for bm in block_ms for bn in (64, 128, 256) for stages in (3, 4) for split in (True, False)]
 
 
 def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
@@ -137,22 +144,26 @@ def markdown(doc: dict[str, Any]) -> str:
     shape and row count, with ascend_bi's µs, and whether every point was invariant and its schedules agreed."""
     points = [Point(**p) for p in doc["points"]]
     rows = sorted({p.m for p in points})
-    by_shape: dict[tuple[int, int], dict[int, Point]] = {}
+    by_shape: dict[tuple[str, int, int], dict[int, Point]] = {}
     for p in points:
-        by_shape.setdefault((p.k, p.n), {})[p.m] = p
+        by_shape.setdefault((p.model, p.k, p.n), {})[p.m] = p
     lines = [
         card_line(doc["info"]),
         "",
         "Speed vs cuBLAS (ascend_bi µs) per M.",
         "",
-        "| K | N | " + " | ".join(f"M {m}" for m in rows) + " |",
-        "|---:|---:|" + "---:|" * len(rows),
+        "| model | K | N | " + " | ".join(f"M {m}" for m in rows) + " |",
+        "|---|---:|---:|" + "---:|" * len(rows),
     ]
-    for (k, n), at in by_shape.items():
-        lines.append(f"| {k} | {n} | " + " | ".join(f"{at[m].speedup:.2f}× ({at[m].bi_us:.1f})" if m in at else ""
-                                                   for m in rows) + " |")
+    for (model, k, n), at in by_shape.items():
+        lines.append(f"| {model} | {k} | {n} | " + " | ".join(
+            f"{at[m].speedup:.2f}× ({at[m].bi_us:.1f})" if m in at else "" for m in rows) + " |")
+    lines += ["", "| M | " + " | ".join(str(m) for m in rows) + " |", "|---|" + "---:|" * len(rows),
+              "| geo-mean vs cuBLAS | " + " | ".join(f"{geomean([p.speedup for p in points if p.m == m]):.2f}×"
+                                                    for m in rows) + " |"]
     groups = {"all points": points, "M ≤ 16": [p for p in points if p.m <= 16],
-              "M > 16": [p for p in points if p.m > 16]}
+              "M > 16": [p for p in points if p.m > 16],
+              f"M ≥ {PREFILL_ROWS}": [p for p in points if p.m >= PREFILL_ROWS]}
     summary = ", ".join(f"{label} {geomean([p.speedup for p in group]):.2f}×"
                         for label, group in groups.items() if group)
     invariant = sum(p.invariant for p in points)
@@ -167,14 +178,17 @@ def markdown(doc: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__.splitlines()[0], ROWS)
     parser.add_argument("--sweep", help="also time a grid of schedules per point; write them as JSON here")
+    parser.add_argument("--models", nargs="*", choices=list(SHAPES), default=list(SHAPES),
+                        help="whose linear shapes to measure")
     args = parser.parse_args(argv)
     if not start("bench_matmul"):
         return 2
+    shapes = [(model, k, n) for model in args.models for k, n in SHAPES[model]]
     if args.sweep:
-        grid = [r for k, n in SHAPES for r in sweep(k, n, tuple(args.rows), torch.bfloat16)]
+        grid = [r for _, k, n in shapes for r in sweep(k, n, tuple(args.rows), torch.bfloat16)]
         with open(args.sweep, "w") as f:
             json.dump(grid, f, indent=1)
-    points = [p for k, n in SHAPES for p in measure(k, n, tuple(args.rows), torch.bfloat16)]
+    points = [p for model, k, n in shapes for p in measure(model, k, n, tuple(args.rows), torch.bfloat16)]
     finish(args, versions(), points, markdown)
     return 0 if all(p.invariant and p.schedules_agree for p in points) else 1
 
