@@ -414,7 +414,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
         UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot, INPUT_PRECISION=plan.input_precision,
         PERSISTENT=sched.programs > 0, PAGE=k.shape[1] if paged else 0, HAS_LENS=seq_lens is not None,
-        **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
+        **launch_options(device, sched.num_warps, sched.num_stages, fp_fusion=False, overlap=True),
     )
     if split:
         fold_splits(ws, out, kv_heads, splits, sched, plan, device)

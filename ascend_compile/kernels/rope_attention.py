@@ -287,7 +287,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[to
         ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot,
         INPUT_PRECISION=plan.input_precision,
-        **launch_options(device, sched.num_warps, fp_fusion=False, overlap=True),
+        **launch_options(device, sched.num_warps, sched.num_stages, fp_fusion=False, overlap=True),
     )
     if split:
         fold_splits(ws, out, kv_heads, splits, sched, plan, device, advance=(index, length) if append else None)

@@ -114,6 +114,17 @@ def test_attention_warps_change_with_the_mask_only_in_prefill_blocks() -> None:
     assert attention_schedule(cpu_plan, *prefill, CPU, additive_mask=True).num_warps == 4
 
 
+def test_attention_prefill_blocks_on_four_warps_pipeline_two_tiles() -> None:
+    """64-row blocks on 4 warps load two key tiles ahead; 8-warp blocks (a floating mask), decode blocks and
+    the interpreter keep Triton's default depth."""
+    plan = attention_plan(128, 128, torch.bfloat16, GPU)
+    prefill, decode = (1024, 512, 16), (2, 520, 64)
+    assert attention_schedule(plan, *prefill, GPU).num_stages == 2
+    assert attention_schedule(plan, *prefill, GPU, additive_mask=True).num_stages is None
+    assert attention_schedule(plan, *decode, GPU).num_stages is None
+    assert attention_schedule(attention_plan(128, 128, torch.bfloat16, CPU), *prefill, CPU).num_stages is None
+
+
 def test_attention_splits_keys_only_when_they_outnumber_the_row_blocks() -> None:
     """Splits serve few programs with many keys a row block: a decode step and 128 positions over
     1024 keys split; a 512-token prefill at batch 1 (16 row blocks a head, 2 splits) runs serially,
