@@ -71,9 +71,9 @@ def _gated_activation_kernel(gate_ptr, up_ptr, out_ptr, numel, KIND: tl.constexp
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """``act(gate) * up`` elementwise for two contiguous products of one shape, already rounded to their dtype
-    (the interpreter's matmuls hand them over in ``out_dtype``; a plan's ``fp32_io`` result is then written in
-    fp32, which the caller rounds).  ``activation``: a ``GATED_ACTIVATIONS`` name."""
+    """``act(gate) * up`` elementwise, in ``out_dtype``, for two contiguous products of one shape already rounded
+    to it.  ``activation``: a ``GATED_ACTIVATIONS`` name.  Under the interpreter, whose casts to bf16 truncate,
+    the kernel rounds by hand (``round_to``) and stores fp32, which torch rounds here."""
     if gate.shape != up.shape or not gate.is_contiguous() or not up.is_contiguous():
         raise ValueError(f"gated_activation takes two contiguous products of one shape, got {tuple(gate.shape)} "
                          f"and {tuple(up.shape)}")
