@@ -370,7 +370,7 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     # Decode rows split only long K; wider rows whenever the output alone leaves SMs idle.
     split = (plan.num_chunks > 1 and tiles() < units and m <= _SPLIT_MAX_ROWS
              and (m > 16 or plan.num_chunks >= _SPLIT_MIN_CHUNKS))
-    if m > _PREFILL_ROWS and not split and not gated:
+    if m > _PREFILL_ROWS and not split and not gated and itemsize == 2:  # fp32 dots run on FMA units: not swept
         return _prefill_schedule(plan, m, n, batch, itemsize, units)
     stage_bytes = (block_m + block_n * (2 if gated else 1)) * plan.block_k * itemsize  # gated: two B tiles
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
@@ -389,7 +389,7 @@ def _prefill_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: in
     live in registers, so 128 x 256 tiles spill.)"""
     wide = 2 * batch * -(-m // 128) * -(-n // 128) >= units
     block_m = 128 if wide else 64
-    stages = min(4, _SMEM_FOR_STAGES // ((block_m + 128) * plan.block_k * itemsize))
+    stages = min(4, _SMEM_FOR_STAGES // ((block_m + 128) * plan.block_k * itemsize))  # 4 for 16-bit operands
     return MatmulSchedule(block_m=block_m, block_n=128, split=False, num_warps=8 if wide else 4,
                           num_stages=stages, group_m=8)
 

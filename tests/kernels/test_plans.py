@@ -56,13 +56,15 @@ def test_schedules_fit_shared_memory(k: int, n: int) -> None:
 
 
 def test_prefill_rows_take_wide_tiles_and_gated_products_two_launches() -> None:
-    """Prefill: 128 x 128 tiles on two warpgroups when they fill half the SMs, 64 x 128 on one otherwise; a
-    gated MLP's tiles never pass 64 columns (four accumulators) and prefill rows take two launches."""
+    """Prefill (16-bit): 128 x 128 tiles on two warpgroups when they fill half the SMs, 64 x 128 on one otherwise;
+    a gated MLP's tiles never pass 64 columns (four accumulators) and prefill rows take two launches."""
     plan = matmul_plan(1024, 3072, torch.bfloat16, GPU)
     wide = matmul_schedule(plan, 2048, 3072, 1, 2, GPU)
     assert (wide.block_m, wide.block_n, wide.num_warps, wide.split) == (128, 128, 8, False)
     narrow = matmul_schedule(matmul_plan(3072, 1024, torch.bfloat16, GPU), 512, 1024, 1, 2, GPU)
     assert (narrow.block_m, narrow.block_n, narrow.num_warps) == (64, 128, 4)
+    fp32 = matmul_schedule(matmul_plan(1024, 3072, torch.float32, GPU), 2048, 3072, 1, 4, GPU)
+    assert (fp32.block_m, fp32.block_n, fp32.num_warps, fp32.num_stages) == (64, 128, 4, 3)  # FMA dots: as before
     assert all(matmul_schedule(plan, m, n, 1, 2, GPU, gated=True).block_n <= 64
                for m in (1, 64, 100, 128) for n in (3072, 151936))
     assert gated_in_one_launch(128, GPU) and not gated_in_one_launch(129, GPU)
