@@ -89,6 +89,11 @@ class GraphSignature:
         """Copied inputs the graph writes into: copied back to the caller's tensors after every call."""
         return tuple(s for s in self.copied if s.mutated)
 
+    @functools.cached_property
+    def padded_indices(self) -> tuple[InputSpec, ...]:
+        """Copied integer inputs with a batch dim: their pad rows get the pad value on every short call."""
+        return tuple(s for s in self.copied if s.batch_dims and s.integer)
+
     def bindings(self, args: Sequence[Any]) -> dict[sympy.Symbol, int]:
         """Every size symbol's value in a call."""
         return {symbol: int(args[position]) if dim is None else int(args[position].shape[dim])

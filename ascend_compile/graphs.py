@@ -304,11 +304,10 @@ class BucketGraphRunner:
         rows = batch if batch is not None else 0
         _copy_groups(bucket.destinations(self.signature.copied, rows), args)
         if rows < bucket.size:  # stale indices in pad rows must not be written through
-            for spec in self.signature.copied:
-                if spec.batch_dims and spec.integer:
-                    static = bucket.inputs[spec.position]
-                    static[tuple(slice(rows, None) if d == spec.batch_dims[0] else slice(None)
-                                 for d in range(static.dim()))] = spec.pad_value
+            for spec in self.signature.padded_indices:
+                static = bucket.inputs[spec.position]
+                static[tuple(slice(rows, None) if d == spec.batch_dims[0] else slice(None)
+                             for d in range(static.dim()))] = spec.pad_value
         bucket.graph.replay()
         _copy_groups(bucket.destinations(self.signature.written_copies, rows), args, back=True)
         outputs = [out[region] for out, region in zip(bucket.outputs, regions, strict=True)]

@@ -325,9 +325,9 @@ def gated_in_one_launch(m: int, device: Device) -> bool:
     A gated tile holds four fp32 accumulators (two products, each a running total and a chunk), so its tiles
     stay 64 columns wide; at prefill rows two launches with a plain product's tiles are faster (H100, Qwen3-0.6B
     and Llama-3.2-1B gate/up: one launch 0.53-0.67x cuBLAS from 256 rows on, the grouped product alone
-    0.75-0.87x).  The interpreter and NPUs (which fall back earlier) keep one launch.
+    0.75-0.87x).  The interpreter keeps one launch (NPUs run the products apart before this is asked).
     """
-    return device.triton_interpreted or device.plan_kind == "npu" or m <= _GATED_ONE_LAUNCH_ROWS
+    return device.triton_interpreted or m <= _GATED_ONE_LAUNCH_ROWS
 
 
 @functools.lru_cache(maxsize=4096)
