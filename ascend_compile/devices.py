@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -62,6 +63,9 @@ class Device:
     #: Kernels may start while the previous one finishes (programmatic dependent launch: compiled
     #: Triton on sm_90+, unless ``ASCEND_BI_OVERLAP_LAUNCHES=0``; ``kernels/overlap.py``).
     overlapped_launches: bool = False
+    #: Matmul tiles may be loaded by the tensor memory accelerator from descriptors (compiled Triton on
+    #: sm_90+ with ``triton.tools.tensor_descriptor``; ``kernels/matmul.py``).
+    tma_loads: bool = False
 
     @property
     def default_executor(self) -> str:
@@ -182,8 +186,16 @@ def _describe(kind: str, index: int) -> Device:
         units = os.cpu_count() or 1
     interpreted = kind == "cpu" or triton_interpreted()
     overlapped = kind == "cuda" and not interpreted and _overlaps_launches(index)
+    tma = kind == "cuda" and not interpreted and _has_tma(index)
     return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted,  # type: ignore[arg-type]
-                  npu=npu, overlapped_launches=overlapped)
+                  npu=npu, overlapped_launches=overlapped, tma_loads=tma)
+
+
+def _has_tma(index: int) -> bool:
+    """The tensor memory accelerator: sm_90+ and a Triton with host-built tensor descriptors."""
+    if torch.cuda.get_device_capability(index) < (9, 0):
+        return False
+    return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
 
 
 def _overlaps_launches(index: int) -> bool:

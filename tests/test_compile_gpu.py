@@ -35,7 +35,7 @@ def test_qwen3_kernels_compile_for_sm_90() -> None:
     done = _run("-m", "ascend_compile.tools.compile_gpu", "--arch", "90")
     assert done.returncode == 0, done.stderr[-3000:]
     cases = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
-    assert len(cases) == 55 and "ok gate/up, GELU tanh (Gemma), batch 8 x 1" in cases, done.stdout
+    assert len(cases) == 57 and "ok gate/up, GELU tanh (Gemma), batch 8 x 1" in cases, done.stdout
     assert done.stdout.rstrip().endswith("launches compiled for sm_90")
 
 

@@ -3,7 +3,8 @@
 For every Qwen3-0.6B and Llama-3.2-1B linear shape (K, N) and row count M it checks, in bf16:
 
 * invariance: every row of ``X[:M] @ W.T`` equals, bitwise, the same row computed at the largest
-  M (and the split -- weight streamed or preloaded -- and serial schedules of the plan agree bitwise);
+  M (and the split -- weight streamed or preloaded -- and serial schedules of the plan agree bitwise,
+  the serial one loaded by pointers and, on sm_90+, by the TMA);
 * accuracy: relative error against a float64 reference;
 * speed: time per call of ``ascend_bi::mm``'s kernel, called as a compiled model calls it on a
   weight (``b_is_weight``), and of ``torch.mm`` (cuBLAS), both replayed from CUDA graphs of
@@ -79,8 +80,10 @@ def measure(model: str, k: int, n: int, rows: tuple[int, ...], dtype: torch.dtyp
         out = bi_matmul(x, w.t(), b_is_weight=True)
         invariant = torch.equal(out, reference_rows[:m])
         base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
-        others = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=split, preload_weight=preload),
-                            b_is_weight=True) for split, preload in ((True, False), (True, True), (False, False))]
+        others = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=split, preload_weight=preload, tma=tma),
+                            b_is_weight=True)
+                  for split, preload, tma in ((True, False, False), (True, True, False), (False, False, False))
+                  + (((False, False, True),) if device.tma_loads else ())]
         agree = all(torch.equal(other, out) for other in others)
         ref = x.double() @ w.double().t()
         rel = ((out.double() - ref).norm() / ref.norm()).item()
@@ -94,7 +97,8 @@ def measure(model: str, k: int, n: int, rows: tuple[int, ...], dtype: torch.dtyp
 
 def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
     """Schedules to try at ``m`` rows of a plan with ``num_chunks`` chunks: at decode rows, split
-    programs with their weight streamed or preloaded and serial ones with 1, 2 or 4 chunks in flight."""
+    programs with their weight streamed or preloaded and serial ones with 1, 2 or 4 chunks in flight;
+    above them split and serial tiles, the serial ones loaded by pointers or (sm_90+) the TMA."""
     if m <= 32:  # decode rows: narrow tiles, few warps, deep pipelines
         return [MatmulSchedule(block_m=16, block_n=bn, split=split, num_warps=warps, num_stages=stages, group_m=8,
                                chunks_in_flight=in_flight, preload_weight=preload)
@@ -104,8 +108,9 @@ def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
                 if num_chunks % in_flight == 0]
     block_ms = (32, 64) if m <= 64 else (64, 128)
     return [MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
-                           num_stages=stages, group_m=8)
-            for bm in block_ms for bn in (64, 128, 256) for stages in (3, 4) for split in (True, False)]
+                           num_stages=stages, group_m=8, tma=tma)
+            for bm in block_ms for bn in (64, 128, 256) for stages in (3, 4)
+            for split, tma in ((True, False), (False, False), (False, True))]
 
 
 def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
@@ -124,7 +129,7 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
         cublas = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         for sched in sweep_candidates(m, num_chunks):
             tiles = -(-m // sched.block_m) * -(-n // sched.block_n)
-            if sched.split and tiles >= 4 * device.compute_units:
+            if (sched.split and tiles >= 4 * device.compute_units) or (sched.tma and not device.tma_loads):
                 continue
             try:
                 us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s, b_is_weight=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import logging
 import pathlib
 import re
@@ -85,9 +86,11 @@ def compile_only(arch: int, compiled: list[Any]) -> Iterator[None]:
 
 def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     """The template kernels a Qwen3-0.6B step launches (and the vocabulary's softmax) at its shapes:
-    decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2."""
+    decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2, and its matmuls' tiles loaded by the
+    TMA (a schedule sweeps time, ``MatmulSchedule.tma``)."""
     from ascend_compile.kernels.attention import bi_attention
     from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
+    from ascend_compile.kernels.plans import MatmulSchedule
     from ascend_compile.kernels.rms_norm import NormForm, bi_rms_norm, bi_rms_norm_pair, bi_rms_norm_sandwich
     from ascend_compile.kernels.rope import bi_rms_norm_rope
     from ascend_compile.kernels.rope_attention import bi_rope_attention, bi_rope_attention_grown
@@ -147,6 +150,14 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
                                                  block_tables=t(batch, slots // 16, dtype=torch.int64),
                                                  seq_lens=t(batch, dtype=torch.int64))),
         ]
+    # sm_90 schedules the step does not pick by default: prefill tiles loaded by the TMA
+    tma = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8, tma=True)
+    launches += [
+        ("query/key/value, TMA loads, batch 2 x 512", partial(
+            bi_matmul_group, t(1024, hidden), [w(hidden, heads * dim), w(hidden, kv_heads * dim),
+                                               w(hidden, kv_heads * dim)], schedule=tma)),
+        ("down, TMA loads, batch 2 x 512", partial(bi_matmul, t(1024, inter), w(inter, hidden), b_is_weight=True,
+                                                   schedule=dataclasses.replace(tma, block_m=64, num_warps=4)))]
     return launches
 
 

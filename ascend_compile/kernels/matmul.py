@@ -94,14 +94,33 @@ def _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn,
 
 
 @triton.jit
-def _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc, up, M, N, K,
+def _load_described(a_desc, b_desc, m0, n0, k0, UPCAST: tl.constexpr, B_T: tl.constexpr):
+    """A's and B's blocks at tile corner (``m0``, ``n0``) and K offset ``k0``, loaded by the tensor memory
+    accelerator (``TMA``), which fills past M, N and K with zeros as the masked loads do."""
+    a = a_desc.load([m0, k0])
+    if B_T:  # the descriptor addresses the (N, K) weight: transposing the tile is free for the dot
+        b = tl.trans(b_desc.load([n0, k0]))
+    else:
+        b = b_desc.load([k0, n0])
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return a, b
+
+
+@triton.jit
+def _dot_block(a_ptr, b_ptr, up_off, rm, rn, m0, n0, k0, k, acc, up, M, N, K,
                stride_am, stride_ak, stride_bk, stride_bn,
                EVEN_K: tl.constexpr, UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-               A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr):
-    """One K block into a chunk's accumulator (and, when ``GATED``, the up product's, sharing A)."""
-    a = _load_a(a_ptr, rm, k, M, K, stride_am, stride_ak, EVEN_K, UPCAST, A_T)
-    acc = tl.dot(a, _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T), acc,
-                 input_precision=INPUT_PRECISION)
+               A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr, TMA: tl.constexpr):
+    """One K block (offsets ``k``, from ``k0``) into a chunk's accumulator (and, when ``GATED``, the up
+    product's, sharing A).  ``TMA``: ``a_ptr`` and ``b_ptr`` are descriptors, read at (``m0``, ``n0``, ``k0``)."""
+    if TMA:
+        a, b = _load_described(a_ptr, b_ptr, m0, n0, k0, UPCAST, B_T)
+    else:
+        a = _load_a(a_ptr, rm, k, M, K, stride_am, stride_ak, EVEN_K, UPCAST, A_T)
+        b = _load_b(b_ptr, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T)
+    acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
     if GATED:
         up = tl.dot(a, _load_b(b_ptr + up_off, rn, k, N, K, stride_bk, stride_bn, EVEN_K, UPCAST, B_T), up,
                     input_precision=INPUT_PRECISION)
@@ -117,11 +136,12 @@ def _add_chunk(total, partial):
 
 
 @triton.jit
-def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
+def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, m0, n0, first_chunk, num_chunks, M, N, K,
                 stride_am, stride_ak, stride_bk, stride_bn,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
-                INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr):
+                INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, GATED: tl.constexpr,
+                TMA: tl.constexpr):
     """``((0 + p[first]) + p[first+1]) + ...`` over ``num_chunks`` chunks of K, each from zero; with
     ``GATED``, the same sum for the up weight too (the second value; zeros otherwise).
 
@@ -130,6 +150,7 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
     a chunk's blocks must be accumulated one after another, but the chunks are independent, so
     their MMA chains overlap.  At the end of each round their partials are added to the running
     total in chunk order and restarted from zero -- the plan's additions, whatever IN_FLIGHT.
+    ``TMA``: the operands are descriptors, the tile's corner (``m0``, ``n0``) (``_dot_block``).
     """
     zero = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     total, up_total = zero, zero
@@ -137,23 +158,22 @@ def _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, first_chunk, num_chunks, M, N, K,
     up0, up1, up2, up3 = zero, zero, zero, zero
     chunk_k = CHUNK_BLOCKS * BLOCK_K
     rk = tl.arange(0, BLOCK_K).to(rm.dtype)  # 64-bit offsets when the rows' are (WIDE_INDEX)
-    k0 = first_chunk * chunk_k
     for i in range((num_chunks // IN_FLIGHT) * CHUNK_BLOCKS):
-        k = k0 + (i // CHUNK_BLOCKS) * (IN_FLIGHT * chunk_k) + (i % CHUNK_BLOCKS) * BLOCK_K + rk
-        acc0, up0 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k, acc0, up0, M, N, K,
+        k0 = (first_chunk + (i // CHUNK_BLOCKS) * IN_FLIGHT) * chunk_k + (i % CHUNK_BLOCKS) * BLOCK_K
+        acc0, up0 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, m0, n0, k0, k0 + rk, acc0, up0, M, N, K,
                                stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
-                               A_T, B_T, GATED)
+                               A_T, B_T, GATED, TMA)
         if IN_FLIGHT > 1:
-            acc1, up1 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + chunk_k, acc1, up1, M, N, K,
-                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
-                                   A_T, B_T, GATED)
+            acc1, up1 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, m0, n0, k0 + chunk_k, k0 + chunk_k + rk, acc1, up1,
+                                   M, N, K, stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST,
+                                   INPUT_PRECISION, A_T, B_T, GATED, TMA)
         if IN_FLIGHT > 2:
-            acc2, up2 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + 2 * chunk_k, acc2, up2, M, N, K,
-                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
-                                   A_T, B_T, GATED)
-            acc3, up3 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, k + 3 * chunk_k, acc3, up3, M, N, K,
-                                   stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST, INPUT_PRECISION,
-                                   A_T, B_T, GATED)
+            acc2, up2 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, m0, n0, k0 + 2 * chunk_k, k0 + 2 * chunk_k + rk,
+                                   acc2, up2, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST,
+                                   INPUT_PRECISION, A_T, B_T, GATED, TMA)
+            acc3, up3 = _dot_block(a_ptr, b_ptr, up_off, rm, rn, m0, n0, k0 + 3 * chunk_k, k0 + 3 * chunk_k + rk,
+                                   acc3, up3, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, EVEN_K, UPCAST,
+                                   INPUT_PRECISION, A_T, B_T, GATED, TMA)
         if i % CHUNK_BLOCKS == CHUNK_BLOCKS - 1:
             total, up_total = _add_chunk(total, acc0), _add_chunk(up_total, up0)
             if IN_FLIGHT > 1:
@@ -209,7 +229,7 @@ def _dot_loaded(a_ptr, rm, k, b, acc, M, K, stride_am, stride_ak,
 
 @triton.jit
 def _bi_matmul_kernel(
-    a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    a_ptr, b_ptr, b1_desc, b2_desc, bias_ptr, out_ptr, ws_ptr, counter_ptr,
     M, N, K, Z,
     stride_az, stride_am, stride_ak,
     stride_bz, stride_bk, stride_bn,
@@ -222,32 +242,33 @@ def _bi_matmul_kernel(
     INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
     SEGMENTED: tl.constexpr, WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr,
     EMULATE_BF16: tl.constexpr, PREFETCH_STEP: tl.constexpr, PRELOAD: tl.constexpr = False,
-    OVERLAP: tl.constexpr = False,
+    OVERLAP: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     if PERSISTENT:  # NPU: programs loop over (matrix, tile) work items; never split
         tiles = ((M + BLOCK_M - 1) // BLOCK_M) * ((N + BLOCK_N - 1) // BLOCK_N)
         for w in range(tl.program_id(0), Z * tiles, tl.num_programs(0)):
-            _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, w % tiles, w // tiles, 0, M, N, K,
+            _matmul_tile(a_ptr, b_ptr, b1_desc, b2_desc, bias_ptr, out_ptr, ws_ptr, counter_ptr, w % tiles, w // tiles,
+                         0, M, N, K,
                          stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                          stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
                          0, 0, 0, 0, 0, 0, 0, 0, up_off,
                          HAS_BIAS, NUM_CHUNKS, False, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                          CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, WIDE_INDEX,
-                         GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False, False)
+                         GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, False, False, False)
     else:
-        _matmul_tile(a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+        _matmul_tile(a_ptr, b_ptr, b1_desc, b2_desc, bias_ptr, out_ptr, ws_ptr, counter_ptr,
                      tl.program_id(0), tl.program_id(2), tl.program_id(1), M, N, K,
                      stride_az, stride_am, stride_ak, stride_bz, stride_bk, stride_bn,
                      stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on,
                      seg_n1, seg_b1, seg_o1, seg_om1, seg_n2, seg_b2, seg_o2, seg_om2, up_off,
                      HAS_BIAS, NUM_CHUNKS, SPLIT, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M,
                      CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, SEGMENTED, WIDE_INDEX,
-                     GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, PRELOAD, OVERLAP)
+                     GATED, DTYPE, EMULATE_BF16, PREFETCH_STEP, PRELOAD, OVERLAP, TMA)
 
 
 @triton.jit
 def _matmul_tile(
-    a_ptr, b_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, pid, z, chunk,
+    a_ptr, b_ptr, b1_desc, b2_desc, bias_ptr, out_ptr, ws_ptr, counter_ptr, pid, z, chunk,
     M, N, K,
     stride_az, stride_am, stride_ak,
     stride_bz, stride_bk, stride_bn,
@@ -259,7 +280,7 @@ def _matmul_tile(
     CHUNK_BLOCKS: tl.constexpr, IN_FLIGHT: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr, SEGMENTED: tl.constexpr,
     WIDE_INDEX: tl.constexpr, GATED: tl.constexpr, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, PRELOAD: tl.constexpr, OVERLAP: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, PRELOAD: tl.constexpr, OVERLAP: tl.constexpr, TMA: tl.constexpr,
 ):
     """Output tile ``pid`` of matrix ``z`` (and, when ``SPLIT``, K-chunk ``chunk`` of it).
 
@@ -275,6 +296,8 @@ def _matmul_tile(
     kernel.
     ``PRELOAD`` (split tiles): the chunk's weight blocks are loaded into registers before that wait,
     so that after it only A's loads stand between the program and its dots.
+    ``TMA`` (serial tiles of one matrix): ``a_ptr`` and ``b_ptr`` are tensor descriptors (``_load_described``),
+    and when ``SEGMENTED``, ``b1_desc`` and ``b2_desc`` address the second and third weights.
     """
     # Grouped tile order (schedule only: improves L2 reuse of B across neighbouring row tiles).
     tiles_m = (M + BLOCK_M - 1) // BLOCK_M
@@ -284,18 +307,27 @@ def _matmul_tile(
     rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
     tile_m = first_m + (pid % group) % rows_in_group
     tile_n = (pid % group) // rows_in_group
-    rm = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m0 = tile_m * BLOCK_M
+    n0 = tile_n * BLOCK_N
+    rm = m0 + tl.arange(0, BLOCK_M)
+    rn = n0 + tl.arange(0, BLOCK_N)
     if WIDE_INDEX:
         rm = rm.to(tl.int64)
         rn = rn.to(tl.int64)
         z = z.to(tl.int64)
 
-    a_ptr += z * stride_az
-    b_ptr += z * stride_bz
+    if not TMA:
+        a_ptr += z * stride_az
+        b_ptr += z * stride_bz
+    b_n0 = n0  # the tile's first column in its weight
     if SEGMENTED:
-        n0 = tile_n * BLOCK_N
-        b_ptr += _segment_value(n0, seg_n1, seg_b1, seg_n2, seg_b2, 0)
+        if TMA:  # each weight has its descriptor, addressed from the weight's first column
+            if n0 >= seg_n2:
+                b_ptr, b_n0 = b2_desc, n0 - seg_n2
+            elif n0 >= seg_n1:
+                b_ptr, b_n0 = b1_desc, n0 - seg_n1
+        else:
+            b_ptr += _segment_value(n0, seg_n1, seg_b1, seg_n2, seg_b2, 0)
         out_ptr += _segment_value(n0, seg_n1, seg_o1, seg_n2, seg_o2, 0)
         stride_om = _segment_value(n0, seg_n1, seg_om1, seg_n2, seg_om2, stride_om)
     if PRELOAD:  # split tiles: the chunk's weight blocks into registers, before the wait
@@ -303,7 +335,7 @@ def _matmul_tile(
         b0, b1, b2, b3 = _preload_b(b_ptr, rn, kb, N, K, stride_bk, stride_bn, BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST,
                                     B_T)
     if OVERLAP:
-        if B_T and not PRELOAD:
+        if B_T and not PRELOAD and not TMA:
             _prefetch_weight(b_ptr, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K, PREFETCH_STEP)
             if GATED:
                 _prefetch_weight(b_ptr + up_off, rn, chunk, N, K, stride_bn, SPLIT, CHUNK_BLOCKS * BLOCK_K,
@@ -315,9 +347,9 @@ def _matmul_tile(
             partial = _sum_preloaded(a_ptr, rm, kb, b0, b1, b2, b3, M, K, stride_am, stride_ak, BLOCK_M, BLOCK_N,
                                      BLOCK_K, CHUNK_BLOCKS, EVEN_K, UPCAST, INPUT_PRECISION, A_T)
         else:
-            partial, _ = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, chunk, 1, M, N, K,
+            partial, _ = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, m0, n0, chunk, 1, M, N, K,
                                      stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
-                                     CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False)
+                                     CHUNK_BLOCKS, 1, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, False, False)
         tile = z * tiles_m * tiles_n + pid
         local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = ws_ptr + tile * (NUM_CHUNKS * BLOCK_M * BLOCK_N)
@@ -332,9 +364,9 @@ def _matmul_tile(
                       stride_cz, stride_cm, stride_cn, stride_oz, stride_om, stride_on, HAS_BIAS)
             tl.atomic_xchg(counter_ptr + tile, 0, sem="relaxed")
     else:
-        total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, 0, NUM_CHUNKS, M, N, K,
+        total, up = _sum_chunks(a_ptr, b_ptr, up_off, rm, rn, m0, b_n0, 0, NUM_CHUNKS, M, N, K,
                                 stride_am, stride_ak, stride_bk, stride_bn, BLOCK_M, BLOCK_N, BLOCK_K,
-                                CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED)
+                                CHUNK_BLOCKS, IN_FLIGHT, EVEN_K, UPCAST, INPUT_PRECISION, A_T, B_T, GATED, TMA)
         if GATED:  # act(gate) * up as Inductor computes it unfused: gate, up and the activation rounded to DTYPE
             total = gate_times_up(round_to(total, DTYPE, EMULATE_BF16), round_to(up, DTYPE, EMULATE_BF16), GATED,
                                   DTYPE, EMULATE_BF16)
@@ -433,14 +465,16 @@ MAX_GROUP = 3
 GROUP_COLUMNS = 128
 
 
-def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor], *,
+                    schedule: MatmulSchedule | None = None) -> list[torch.Tensor]:
     """``[a @ b for b in bs]`` in one launch, each with ``bi_matmul``'s bits.
 
     Projections of one activation (query, key and value; gate and up) run as one matmul over the
     weights side by side: a tile of columns finds its weight and output by their distance in
     memory from the first (nothing is concatenated or copied).  The plan is the one each product
-    has alone (K, N, dtype, device); only the schedule sees the summed columns.  Takes 1 to
-    ``MAX_GROUP`` weights of one K, layout and dtype, all but the last ``GROUP_COLUMNS``-aligned.
+    has alone (K, N, dtype, device); only the schedule sees the summed columns (``schedule``
+    overrides it, as ``bi_matmul``'s does).  Takes 1 to ``MAX_GROUP`` weights of one K, layout and
+    dtype, all but the last ``GROUP_COLUMNS``-aligned.
     """
     if not 1 <= len(bs) <= MAX_GROUP or a.dim() != 2 or any(b.dim() != 2 or b.shape[0] != a.shape[1] for b in bs):
         raise ValueError(f"bi_matmul_group takes a 2-D activation (M, K) and 1 to {MAX_GROUP} weights (K, N_i), got "
@@ -454,13 +488,13 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
     (m, k), widths = a.shape, [b.shape[1] for b in bs]
     device = devices.of_tensor(a)
     plans = {matmul_plan(k, n, a.dtype, device) for n in widths} if m and k and all(widths) else set()
-    if len(bs) == 1 or len(plans) != 1 or device.plan_kind == "npu":
-        return [bi_matmul(a, b) for b in bs]  # one weight, nothing to compute, other plans or NPU tiles
+    if len(bs) == 1 or len(plans) != 1 or device.plan_kind == "npu":  # one weight, nothing to compute,
+        return [bi_matmul(a, b, schedule=schedule) for b in bs]  # other plans or NPU tiles
     plan, n = plans.pop(), sum(widths)
-    sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
-                            _runs_along(bs[0][None], 1))
+    sched = schedule or matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
+                                        _runs_along(bs[0][None], 1))
     if GROUP_COLUMNS % sched.block_n:  # tiles would straddle two weights
-        return [bi_matmul(a, b) for b in bs]
+        return [bi_matmul(a, b, schedule=schedule) for b in bs]
     outs = [torch.empty((m, w), dtype=a.dtype, device=a.device) for w in widths]
     targets = [torch.empty_like(o, dtype=torch.float32) for o in outs] if plan.fp32_io else outs
     segments: list[int] = []
@@ -470,7 +504,8 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor]) -> list[torch.T
                      element_distance(targets[0], target) - start, width]
         start += width
     segments += [n, 0, 0, 0] * (MAX_GROUP - len(bs))  # absent weights start past the last column
-    _launch(a[None], bs[0][None], None, targets[0][None], plan, sched, device, n=n, segments=tuple(segments))
+    _launch(a[None], bs[0][None], None, targets[0][None], plan, sched, device, n=n, segments=tuple(segments),
+            group=[b[None] for b in bs[1:]])
     if plan.fp32_io:
         for out, target in zip(outs, targets, strict=True):
             out.copy_(target)
@@ -526,15 +561,32 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
     return t.shape[other] > 1 and t.stride(other) != 1 and (t.stride(dim) == 1 or t.shape[dim] == 1)
 
 
+def _described(a: torch.Tensor, weights: Sequence[torch.Tensor], plan: MatmulPlan,
+               sched: MatmulSchedule) -> list[object] | None:
+    """Tensor descriptors for a launch's A (M, K) and its 1 to ``MAX_GROUP`` weights (K, N_i), the last
+    repeated up to ``MAX_GROUP`` (the kernel's ``b_ptr``, ``b1_desc``, ``b2_desc``), or None when the tensor
+    memory accelerator cannot address one of them: its unit stride must run along K (an activation, a
+    weight as ``linear`` stores it), its start and row stride must be 16-byte aligned."""
+    operands = [a, *(w.t() for w in weights)]  # (N, K) weights: the block a descriptor loads runs along K
+    if any(t.stride(1) != 1 or t.data_ptr() % 16 or t.stride(0) * t.element_size() % 16 for t in operands):
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    blocks = [[sched.block_m, plan.block_k]] + [[sched.block_n, plan.block_k]] * len(weights)
+    described = [TensorDescriptor.from_tensor(t, block) for t, block in zip(operands, blocks, strict=True)]
+    return described + described[-1:] * (MAX_GROUP - len(weights))
+
+
 def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
             plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device,
             n: int | None = None, segments: tuple[int, ...] | None = None, up: torch.Tensor | None = None,
-            dtype: torch.dtype | None = None, b_is_weight: bool = False, activation: str = "silu") -> None:
+            dtype: torch.dtype | None = None, b_is_weight: bool = False, activation: str = "silu",
+            group: Sequence[torch.Tensor] = ()) -> None:
     """Launch over 3-D operands; ``n`` columns (``b``'s unless given) in the weights that
-    ``segments`` locates (``bi_matmul_group``; one weight when None); with ``up``, ``act(a @ b) *
-    (a @ up)`` rounded as the unfused ops round in ``dtype``, ``act`` the ``GATED_ACTIVATIONS``
-    entry ``activation`` (``bi_matmul_gated``).  Split programs preload ``b`` only when it
-    ``b_is_weight`` (``bi_matmul``)."""
+    ``segments`` locates (``bi_matmul_group``, whose other weights are ``group``; one weight when None);
+    with ``up``, ``act(a @ b) * (a @ up)`` rounded as the unfused ops round in ``dtype``, ``act`` the
+    ``GATED_ACTIVATIONS`` entry ``activation`` (``bi_matmul_gated``).  Split programs preload ``b`` only
+    when it ``b_is_weight`` (``bi_matmul``)."""
     z, m, k = a.shape
     n = n or b.shape[2]
     dtype = dtype or out.dtype
@@ -555,10 +607,16 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         counters = arrival_counters(a.device)
     else:
         workspace = counters = out  # never read when SPLIT is off
+    described = None
+    if sched.tma and not split and not sched.programs and up is None and z == 1 and a.element_size() == 2:
+        described = _described(a[0], [w[0] for w in (b, *group)], plan, sched)
+        if described is None:
+            logger.debug("matmul %dx%dx%d: an operand is not TMA-addressable, pointer loads instead", m, k, n)
+    tma = described is not None
     bias3 = bias.expand(out.shape) if bias is not None else out
     grid = (sched.programs,) if sched.programs else (tiles, plan.num_chunks if split else 1, z)
     _bi_matmul_kernel[grid](
-        a, b, bias3, out, workspace, counters,
+        *(described or (a, b, b, b)), bias3, out, workspace, counters,
         m, n, k, z,
         *a.stride(), *b.stride(), *bias3.stride(), *out.stride(),
         *(segments or (0,) * 8), element_distance(b, up) if up is not None else 0,
@@ -567,11 +625,12 @@ def _launch(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, out: to
         CHUNK_BLOCKS=plan.chunk_blocks, IN_FLIGHT=1 if split else sched.chunks_in_flight, EVEN_K=k % plan.chunk_k == 0,
         UPCAST=plan.fp32_io,
         INPUT_PRECISION=plan.input_precision, PERSISTENT=sched.programs > 0,
-        A_T=sched.a_transposed, B_T=sched.b_transposed, SEGMENTED=segments is not None,
+        A_T=sched.a_transposed, B_T=sched.b_transposed or tma, SEGMENTED=segments is not None,
         WIDE_INDEX=max(_span(a), _span(b), _span(out), m * n, k * n) >= 2**31,
         GATED=GATED_ACTIVATIONS[activation] if up is not None else 0, DTYPE=TL_DTYPES[dtype],
         EMULATE_BF16=plan.fp32_io and dtype == torch.bfloat16,
         PREFETCH_STEP=PREFETCH_BYTES // b.element_size(),
         PRELOAD=split and sched.preload_weight and b_is_weight,
+        TMA=tma,
         **launch_options(device, sched.num_warps, sched.num_stages, overlap=True),
     )

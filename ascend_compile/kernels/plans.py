@@ -297,6 +297,10 @@ class MatmulSchedule:
     #: Split programs load their chunk of B (the weight) into registers before they wait for the
     #: previous kernel (``overlap.py``), instead of streaming it block by block after the wait.
     preload_weight: bool = False
+    #: Serial tiles of 2-D 16-bit operands are loaded by the tensor memory accelerator (sm_90+) from
+    #: descriptors built at launch, instead of by every thread from pointers; the values, hence the bits,
+    #: are the same.  Operands a descriptor cannot address (unaligned) keep the pointer loads.
+    tma: bool = False
 
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).

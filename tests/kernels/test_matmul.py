@@ -61,6 +61,7 @@ def _schedules(num_chunks: int, chunk_blocks: int) -> list[MatmulSchedule]:
     serial = MatmulSchedule(block_m=16, block_n=64, split=False, num_warps=4, num_stages=1, group_m=1)
     schedules = [serial, dataclasses.replace(serial, block_m=64, block_n=32, group_m=4),
                  dataclasses.replace(serial, block_m=128, block_n=128, num_warps=8, group_m=8),  # prefill tiles
+                 dataclasses.replace(serial, block_m=64, block_n=128, group_m=8, tma=True),  # sm_90 prefill tiles
                  dataclasses.replace(serial, split=True), dataclasses.replace(serial, block_m=32, split=True)]
     schedules += [dataclasses.replace(serial, chunks_in_flight=n) for n in (2, 4) if num_chunks % n == 0]
     if chunk_blocks in (1, 2, 4):
@@ -169,6 +170,27 @@ def test_group_gives_each_products_bits(dtype: torch.dtype) -> None:
         bi_matmul_group(x, [v.t(), q.t()])
     with pytest.raises(ValueError, match="1 to 3 weights"):
         bi_matmul_group(x, [k.t()] * 4)
+
+
+def test_tma_loads_give_the_pointer_loads_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles loaded through tensor descriptors (sm_90's tensor memory accelerator; the interpreter reads
+    them too) hold what pointer loads hold: one product, and a group whose weights each have a descriptor,
+    give the pointer loads' bits.  An operand whose rows are not 16-byte aligned falls back to pointer loads."""
+    gen = torch.Generator().manual_seed(11)
+    described: list[bool] = []
+    real_described = matmul_module._described
+    monkeypatch.setattr(matmul_module, "_described", lambda *args: described.append(
+        (result := real_described(*args)) is not None) or result)
+    pointer = MatmulSchedule(block_m=64, block_n=128, split=False, num_warps=4, num_stages=1, group_m=8)
+    tma = dataclasses.replace(pointer, tma=True)
+    for k in (600, 601):  # 1200-byte rows, then 1202-byte ones
+        x = torch.randn(70, k, generator=gen).bfloat16()
+        q, kv, v = (torch.randn(n, k, generator=gen).bfloat16() for n in (256, 128, 100))
+        outs = [[bi_matmul(x, q.t(), schedule=s), *bi_matmul_group(x, [q.t(), kv.t(), v.t()], schedule=s)]
+                for s in (pointer, tma)]
+        assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True)), k
+        assert torch.equal(outs[0][0], bi_matmul(x, q.t()))  # the default (decode) schedule's bits too
+    assert described == [True, True, False, False]
 
 
 def _gelu_tanh_decomposed(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ascend_compile import devices
 from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
-from ascend_compile.kernels.plans import matmul_plan, matmul_schedule
+from ascend_compile.kernels.plans import MatmulSchedule, matmul_plan, matmul_schedule
 from tests.helpers import rel_error
 
 pytestmark = pytest.mark.gpu
@@ -57,6 +57,9 @@ def test_split_serial_preloaded_and_in_flight_schedules_agree(dtype: torch.dtype
                  for count, bm, bn, warps in ((2, 16, 64, 4), (4, 16, 32, 2), (2, 64, 64, 4))]
         outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # prefill tiles: two warpgroups
                      base, split=False, block_m=128, block_n=128, num_warps=8, num_stages=3, chunks_in_flight=1))]
+        outs += [bi_matmul(x, w.t(), bias, schedule=dataclasses.replace(  # tiles loaded by the TMA (sm_90+)
+                     base, split=False, block_m=bm, block_n=128, num_warps=warps, num_stages=4, chunks_in_flight=count,
+                     tma=True)) for bm, warps, count in ((128, 8, 1), (64, 4, 1), (64, 4, 2)) if device.tma_loads]
         assert all(torch.equal(o, outs[0]) for o in outs)
 
 
@@ -86,13 +89,18 @@ def test_compiled_mlp_is_invariant_on_gpu(executor: str) -> None:
 @pytest.mark.parametrize("rows", [1, 8, 32, 200])
 def test_group_gives_each_products_bits_on_gpu(rows: int) -> None:
     """A group's schedule sees the summed columns (it may split where one product would not): bits
-    unchanged, for query/key/value and gate/up shapes."""
+    unchanged, for query/key/value and gate/up shapes, also with tiles loaded by the TMA (sm_90+)."""
     gen = torch.Generator("cuda").manual_seed(rows)
     x = torch.randn(rows, 1024, device="cuda", generator=gen).bfloat16()
+    tma = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8, tma=True)
     for widths in ((2048, 1024, 1024), (3072, 3072)):
         weights = [torch.randn(n, 1024, device="cuda", generator=gen).bfloat16() for n in widths]
-        outs = bi_matmul_group(x, [w.t() for w in weights])
-        assert all(torch.equal(out, bi_matmul(x, w.t())) for out, w in zip(outs, weights, strict=True))
+        alone = [bi_matmul(x, w.t()) for w in weights]
+        assert all(torch.equal(out, one) for out, one in zip(bi_matmul_group(x, [w.t() for w in weights]), alone,
+                                                              strict=True))
+        if devices.of_tensor(x).tma_loads:  # each weight read through its own descriptor
+            assert all(torch.equal(out, one) for out, one in zip(
+                bi_matmul_group(x, [w.t() for w in weights], schedule=tma), alone, strict=True))
 
 
 def test_outputs_past_two_billion_elements_on_gpu() -> None:
