@@ -60,12 +60,13 @@ def _plan(x: torch.Tensor, n: int) -> RowPlan:
 
 
 def row_launch(x: torch.Tensor, work: int, plan: RowPlan, fp_fusion: bool = True,
-               overlap: bool = False) -> tuple[tuple[int], dict[str, int | bool]]:
+               overlap: bool = False, num_warps: int | None = None) -> tuple[tuple[int], dict[str, int | bool]]:
     """(grid, launch options) of a row kernel over ``work`` rows (or row chunks): one program each
     on GPUs and the CPU, one per vector core at most on NPUs, which loop over the rest.
-    ``overlap``: the kernel takes an ``OVERLAP`` flag (``launch_options``)."""
+    ``overlap``: the kernel takes an ``OVERLAP`` flag (``launch_options``); ``num_warps``: a program's
+    warps when its tile is not one row of the plan (``row_warps``)."""
     device = devices.of_tensor(x)
-    return (grid_programs(work, device),), launch_options(device, row_warps(plan), fp_fusion=fp_fusion,
+    return (grid_programs(work, device),), launch_options(device, num_warps or row_warps(plan), fp_fusion=fp_fusion,
                                                           overlap=overlap)
 
 

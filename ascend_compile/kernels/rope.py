@@ -38,7 +38,7 @@ import triton.language as tl
 from ascend_compile import devices
 from ascend_compile.kernels.arrival import arrival_counters
 from ascend_compile.kernels.overlap import release_dependents, wait_for_previous
-from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan
+from ascend_compile.kernels.plans import rope_heads_per_program, rope_row_plan, rope_warps
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rms_norm import WEIGHT_FORMS, NormForm, rms_normalized
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
@@ -49,11 +49,19 @@ WEIGHT_PLUS_ONE = tl.constexpr(int(NormForm.WEIGHT_PLUS_ONE))
 
 
 @triton.jit
+def head_columns(cols, BLOCK_H: tl.constexpr):
+    """Columns ``cols`` as a (``BLOCK_H``, columns) tile, each head's row the same: per-column operands (angles,
+    norm weights) loaded through it take the head tile's layout, not a vector's that every use would convert
+    through shared memory."""
+    return tl.zeros((BLOCK_H, 1), dtype=cols.dtype) + cols[None, :]
+
+
+@triton.jit
 def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
                 NORM: tl.constexpr, FORM: tl.constexpr):
-    """``weight * (h * scale).to(dtype)`` at columns ``cols`` of head rows ``rows``, rounded as the
-    RMSNorm kernel rounds it in ``FORM`` (``h`` itself without ``NORM``)."""
-    h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
+    """``weight * (h * scale).to(dtype)`` at columns ``cols`` (a ``head_columns`` tile) of head rows ``rows``,
+    rounded as the RMSNorm kernel rounds it in ``FORM`` (``h`` itself without ``NORM``)."""
+    h = tl.load(rows[:, None] + cols, mask=live[:, None] & (cols < n), other=0.0).to(tl.float32)
     if not NORM:
         return h
     # w_ptr: one weight, or one per row
@@ -83,8 +91,9 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
     else:
         first = cols < n // 2
         partner = tl.where(first, cols + n // 2, cols - n // 2)
-    y = _normalized(rows, w_ptr, cols, n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
-    rotated = _normalized(rows, w_ptr, partner, n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
+    y = _normalized(rows, w_ptr, head_columns(cols, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
+    rotated = _normalized(rows, w_ptr, head_columns(partner, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM,
+                          FORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
     return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
                     DTYPE, EMULATE_BF16)
@@ -96,8 +105,9 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
                      NORM: tl.constexpr, INTERLEAVED: tl.constexpr, FORM: tl.constexpr):
     """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
     cols = tl.arange(0, BLOCK)
-    cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
-    sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)[None, :]
+    angle_cols = head_columns(cols, BLOCK_H)
+    cos = tl.load(cos_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
+    sin = tl.load(sin_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
     out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED,
                        FORM)
     tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty),
@@ -261,7 +271,8 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
     kv_items = triton.cdiv(kv_heads, block_h) * (2 if cache is not None else 1)
     items = batch * length * (triton.cdiv(heads, block_h) + kv_items)
     if items and n:
-        grid, options = row_launch(q, items, plan, fp_fusion=False, overlap=True)
+        grid, options = row_launch(q, items, plan, fp_fusion=False, overlap=True,
+                                   num_warps=rope_warps(plan, block_h))
         _norm_rope_kernel[grid](
             q, k, v, *(weights or (q, q)), cos, sin, q_out, k_out, v_out, index,
             arrival_counters(q.device) if append else index, batch, length, heads, kv_heads, n, *(eps or (0.0, 0.0)),

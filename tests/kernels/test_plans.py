@@ -15,6 +15,9 @@ from ascend_compile.kernels.plans import (
     matmul_operand_readable,
     matmul_plan,
     matmul_schedule,
+    rope_heads_per_program,
+    rope_row_plan,
+    rope_warps,
 )
 
 GPU = Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False)
@@ -154,3 +157,14 @@ def test_operand_readability_with_unbacked_extents() -> None:
     rows = ShapeEnv().create_unbacked_symint()
     assert matmul_operand_readable((rows, 64), (64, 1), CPU)  # unit stride along K
     assert not matmul_operand_readable((64, rows), (rows, 2), CPU)  # gathered: no unit stride
+
+
+@pytest.mark.parametrize(("dim", "heads", "gpu_tile"), [(128, 16, (8, 2)), (64, 32, (16, 2)), (128, 4, (4, 1))])
+def test_norm_rope_programs_take_1024_elements_on_gpus(dim: int, heads: int, gpu_tile: tuple[int, int]) -> None:
+    """A GPU program takes heads up to 1024 elements on 16 elements a thread (0028); the interpreter takes up to
+    4096 elements (it pays per program)."""
+    plan = rope_row_plan(dim, torch.bfloat16, GPU)
+    per_program = rope_heads_per_program(plan, heads, torch.bfloat16, GPU)
+    assert (per_program, rope_warps(plan, per_program)) == gpu_tile
+    cpu_plan = rope_row_plan(dim, torch.bfloat16, CPU)
+    assert rope_heads_per_program(cpu_plan, heads, torch.bfloat16, CPU) == min(heads, 4096 // cpu_plan.block)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ascend_compile.ops  # noqa: F401
+from ascend_compile.kernels import rope
 from ascend_compile.kernels.plans import UnsupportedPlan
 from ascend_compile.kernels.rms_norm import NormForm
 from ascend_compile.kernels.rope import bi_rms_norm_rope
@@ -196,6 +197,23 @@ def test_a_position_has_its_bits_in_every_batch() -> None:
         assert all(torch.equal(a[0], p[0]) for a, p in zip(alone, run(b), strict=True))
     other = bi.rms_norm_rope(q[1:2], k[1:2], list(weights), list(EPS), [None, None], cos[:1], sin[:1])
     assert not torch.equal(other[0], alone[0])
+
+
+@pytest.mark.parametrize("heads_per_program", [1, 2, 4])
+def test_heads_per_program_is_a_schedule(heads_per_program: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programs of fewer heads than the default (on GPUs 1024 elements, ``plans.rope_heads_per_program``), some
+    of their rows past the last head (3 query heads), give the same query bits and cache writes."""
+    q, k, v, weights, cos, sin = inputs(2, 3, torch.bfloat16, heads=6, kv_heads=3, seed=6)
+    index = torch.tensor([1, 3, 4])
+
+    def run() -> tuple[torch.Tensor, ...]:
+        caches = [torch.zeros(2, 3, 5, 64, dtype=torch.bfloat16) for _ in range(2)]
+        q_rot = bi.rms_norm_rope_cache(q, k, v, list(weights), list(EPS), [None, None], cos, sin, *caches, index)
+        return q_rot, *caches
+
+    default = run()
+    monkeypatch.setattr(rope, "rope_heads_per_program", lambda *args: heads_per_program)
+    assert all(torch.equal(a, b) for a, b in zip(default, run(), strict=True))
 
 
 def test_bad_inputs_name_the_problem() -> None:
