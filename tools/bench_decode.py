@@ -172,8 +172,8 @@ def _table(points: list[Point], invariant: dict[str, bool], kind: str, floors: d
     lines = ["| mode | " + " | ".join(f"bs {b}" for b in batches) + " | bitwise equal across batches |",
              "|---|" + "---:|" * len(batches) + ":---:|"]
     for mode in modes:
-        lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in batches)
-                     + f" | {'yes' if invariant[f'{kind} {mode}'] else 'no'} |")
+        equal = ("yes" if invariant[f"{kind} {mode}"] else "no") if len(batches) > 1 else "— (one batch)"
+        lines.append(f"| {mode} | " + " | ".join(f"{ms[mode, b]:.2f}" for b in batches) + f" | {equal} |")
     if floors:
         lines.append("| HBM floor | " + " | ".join(f"{floors[b]:.2f}" for b in batches) + " | |")
     lines += ["", "| mode | first call per batch: s (MiB added) |", "|---|---|"]
