@@ -290,6 +290,7 @@ def test_capturing_a_bucket_leaves_a_static_cache_as_the_caller_passed_it(
     assert any(r.graphs for r in runners), "the call captured its graph"
 
 
+@pytest.mark.slow  # compiles and captures four buckets: half a minute on 2 cores
 def test_running_out_of_memory_mid_capture_leaves_the_other_buckets(
         monkeypatch: pytest.MonkeyPatch, runners: list[BucketGraphRunner],  # noqa: F811
         plain: Callable[..., tuple[Any, ...]], caplog: pytest.LogCaptureFixture) -> None:

@@ -174,6 +174,7 @@ class _ReadsCaches(_Step):
         return torch.softmax(x @ self.weight + sum(c.sum(1) for c in caches), -1)
 
 
+@pytest.mark.slow  # Inductor compiles five inputs' graphs per bucket: over a minute on 2 cores
 def test_a_steps_inputs_are_staged_in_one_copy_per_dtype(runners: list[BucketGraphRunner],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Five small float inputs go into the graph's buffers in one foreach copy, and a padded batch's rows

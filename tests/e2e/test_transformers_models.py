@@ -54,12 +54,12 @@ def _same_bits_in_every_batch(model: torch.nn.Module, batch_sizes: tuple[int, ..
 
 
 #: Mistral without a sliding window is Llama op for op (test_mistral_traces_to_llamas_graph): running
-#: both through the invariance check would repeat the same graph.  The default suite runs Gemma 3 (its
-#: offset norm weights) under fx and Qwen3 (its query/key RMSNorms) under Inductor, the default executor;
-#: the slow run every model under fx, and GPT-2's layer norms under Inductor.  Llama's and Phi-3's layers
-#: are Qwen3's without some of its ops.
-FX_MODELS = [name if name == "gemma3" else pytest.param(name, marks=pytest.mark.slow)
-             for name in MODELS if name != "mistral"]
+#: both through the invariance check would repeat the same graph.  The default suite checks a Qwen3 step
+#: alone and in a batch under Inductor, the default executor, in tests/e2e/test_static_cache.py, and fx
+#: in the decode-equals-prefill tests below; the slow run here every model under fx (Gemma 3's offset norm
+#: weights too), and Qwen3 and GPT-2's layer norms under Inductor.  Llama's and Phi-3's layers are
+#: Qwen3's without some of its ops.
+FX_MODELS = [pytest.param(name, marks=pytest.mark.slow) for name in MODELS if name != "mistral"]
 
 
 @pytest.mark.parametrize("name", FX_MODELS)
@@ -89,7 +89,8 @@ def test_mistral_traces_to_llamas_graph() -> None:
     assert traced("mistral") == traced("llama")
 
 
-@pytest.mark.parametrize("name", ["qwen3", pytest.param("gpt2", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [pytest.param("qwen3", marks=pytest.mark.slow),
+                                  pytest.param("gpt2", marks=pytest.mark.slow)])
 def test_inductor_executor_makes_the_model_bitwise_invariant(name: str) -> None:
     ascend_compile.clear_reports()
     result = _same_bits_in_every_batch(tiny_model(name), backend="ascend_bi", options={"executor": "inductor"})
@@ -97,6 +98,7 @@ def test_inductor_executor_makes_the_model_bitwise_invariant(name: str) -> None:
     assert all(r.batch_invariant for r in ascend_compile.reports())
 
 
+@pytest.mark.slow  # the control of the two tests above, which run in the slow suite
 def test_stock_torch_compile_differs() -> None:
     """Negative control: stock torch.compile changes the probe's bits with the batch (CPU, fp32)."""
     result = _same_bits_in_every_batch(tiny_model("qwen3"))

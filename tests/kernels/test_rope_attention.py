@@ -53,10 +53,15 @@ def _copy(case: list) -> list:
     return [t.clone() if isinstance(t, torch.Tensor) else t for t in case]
 
 
-@pytest.mark.parametrize("norm", [True, False])
-@pytest.mark.parametrize("append", [True, False])
-@pytest.mark.parametrize(("length", "start", "schedule"), [(1, 515, None), (1, 515, SPLIT), (1, 100, SPLIT),
-                                                            (3, 510, SPLIT)])
+#: Steps (length, write position, schedule) by rotation forms (norm, append): the default suite runs each step in
+#: one form and each form once (the diagonal), the slow suite every pair.
+_STEPS = [(1, 515, None), (1, 515, SPLIT), (1, 100, SPLIT), (3, 510, SPLIT)]
+_FORMS = [(True, True), (True, False), (False, True), (False, False)]
+ONE_LAUNCH_CASES = [pytest.param(norm, append, *step, marks=() if i == j else pytest.mark.slow)
+                    for i, step in enumerate(_STEPS) for j, (norm, append) in enumerate(_FORMS)]
+
+
+@pytest.mark.parametrize(("norm", "append", "length", "start", "schedule"), ONE_LAUNCH_CASES)
 def test_one_launch_has_the_bits_of_two(norm: bool, append: bool, length: int, start: int,
                                         schedule: AttentionSchedule | None) -> None:
     case, mask = _case(3, length, start)

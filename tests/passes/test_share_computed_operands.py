@@ -66,6 +66,7 @@ def _decode_step(**options: object) -> tuple[torch.Tensor, str, ascend_compile.C
     return logits[0], "\n".join(codes), ascend_compile.reports()[-1]
 
 
+@pytest.mark.slow  # two Inductor compiles of a decode step: over half a minute on 2 cores
 def test_every_layer_reads_one_buffer_of_the_angles_and_the_mask() -> None:
     shared, code, report = _decode_step()
     alone, unshared_code, _ = _decode_step(disable_passes=[PASS])
