@@ -49,7 +49,7 @@ WEIGHT_PLUS_ONE = tl.constexpr(int(NormForm.WEIGHT_PLUS_ONE))
 
 
 @triton.jit
-def head_columns(cols, BLOCK_H: tl.constexpr):
+def _head_columns(cols, BLOCK_H: tl.constexpr):
     """Columns ``cols`` as a (``BLOCK_H``, columns) tile, each head's row the same: per-column operands (angles,
     norm weights) loaded through it take the head tile's layout, not a vector's that every use would convert
     through shared memory."""
@@ -59,7 +59,7 @@ def head_columns(cols, BLOCK_H: tl.constexpr):
 @triton.jit
 def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
                 NORM: tl.constexpr, FORM: tl.constexpr):
-    """``weight * (h * scale).to(dtype)`` at columns ``cols`` (a ``head_columns`` tile) of head rows ``rows``,
+    """``weight * (h * scale).to(dtype)`` at columns ``cols`` (a ``_head_columns`` tile) of head rows ``rows``,
     rounded as the RMSNorm kernel rounds it in ``FORM`` (``h`` itself without ``NORM``)."""
     h = tl.load(rows[:, None] + cols, mask=live[:, None] & (cols < n), other=0.0).to(tl.float32)
     if not NORM:
@@ -91,8 +91,8 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
     else:
         first = cols < n // 2
         partner = tl.where(first, cols + n // 2, cols - n // 2)
-    y = _normalized(rows, w_ptr, head_columns(cols, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
-    rotated = _normalized(rows, w_ptr, head_columns(partner, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM,
+    y = _normalized(rows, w_ptr, _head_columns(cols, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
+    rotated = _normalized(rows, w_ptr, _head_columns(partner, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM,
                           FORM)
     rotated = tl.where(first[None, :], -rotated, rotated)
     return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
@@ -105,7 +105,7 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
                      NORM: tl.constexpr, INTERLEAVED: tl.constexpr, FORM: tl.constexpr):
     """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
     cols = tl.arange(0, BLOCK)
-    angle_cols = head_columns(cols, BLOCK_H)
+    angle_cols = _head_columns(cols, BLOCK_H)
     cos = tl.load(cos_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
     sin = tl.load(sin_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
     out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED,
