@@ -187,6 +187,7 @@ def _static_step_bits(model: zoo.ZooModel, compiled: Callable[..., torch.Tensor]
     return out
 
 
+@pytest.mark.slow  # a compiled model end to end; the kernels' own check is test_cache_writes_past_the_end_...
 def test_a_full_static_cache_is_an_index_error_and_nothing_is_written() -> None:
     """transformers' Qwen3 in bf16 under Inductor, whose cache writes run in the fused rotation-and-attention
     launches: a step at the cache's last slot writes it; a step past it raises as eager does (naming the cache and
@@ -312,6 +313,7 @@ def test_running_out_of_memory_mid_capture_leaves_the_other_buckets(
     assert all(same_bits(out[0], alone[0]) for out in outs.values())
 
 
+@pytest.mark.slow  # the default fuzz run always checks a batch above the largest bucket (tests/test_fuzz.py)
 def test_a_batch_above_the_largest_bucket_runs_uncaptured(runners: list[BucketGraphRunner],  # noqa: F811
                                                          plain: Callable[..., tuple[Any, ...]],
                                                          caplog: pytest.LogCaptureFixture) -> None:

@@ -122,7 +122,7 @@ def _decode_matches_prefill(model: torch.nn.Module, length: int = 10, t0: int = 
     return all(torch.equal(step, full[t]) for step, t in zip(steps, range(t0 - 1, length), strict=False))
 
 
-@pytest.mark.parametrize("name", ["qwen3", "llama"])
+@pytest.mark.parametrize("name", [pytest.param("qwen3", marks=pytest.mark.slow), "llama"])
 def test_decode_steps_equal_prefill_with_sdpa(name: str) -> None:
     ascend_compile.clear_reports()
     model = tiny_model(name, attn_implementation="sdpa")
