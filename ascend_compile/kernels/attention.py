@@ -4,17 +4,19 @@ For each query row: keys are cut into the plan's splits (aligned to key 0); a sp
 online softmax over its ``BLOCK_N``-key tiles in order from a fresh state (running max; weighted
 values ``acc`` via ``tl.dot``; the denominator via ``tl.dot`` of the same rounded weights by ones,
 or ``tree_sum_rows`` on NPUs: ``AttentionPlan.denominator_by_dot``); splits are then folded in
-split order by ``_fold``.  Masked keys (causal, boolean or additive masks,
-keys past the end) contribute exact zeros, and folding a fully masked tile or split changes
-nothing bit for bit, so a query's result depends only on the keys it sees: the same in any batch,
-and the same in a prefill and in a decode step.
+split order by ``_fold``.  Masked keys (causal, boolean or additive masks, keys past the end)
+contribute exact zeros, and folding a fully masked tile or split changes nothing bit for bit, so a
+query's result depends only on the keys it sees: the same in any batch, and the same in a prefill
+and in a decode step.  So tiles no row of a block sees are not run, and tiles every row sees in
+full skip the visibility mask (``_tile_bounds``): the same operations on the same values.
 
 A program's tile rows are the query heads that share one key/value head, interleaved per query
 position (GQA): each key tile is loaded once per group, not once per query head.  Rows never mix
 (every row's dot products, sums and folds are its own), so the packing is a schedule, not a plan.
 
 Two schedules fold the same splits in the same order: *serial* (one program per row block walks
-its splits) and *split* (one program per (row block, split) writes the split's state, and a second
+its splits' tiles in one loop, ``_tiles``, and causal blocks launch those with the most keys first)
+and *split* (one program per (row block, split) writes the split's state, and a second
 launch folds them, ``fold_splits``): decode at small batch has few row blocks, so its splits run
 in parallel.  The second launch waits for the first as any overlapped launch does (0.5 us on an
 H200); the last split program to arrive folding them instead (an arrival counter, then reading
@@ -53,19 +55,22 @@ DENOM_COLS = tl.constexpr(16)
 
 
 @triton.jit
-def _fold(big_m, big_l, big_a, m, denom, a):
-    """Fold one split's state into the running state (the only way splits are ever combined)."""
+def _fold(big_m, big_l, big_a, m, denoms, a):
+    """Fold one split's state into the running state (the only way splits are ever combined).
+    Denominators are columns of equal sums (``_empty_state``), folded column by column; one column
+    is taken when a state is stored."""
     new_m = tl.maximum(big_m, m)
     shift = tl.where(new_m == float("-inf"), 0.0, new_m)
     old_scale = tl.exp(big_m - shift)
     scale = tl.exp(m - shift)
-    return new_m, big_l * old_scale + denom * scale, big_a * old_scale[:, None] + a * scale[:, None]
+    return (new_m, big_l * old_scale[:, None] + denoms * scale[:, None],
+            big_a * old_scale[:, None] + a * scale[:, None])
 
 
 @triton.jit
-def _fold_if(cond, big_m, big_l, big_a, m, denom, a):
+def _fold_if(cond, big_m, big_l, big_a, m, denoms, a):
     """``_fold`` where ``cond`` holds, else the running state unchanged."""
-    new_m, new_l, new_a = _fold(big_m, big_l, big_a, m, denom, a)
+    new_m, new_l, new_a = _fold(big_m, big_l, big_a, m, denoms, a)
     return tl.where(cond, new_m, big_m), tl.where(cond, new_l, big_l), tl.where(cond, new_a, big_a)
 
 
@@ -78,13 +83,14 @@ def _stored_state(ws_m, ws_l, ws_acc, part, num_splits, bkv, Lq, group, rows, li
     m = tl.load(ws_m + state, mask=keep, other=float("-inf"), cache_modifier=".cg")
     denom = tl.load(ws_l + state, mask=keep, other=0.0, cache_modifier=".cg")
     acc = tl.load(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], mask=keep[:, None], other=0.0, cache_modifier=".cg")
-    return m, denom, acc
+    return m, denom[:, None], acc
 
 
 @triton.jit
-def _empty_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """The state nothing was folded into yet: max -inf, denominator and weighted values zero."""
-    return (tl.full((BLOCK_M,), float("-inf"), tl.float32), tl.zeros((BLOCK_M,), tl.float32),
+def _empty_state(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, COLS: tl.constexpr):
+    """The state nothing was folded into yet: max -inf, denominators (``COLS`` columns holding the
+    same sums) and weighted values zero."""
+    return (tl.full((BLOCK_M,), float("-inf"), tl.float32), tl.zeros((BLOCK_M, COLS), tl.float32),
             tl.zeros((BLOCK_M, BLOCK_DV), tl.float32))
 
 
@@ -121,86 +127,120 @@ def _key_slots(keys, Lk, table_row, PAGE: tl.constexpr):
 
 
 @triton.jit
-def _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                 stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV, table_row,
-                 HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                 SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr = 0,
-                 past_k=None, past_v=None, past=0, spk_l=0, spv_l=0, GROWN: tl.constexpr = False):
-    """Online softmax over one split's tiles, from a fresh state: (max, denominator, weighted
-    values) per row; row r is query position ``pos[r]`` (``live`` rows only), its mask row at
-    ``mask_rows[r]`` (at ``mask_rows`` for all rows when ``MASK_ROW``).  A boolean mask adds
-    ``masked_score`` where it is False (-inf: the key is skipped).  ``GROWN``: keys before ``past``
-    are read at ``past_k``/``past_v`` (rows ``spk_l``/``spv_l`` apart), the others at ``k_base``/``v_base``."""
-    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    # ``DENOM_DOT`` (``AttentionPlan.denominator_by_dot``): the denominator is a dot too, of the
-    # weights acc sums by a block of ones; every column of ``denoms`` holds the same sums, and one
-    # is taken once per split.
-    denoms = tl.zeros((BLOCK_M, DENOM_COLS if DENOM_DOT else 1), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+def _tile_bounds(block, Lk, group, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(interior, stop) of row block ``block``'s key tiles: every row sees every key of the tiles
+    before ``interior`` (they take no visibility mask), no row sees a key of the tiles from ``stop``
+    on (they hold only masked keys or none: running them would change nothing, so they are not run)."""
+    interior = Lk // BLOCK_N
+    stop = tl.cdiv(Lk, BLOCK_N)
+    if IS_CAUSAL:  # a block's rows lie at positions block * BLOCK_M // group up to its last row's
+        interior = tl.minimum(interior, (block * BLOCK_M // group + 1) // BLOCK_N)
+        stop = tl.minimum(stop, ((block * BLOCK_M + BLOCK_M - 1) // group) // BLOCK_N + 1)
+    return interior, stop
+
+
+@triton.jit
+def _tile(q, k_base, v_base, bias, pos, live, t, Lk, sm_scale, masked_score, m, denoms, acc,
+          stride_kl, stride_kd, stride_vl, stride_vd, D, DV, table_row,
+          HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, IS_CAUSAL: tl.constexpr, VISIBILITY: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+          UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr,
+          PAGE: tl.constexpr, past_k, past_v, past, spk_l, spv_l, GROWN: tl.constexpr):
+    """Key tile ``t`` into a split's online-softmax state (max, denominators, weighted values); row r
+    is query position ``pos[r]``, ``bias`` its mask tile.  A boolean mask adds ``masked_score`` where
+    it is False (-inf: the key is skipped).  ``VISIBILITY``: keys a row does not see (past the end,
+    after it when causal, dead rows) score -inf; without it every key of the tile is seen.  ``GROWN``:
+    keys before ``past`` are read at ``past_k``/``past_v`` (rows ``spk_l``/``spv_l`` apart), the
+    others at ``k_base``/``v_base``."""
+    keys = t * BLOCK_N + tl.arange(0, BLOCK_N)
     dk = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    # Tiles past the last key hold no key: folding them changes nothing, so they are not run.
-    tiles = tl.minimum(SPLIT_TILES, tl.cdiv(Lk - split * SPLIT_TILES * BLOCK_N, BLOCK_N))
-    if HAS_MASK and not K_T:  # GPUs read mask tiles a tile ahead: the pipeliner prefetches dot operands only
-        keys = split * SPLIT_TILES * BLOCK_N + tl.arange(0, BLOCK_N)
-        bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL), keys < Lk,
-                               MASK_ROW)
-    for t in range(tiles):
-        keys = (split * SPLIT_TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        visible = _visible(keys, Lk, live, pos, IS_CAUSAL)
-        if HAS_MASK and not K_T:
-            bias = bias_next
-            more = t + 1 < SPLIT_TILES
-            bias_next = _mask_tile(mask_rows, keys + BLOCK_N, stride_mk,
-                                   _visible(keys + BLOCK_N, Lk, live, pos, IS_CAUSAL) & more,
-                                   (keys + BLOCK_N < Lk) & more, MASK_ROW)
-        elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
-            bias = _mask_tile(mask_rows, keys, stride_mk, visible, keys < Lk, MASK_ROW)
-        slots = _key_slots(keys, Lk, table_row, PAGE)
-        k_rows = k_base + slots * stride_kl
-        v_rows = v_base + slots * stride_vl
-        if GROWN:
-            k_rows = tl.where(keys < past, past_k + keys * spk_l, k_rows)
-            v_rows = tl.where(keys < past, past_v + keys * spv_l, v_rows)
-        if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
-            k = tl.trans(tl.load(k_rows[:, None] + dk[None, :] * stride_kd,
-                                 mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
-        else:
-            k = tl.load(k_rows[None, :] + dk[:, None] * stride_kd, mask=(keys[None, :] < Lk) & (dk[:, None] < D),
-                        other=0.0)
-        v = tl.load(v_rows[:, None] + dv[None, :] * stride_vd, mask=(keys[:, None] < Lk) & (dv[None, :] < DV),
+    slots = _key_slots(keys, Lk, table_row, PAGE)
+    k_rows = k_base + slots * stride_kl
+    v_rows = v_base + slots * stride_vl
+    if GROWN:
+        k_rows = tl.where(keys < past, past_k + keys * spk_l, k_rows)
+        v_rows = tl.where(keys < past, past_v + keys * spv_l, v_rows)
+    if K_T:  # NPU: load keys along their unit stride (the head dim), transpose in the UB
+        k = tl.trans(tl.load(k_rows[:, None] + dk[None, :] * stride_kd,
+                             mask=(keys[:, None] < Lk) & (dk[None, :] < D), other=0.0))
+    else:
+        k = tl.load(k_rows[None, :] + dk[:, None] * stride_kd, mask=(keys[None, :] < Lk) & (dk[:, None] < D),
                     other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, k, input_precision=INPUT_PRECISION) * sm_scale
-        if HAS_MASK:
-            if MASK_IS_BOOL:  # the additive mask where(mask, 0, masked_score), never materialized
-                s = tl.where(bias != 0, s, s + masked_score)
-            else:
-                s = s + bias.to(tl.float32)
-        s = tl.where(visible, s, float("-inf"))
-        new_m = tl.maximum(m, tl.max(s, axis=1))
-        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-        alpha = tl.exp(m - shift)
-        p = tl.exp(s - shift[:, None])
-        if DENOM_DOT:
-            p = p.to(v.dtype)
-            sums = tl.dot(p, tl.full((BLOCK_N, DENOM_COLS), 1.0, v.dtype), input_precision=INPUT_PRECISION)
+    v = tl.load(v_rows[:, None] + dv[None, :] * stride_vd, mask=(keys[:, None] < Lk) & (dv[None, :] < DV),
+                other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, k, input_precision=INPUT_PRECISION) * sm_scale
+    if HAS_MASK:
+        if MASK_IS_BOOL:  # the additive mask where(mask, 0, masked_score), never materialized
+            s = tl.where(bias != 0, s, s + masked_score)
         else:
-            sums = tl.reshape(tree_sum_rows(p, BLOCK_M, BLOCK_N), (BLOCK_M, 1))
-            p = p.to(v.dtype)
-        denoms = denoms * alpha[:, None] + sums
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=INPUT_PRECISION)
-        m = new_m
-    return m, tl.max(denoms, axis=1), acc
+            s = s + bias.to(tl.float32)
+    if VISIBILITY:
+        s = tl.where(_visible(keys, Lk, live, pos, IS_CAUSAL), s, float("-inf"))
+    new_m = tl.maximum(m, tl.max(s, axis=1))
+    shift = tl.where(new_m == float("-inf"), 0.0, new_m)
+    alpha = tl.exp(m - shift)
+    p = tl.exp(s - shift[:, None])
+    if DENOM_DOT:
+        p = p.to(v.dtype)
+        sums = tl.dot(p, tl.full((BLOCK_N, DENOM_COLS), 1.0, v.dtype), input_precision=INPUT_PRECISION)
+    else:
+        sums = tl.reshape(tree_sum_rows(p, BLOCK_M, BLOCK_N), (BLOCK_M, 1))
+        p = p.to(v.dtype)
+    return new_m, denoms * alpha[:, None] + sums, acc * alpha[:, None] + tl.dot(p, v, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _tiles(q, k_base, v_base, mask_rows, pos, live, start, stop, Lk, sm_scale, masked_score, m, denoms, acc,
+           big_m, big_l, big_a, stride_kl, stride_kd, stride_vl, stride_vd, stride_mk, D, DV, table_row,
+           HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
+           VISIBILITY: tl.constexpr, FOLD: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
+           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
+           DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr,
+           past_k, past_v, past, spk_l, spv_l, GROWN: tl.constexpr):
+    """Key tiles ``start`` to ``stop`` into the split state (m, denoms, acc), in order, in one loop.
+    ``FOLD``: after a split's last tile its state is folded into the running state (big_m, big_l,
+    big_a) and the next split begins afresh -- one loop over every split's tiles, so that the
+    pipeliner keeps loading ahead across splits.  The mask row of row r starts at ``mask_rows[r]``
+    (at ``mask_rows`` for all rows when ``MASK_ROW``)."""
+    # GPUs read mask tiles a tile ahead (the pipeliner prefetches dot operands only), except in the loop
+    # that folds splits over blocks of more than 16 rows: there a tile held ahead, next to both states,
+    # spills (sm_90), and took 2x the time of reading it in the loop (H200, 512-2048 queries).  A 16-row
+    # block (its 4 warps split a tile's keys) reading it in the folding loop gave other bits for a few
+    # rows (H100, triton 3.6, a boolean mask at batch 32).
+    if HAS_MASK and not K_T and (not FOLD or BLOCK_M == 16):
+        ahead = tl.minimum(Lk, stop * BLOCK_N)  # no mask entry is read past the loop's last tile
+        keys = start * BLOCK_N + tl.arange(0, BLOCK_N)
+        bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, ahead, live, pos, IS_CAUSAL), keys < ahead,
+                               MASK_ROW)
+    for t in range(start, stop):
+        bias = 0.0
+        if HAS_MASK and not K_T and (not FOLD or BLOCK_M == 16):
+            bias = bias_next
+            keys = (t + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+            bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, ahead, live, pos, IS_CAUSAL),
+                                   keys < ahead, MASK_ROW)
+        elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
+            keys = t * BLOCK_N + tl.arange(0, BLOCK_N)
+            bias = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL), keys < Lk,
+                              MASK_ROW)
+        m, denoms, acc = _tile(q, k_base, v_base, bias, pos, live, t, Lk, sm_scale, masked_score, m, denoms, acc,
+                               stride_kl, stride_kd, stride_vl, stride_vd, D, DV, table_row, HAS_MASK, MASK_IS_BOOL,
+                               IS_CAUSAL, VISIBILITY, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+                               INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
+        if FOLD:
+            if (t + 1) % SPLIT_TILES == 0:
+                big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denoms, acc)
+                m, denoms, acc = _empty_state(BLOCK_M, BLOCK_DV, DENOM_COLS if DENOM_DOT else 1)
+    return m, denoms, acc, big_m, big_l, big_a
 
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
-                      Lq, Lk, KVH, BKV, num_splits, sm_scale, masked_score, D, DV,
+                      Lq, Lk, KVH, BKV, sm_scale, masked_score, D, DV,
                       sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                       sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b,
                       GROUP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr,
@@ -215,15 +255,20 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
         blocks = (Lq * GROUP + BLOCK_M - 1) // BLOCK_M
         for w in range(tl.program_id(0), blocks * BKV, tl.num_programs(0)):
             _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
-                             w % blocks, w // blocks, 0, Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
+                             w % blocks, w // blocks, 0, Lq, Lk, KVH, GROUP, sm_scale, masked_score, D, DV,
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                              sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                              IS_CAUSAL, False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
                              INPUT_PRECISION, True, PAGE, HAS_LENS)
     else:
+        block, bkv = tl.program_id(0), tl.program_id(1)
+        if IS_CAUSAL and not SPLIT:  # launch order: blocks by their keys, most first, so the last wave's are few
+            launch = bkv * tl.num_programs(0) + block
+            block = tl.num_programs(0) - 1 - launch // tl.num_programs(1)
+            bkv = launch % tl.num_programs(1)
         _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
-                         tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         Lq, Lk, KVH, GROUP, num_splits, sm_scale, masked_score, D, DV,
+                         block, bkv, tl.program_id(2),
+                         Lq, Lk, KVH, GROUP, sm_scale, masked_score, D, DV,
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                          sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                          IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
@@ -240,7 +285,7 @@ def _group_rows(block, Lq, group, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc, table_ptr, lens_ptr,
-                     block, bkv, split_id, Lq, Lk, KVH, group, num_splits, sm_scale, masked_score, D, DV,
+                     block, bkv, split_id, Lq, Lk, KVH, group, sm_scale, masked_score, D, DV,
                      sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                      sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b,
                      HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr,
@@ -265,7 +310,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
     _attend(q, k_ptr + b * sk_b + kvh * sk_h, v_ptr + b * sv_b + kvh * sv_h,
             _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, block, bkv, split_id, rows, pos, live, Lq, Lk, group,
-            num_splits, sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_ptr + b * st_b,
+            sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_ptr + b * st_b,
             HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
             UPCAST, DENOM_DOT, INPUT_PRECISION, K_T, PAGE)
 
@@ -282,7 +327,7 @@ def _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW: tl.constexpr):
 
 @triton.jit
 def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc, block, bkv, split_id,
-            rows, pos, live, Lq, Lk, group, num_splits, sm_scale, masked_score, D, DV,
+            rows, pos, live, Lq, Lk, group, sm_scale, masked_score, D, DV,
             sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_row,
             HAS_MASK: tl.constexpr, MASK_IS_BOOL: tl.constexpr, MASK_ROW: tl.constexpr, IS_CAUSAL: tl.constexpr,
             SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -290,32 +335,41 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr,
             PAGE: tl.constexpr = 0, past_k=None, past_v=None, past=0, spk_l=0, spv_l=0, GROWN: tl.constexpr = False):
     """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``
-    (those before ``past`` at ``past_k``/``past_v`` when ``GROWN``, as ``_split_state`` reads them):
+    (those before ``past`` at ``past_k``/``past_v`` when ``GROWN``, as ``_tile`` reads them):
     split ``split_id``'s state, for ``fold_splits`` (``SPLIT``), or every split folded in order, the
-    result to ``out_ptr + out_rows``."""
+    result to ``out_ptr + out_rows``.  Serially, the tiles every row sees in full run first, without
+    a visibility mask, then the others with it: the same operations on the same values, so the same bits."""
     dv = tl.arange(0, BLOCK_DV)
+    interior, stop = _tile_bounds(block, Lk, group, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    start = 0
+    # ``DENOM_DOT`` (``AttentionPlan.denominator_by_dot``): the denominator is a dot too, of the weights
+    # acc sums by a block of ones; every column of the denominators holds the same sums.
+    m, denoms, acc = _empty_state(BLOCK_M, BLOCK_DV, DENOM_COLS if DENOM_DOT else 1)
+    big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV, DENOM_COLS if DENOM_DOT else 1)
+    if SPLIT:  # one split's few tiles (decode), in one loop
+        start = split_id * SPLIT_TILES
+        stop = tl.minimum(stop, start + SPLIT_TILES)
+        interior = start
+    else:
+        interior = tl.minimum(interior, stop)
+        m, denoms, acc, big_m, big_l, big_a = _tiles(
+            q, k_base, v_base, mask_rows, pos, live, start, interior, Lk, sm_scale, masked_score, m, denoms, acc,
+            big_m, big_l, big_a, sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+            IS_CAUSAL, False, True, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+            INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
+    m, denoms, acc, big_m, big_l, big_a = _tiles(
+        q, k_base, v_base, mask_rows, pos, live, interior, stop, Lk, sm_scale, masked_score, m, denoms, acc,
+        big_m, big_l, big_a, sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
+        IS_CAUSAL, True, not SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
+        INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
     if SPLIT:
-        m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split_id, Lk, sm_scale, masked_score,
-                                     sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
-                                     IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                                     INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
         state = (split_id * tl.num_programs(1) + bkv) * Lq * group + rows
         tl.store(ws_m + state, m, mask=live)
-        tl.store(ws_l + state, denom, mask=live)
+        tl.store(ws_l + state, tl.max(denoms, axis=1), mask=live)
         tl.store(ws_acc + state[:, None] * BLOCK_DV + dv[None, :], acc, mask=live[:, None])
-    else:
-        big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
-        last = num_splits
-        if IS_CAUSAL:  # splits past the block's last query hold only masked keys: folding them is a no-op
-            last = tl.minimum(num_splits, ((block * BLOCK_M + BLOCK_M - 1) // group) // (SPLIT_TILES * BLOCK_N) + 1)
-        for split in range(0, last):
-            m, denom, acc = _split_state(q, k_base, v_base, mask_rows, pos, live, split, Lk, sm_scale, masked_score,
-                                         sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL,
-                                         MASK_ROW, IS_CAUSAL, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST,
-                                         DENOM_DOT, INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l,
-                                         GROWN)
-            big_m, big_l, big_a = _fold(big_m, big_l, big_a, m, denom, acc)
-        _store_rows(out_ptr, big_a, big_l, out_rows, live, dv, so_d, DV)
+    else:  # the last split, where its tiles end early (the keys' end, or causal rows' last key)
+        big_m, big_l, big_a = _fold_if(stop % SPLIT_TILES != 0, big_m, big_l, big_a, m, denoms, acc)
+        _store_rows(out_ptr, big_a, tl.max(big_l, axis=1), out_rows, live, dv, so_d, DV)
 
 
 @triton.jit
@@ -339,7 +393,7 @@ def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, index_ptr, advance, Lq, KVH
     bkv = tl.program_id(1)
     rows, pos, g, live = _group_rows(tl.program_id(0), Lq, GROUP, BLOCK_M)
     dv = tl.arange(0, BLOCK_DV)
-    big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV)
+    big_m, big_l, big_a = _empty_state(BLOCK_M, BLOCK_DV, 1)
     # Four splits' states are loaded at once, then folded one by one in split order: the loads'
     # latency is paid once per four splits, not once per split.
     for first in range(0, num_splits, 4):
@@ -352,7 +406,7 @@ def _fold_splits_kernel(ws_m, ws_l, ws_acc, out_ptr, index_ptr, advance, Lq, KVH
         big_m, big_l, big_a = _fold_if(first + 2 < num_splits, big_m, big_l, big_a, s2[0], s2[1], s2[2])
         big_m, big_l, big_a = _fold_if(first + 3 < num_splits, big_m, big_l, big_a, s3[0], s3[1], s3[2])
     h = (bkv % KVH) * GROUP + g
-    _store_rows(out_ptr, big_a, big_l, (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
+    _store_rows(out_ptr, big_a, tl.max(big_l, axis=1), (bkv // KVH) * so_b + h * so_h + pos * so_l, live, dv, so_d, DV)
     if ADVANCE:
         if (tl.program_id(0) == 0) & (bkv == 0):
             tl.store(index_ptr, start + advance)
@@ -392,8 +446,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     if out.numel() == 0:
         return out.to(q.dtype)
     group = heads // kv_heads
-    sched = schedule or attention_schedule(plan, lq * group, lk, batch * kv_heads, device,
-                                           additive_mask=mask is not None and mask.dtype != torch.bool)
+    sched = schedule or attention_schedule(plan, lq * group, lk, batch * kv_heads, device, mask_kind(mask))
     if mask is not None:
         mask = mask.expand(batch, heads, lq, lk)
     mask_arg = mask if mask is not None else q
@@ -406,7 +459,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
     k_strides, v_strides, table = paged or (k.stride(), v.stride(), q)
     _attention_kernel[grid](
         q, k, v, mask_arg, out, *ws, table, seq_lens if seq_lens is not None else q,
-        lq, lk, kv_heads, batch * kv_heads, splits, scale if scale is not None else d ** -0.5, masked_score, d, dv,
+        lq, lk, kv_heads, batch * kv_heads, scale if scale is not None else d ** -0.5, masked_score, d, dv,
         *q.stride(), *k_strides, *v_strides, *mask_strides, *out.stride(), table.stride(0) if paged else 0,
         GROUP=group, HAS_MASK=mask is not None, MASK_IS_BOOL=mask is not None and mask.dtype == torch.bool,
         MASK_ROW=mask_row(mask, lq, split), IS_CAUSAL=is_causal, SPLIT=split,
@@ -435,6 +488,13 @@ def _paged(k_cache: torch.Tensor, v_cache: torch.Tensor,
                          f"{block_tables.dtype}")
     strides = [(0, c.stride(2), c.stride(1), c.stride(3)) for c in (k_cache, v_cache)]
     return strides[0], strides[1], block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
+
+
+def mask_kind(mask: torch.Tensor | None) -> str | None:
+    """What attention's scores read of ``mask``: nothing (None), a ``"boolean"`` or an ``"additive"`` mask."""
+    if mask is None:
+        return None
+    return "boolean" if mask.dtype == torch.bool else "additive"
 
 
 def mask_row(mask: torch.Tensor | None, lq: int, split: bool) -> bool:

@@ -549,20 +549,35 @@ class AttentionSchedule:
     num_stages: int | None = None
 
 
+#: Packed query rows from which GPU programs of attention without a mask take 128 rows on 8 warps.
+LONG_ATTENTION_ROWS = 4096
+
+
 @functools.lru_cache(maxsize=4096)
 def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int, device: Device,
-                       additive_mask: bool = False, copies_past: bool = False) -> AttentionSchedule:
+                       mask: str | None = None, copies_past: bool = False) -> AttentionSchedule:
     """Rows per program and the split choice; free to depend on the batch.
 
     ``queries`` counts a group's packed rows (query positions x query heads per key/value head),
-    ``heads`` the (batch, key/value head) pairs; ``additive_mask``: the scores read a floating mask;
-    ``copies_past``: the launch's other programs copy a grown cache's past (``kernels/rope_attention.py``).
+    ``heads`` the (batch, key/value head) pairs; ``mask``: what the scores read, None, "boolean"
+    or "additive" (a floating mask); ``copies_past``: the launch's other programs copy a grown
+    cache's past (``kernels/rope_attention.py``).
     """
+    if mask not in (None, "boolean", "additive"):
+        raise ValueError(f"attention_schedule: mask must be None, 'boolean' or 'additive', got {mask!r}")
     if device.plan_kind == "npu":
         return _npu_attention_schedule(plan, queries, heads, device)
     if device.triton_interpreted:
         return AttentionSchedule(block_m=16, split=False, num_warps=4)
-    block_m = 16 if queries <= 16 else 64
+    block_m, warps, stages = (16, 4, None) if queries <= 16 else (64, 4, 2)
+    # Prefill blocks: 64 rows on 4 warps loading two key tiles ahead (decision 0026), except
+    # 128 rows on 8 warps loading three (decision 0030) where the scores add a floating mask (with
+    # 4 warps 64 rows spill, triton 3.9's sm_90 build; H100, 4 x 512 tokens: 69.8 us against 92.6
+    # for 64 rows on 8 warps), and where no mask is read and the rows are many (H100, causal: 2048
+    # tokens at bs 1 0.95x the time, 8192 0.95x; 512 tokens at bs 4-8 1.04-1.07x, boolean masks
+    # 1.10-1.12x).
+    if block_m == 64 and (mask == "additive" or (mask is None and queries >= LONG_ATTENTION_ROWS)):
+        block_m, warps, stages = 128, 8, 3
     blocks = -(-queries // block_m)
     # Splits while programs leave SMs idle and a head's keys make at least as many splits as its
     # rows make blocks: the fold's states grow with the rows (H200, split / serial time at bs 1: a
@@ -571,14 +586,6 @@ def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int,
     splits = plan.num_splits(keys)
     # Where copy programs fill the SMs anyway, the attention's own chain is what is left to shorten (0008).
     split = 1 < splits and blocks <= splits and (copies_past or heads * blocks < device.compute_units)
-    # 4 warps (H200: prefill blocks of 64 rows over 512 causal keys took 13.0 us against 32.6 with
-    # 8 warps, the 512-token prefill at bs 4 18.4 ms against 19.4), except 64-row blocks that add a
-    # floating mask: with 4 warps they spill (triton 3.9's sm_90 build), with 8 a 512-token prefill
-    # took 0.91-0.95x the time at bs 1-8 (boolean masks and causal blocks: 1.4-1.6x slower with 8).
-    warps = 8 if block_m == 64 and additive_mask else 4
-    # 64-row blocks on 4 warps load two key tiles ahead, not three (H100, 4 x 512 causal tokens 32.5 against
-    # 39.3 us, with a boolean mask 40.3 against 52.7; 4096 causal tokens 297 against 343; decision 0026).
-    stages = 2 if block_m == 64 and warps == 4 else None
     return AttentionSchedule(block_m=block_m, split=split, num_warps=warps, num_stages=stages)
 
 

@@ -123,8 +123,8 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
     rows, pos, g, live = _group_rows(0, Lq, GROUP, BLOCK_M)
     h = kvh * GROUP + g
     # One rotation over the rows that hold something (``ROT_ROWS``): the packed query rows, then row
-    # Lq * GROUP + p for position p's key.  Attention's tile is that tile repeated down its rows: past
-    # the query's rows it masks every key, so the repeats and the key rows are never read.
+    # Lq * GROUP + p for position p's key.  Attention's tile is that tile repeated down its rows: rows
+    # past the query's are not stored, so the repeats and the key rows are never read.
     r_rows, r_pos, r_g, r_live = _group_rows(0, Lq, GROUP, ROT_ROWS)
     is_key = (r_rows >= Lq * GROUP) & (r_rows < Lq * GROUP + Lq)
     p_key = tl.where(is_key, r_rows - Lq * GROUP, 0)
@@ -163,7 +163,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
         q = q.to(tl.float32)
     _attend(q, k_base, v_base, _mask_rows(mask_ptr, b, h, pos, sm_b, sm_h, sm_q, MASK_ROW), out_ptr,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP,
-            num_splits, sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, k_base, HAS_MASK,
+            sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, k_base, HAS_MASK,
             MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST,
             DENOM_DOT, INPUT_PRECISION, False, 0, past_k, past_v, PAST, spk_l, spv_l, GROW)
     if APPEND and not SPLIT:  # the last to arrive advances the position, after every program's read of it

@@ -9,6 +9,7 @@ import torch
 
 from ascend_compile.devices import Device
 from ascend_compile.kernels.plans import (
+    LONG_ATTENTION_ROWS,
     attention_plan,
     attention_schedule,
     gated_in_one_launch,
@@ -106,28 +107,25 @@ def test_decode_split_programs_preload_their_weight() -> None:
     assert not matmul_schedule(matmul_plan(2048, 1024, torch.bfloat16, CPU), 8, 1024, 1, 2, CPU).preload_weight
 
 
-def test_attention_warps_change_with_the_mask_only_in_prefill_blocks() -> None:
-    """A floating mask gives 64-row GPU blocks 8 warps (4 spill registers there in triton 3.9); decode blocks,
-    boolean masks, causal blocks and the interpreter keep 4.  The plan never sees the mask."""
+def test_attention_prefill_blocks_follow_the_mask_and_the_rows() -> None:
+    """GPU prefill blocks: 128 rows on 8 warps, three tiles ahead, where a floating mask is read or no mask
+    and many rows; 64 rows on 4 warps, two tiles ahead, otherwise (boolean masks, fewer rows).  Decode
+    blocks and the interpreter keep 16 rows, 4 warps and Triton's depth.  The plan never sees the mask."""
     assert list(inspect.signature(attention_plan).parameters) == ["head_dim", "value_dim", "dtype", "device"]
-    plan = attention_plan(128, 128, torch.bfloat16, GPU)
-    prefill, decode = (1024, 512, 16), (2, 520, 64)  # packed query rows, keys, (batch, key/value head) pairs
-    assert attention_schedule(plan, *prefill, GPU, additive_mask=True).num_warps == 8
-    assert attention_schedule(plan, *prefill, GPU).num_warps == 4
-    assert attention_schedule(plan, *decode, GPU, additive_mask=True).num_warps == 4
-    cpu_plan = attention_plan(128, 128, torch.bfloat16, CPU)
-    assert attention_schedule(cpu_plan, *prefill, CPU, additive_mask=True).num_warps == 4
+    prefill, long, decode = (1024, 512, 16), (LONG_ATTENTION_ROWS, 2048, 8), (2, 520, 64)
+    big, small = (128, 8, 3), (64, 4, 2)
 
+    def shape(*args: int, mask: str | None = None, device: Device = GPU) -> tuple[int, int, int | None]:
+        s = attention_schedule(attention_plan(128, 128, torch.bfloat16, device), *args, device, mask)
+        return s.block_m, s.num_warps, s.num_stages
 
-def test_attention_prefill_blocks_on_four_warps_pipeline_two_tiles() -> None:
-    """64-row blocks on 4 warps load two key tiles ahead; 8-warp blocks (a floating mask), decode blocks and
-    the interpreter keep Triton's default depth."""
-    plan = attention_plan(128, 128, torch.bfloat16, GPU)
-    prefill, decode = (1024, 512, 16), (2, 520, 64)
-    assert attention_schedule(plan, *prefill, GPU).num_stages == 2
-    assert attention_schedule(plan, *prefill, GPU, additive_mask=True).num_stages is None
-    assert attention_schedule(plan, *decode, GPU).num_stages is None
-    assert attention_schedule(attention_plan(128, 128, torch.bfloat16, CPU), *prefill, CPU).num_stages is None
+    assert shape(*prefill, mask="additive") == shape(*long) == shape(*long, mask="additive") == big
+    assert shape(*prefill) == shape(*prefill, mask="boolean") == shape(*long, mask="boolean") == small
+    assert shape(LONG_ATTENTION_ROWS - 1, 2048, 8) == small
+    assert shape(*decode) == shape(*decode, mask="additive") == (16, 4, None)
+    assert shape(*prefill, mask="additive", device=CPU) == (16, 4, None)
+    with pytest.raises(ValueError, match="'boolean' or 'additive'"):
+        attention_schedule(attention_plan(128, 128, torch.bfloat16, GPU), *prefill, GPU, "float")
 
 
 def test_attention_splits_keys_only_when_they_outnumber_the_row_blocks() -> None:
