@@ -44,6 +44,7 @@ from ascend_compile.kernels.overlap import wait_for_inputs
 from ascend_compile.kernels.plans import (
     AttentionPlan,
     AttentionSchedule,
+    attention_mask_ahead,
     attention_plan,
     attention_schedule,
     launch_options,
@@ -200,30 +201,26 @@ def _tiles(q, k_base, v_base, mask_rows, pos, live, start, stop, Lk, sm_scale, m
            VISIBILITY: tl.constexpr, FOLD: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr,
            DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr,
-           past_k, past_v, past, spk_l, spv_l, GROWN: tl.constexpr):
+           MASK_AHEAD: tl.constexpr, past_k, past_v, past, spk_l, spv_l, GROWN: tl.constexpr):
     """Key tiles ``start`` to ``stop`` into the split state (m, denoms, acc), in order, in one loop.
     ``FOLD``: after a split's last tile its state is folded into the running state (big_m, big_l,
     big_a) and the next split begins afresh -- one loop over every split's tiles, so that the
     pipeliner keeps loading ahead across splits.  The mask row of row r starts at ``mask_rows[r]``
-    (at ``mask_rows`` for all rows when ``MASK_ROW``)."""
-    # GPUs read mask tiles a tile ahead (the pipeliner prefetches dot operands only), except in the loop
-    # that folds splits over blocks of more than 16 rows: there a tile held ahead, next to both states,
-    # spills (sm_90), and took 2x the time of reading it in the loop (H200, 512-2048 queries).  A 16-row
-    # block (its 4 warps split a tile's keys) reading it in the folding loop gave other bits for a few
-    # rows (H100, triton 3.6, a boolean mask at batch 32).
-    if HAS_MASK and not K_T and (not FOLD or BLOCK_M == 16):
+    (at ``mask_rows`` for all rows when ``MASK_ROW``); ``MASK_AHEAD``: mask tiles are read a tile
+    ahead (``plans.attention_mask_ahead``), else as the loop reaches them."""
+    if HAS_MASK and MASK_AHEAD:
         ahead = tl.minimum(Lk, stop * BLOCK_N)  # no mask entry is read past the loop's last tile
         keys = start * BLOCK_N + tl.arange(0, BLOCK_N)
         bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, ahead, live, pos, IS_CAUSAL), keys < ahead,
                                MASK_ROW)
     for t in range(start, stop):
         bias = 0.0
-        if HAS_MASK and not K_T and (not FOLD or BLOCK_M == 16):
+        if HAS_MASK and MASK_AHEAD:
             bias = bias_next
             keys = (t + 1) * BLOCK_N + tl.arange(0, BLOCK_N)
             bias_next = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, ahead, live, pos, IS_CAUSAL),
                                    keys < ahead, MASK_ROW)
-        elif HAS_MASK:  # NPUs: triton-ascend's multibuffer overlaps the load (no UB for a second tile)
+        elif HAS_MASK:
             keys = t * BLOCK_N + tl.arange(0, BLOCK_N)
             bias = _mask_tile(mask_rows, keys, stride_mk, _visible(keys, Lk, live, pos, IS_CAUSAL), keys < Lk,
                               MASK_ROW)
@@ -248,7 +245,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
                       SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
                       INPUT_PRECISION: tl.constexpr, PERSISTENT: tl.constexpr, PAGE: tl.constexpr = 0,
-                      HAS_LENS: tl.constexpr = False, OVERLAP: tl.constexpr = False):
+                      HAS_LENS: tl.constexpr = False, MASK_AHEAD: tl.constexpr = False,
+                      OVERLAP: tl.constexpr = False):
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     if PERSISTENT:  # NPU: programs loop over (row block, batch x kv head) work items; splits serial
@@ -259,7 +257,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
                              sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                              sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                              IS_CAUSAL, False, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                             INPUT_PRECISION, True, PAGE, HAS_LENS)
+                             INPUT_PRECISION, True, PAGE, HAS_LENS, MASK_AHEAD)
     else:
         block, bkv = tl.program_id(0), tl.program_id(1)
         if IS_CAUSAL and not SPLIT:  # launch order: blocks by their keys, most first, so the last wave's are few
@@ -272,7 +270,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc
                          sq_b, sq_h, sq_l, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d,
                          sm_b, sm_h, sm_q, sm_k, so_b, so_h, so_l, so_d, st_b, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
                          IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-                         INPUT_PRECISION, False, PAGE, HAS_LENS)
+                         INPUT_PRECISION, False, PAGE, HAS_LENS, MASK_AHEAD)
 
 
 @triton.jit
@@ -292,7 +290,8 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
                      IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_DV: tl.constexpr, UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                     INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr, HAS_LENS: tl.constexpr):
+                     INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr, PAGE: tl.constexpr, HAS_LENS: tl.constexpr,
+                     MASK_AHEAD: tl.constexpr):
     """Row block ``block`` of batch x key/value head ``bkv`` (and, when ``SPLIT``, key split
     ``split_id`` of it).  ``PAGE``: keys and values are a paged cache read through row ``b`` of the block
     table; ``HAS_LENS``: sequence ``b`` has ``lens_ptr[b]`` keys (the keys past them are not read)."""
@@ -312,7 +311,7 @@ def _attention_block(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, ws_m, ws_l, ws_acc,
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, block, bkv, split_id, rows, pos, live, Lq, Lk, group,
             sm_scale, masked_score, D, DV, sk_l, sk_d, sv_l, sv_d, sm_k, so_d, table_ptr + b * st_b,
             HAS_MASK, MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV,
-            UPCAST, DENOM_DOT, INPUT_PRECISION, K_T, PAGE)
+            UPCAST, DENOM_DOT, INPUT_PRECISION, K_T, PAGE, MASK_AHEAD)
 
 
 @triton.jit
@@ -333,7 +332,8 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
             UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, K_T: tl.constexpr,
-            PAGE: tl.constexpr = 0, past_k=None, past_v=None, past=0, spk_l=0, spv_l=0, GROWN: tl.constexpr = False):
+            PAGE: tl.constexpr = 0, MASK_AHEAD: tl.constexpr = False, past_k=None, past_v=None, past=0, spk_l=0,
+            spv_l=0, GROWN: tl.constexpr = False):
     """Attention of query rows ``q`` (loaded) of one row block over the keys at ``k_base``/``v_base``
     (those before ``past`` at ``past_k``/``past_v`` when ``GROWN``, as ``_tile`` reads them):
     split ``split_id``'s state, for ``fold_splits`` (``SPLIT``), or every split folded in order, the
@@ -356,12 +356,12 @@ def _attend(q, k_base, v_base, mask_rows, out_ptr, out_rows, ws_m, ws_l, ws_acc,
             q, k_base, v_base, mask_rows, pos, live, start, interior, Lk, sm_scale, masked_score, m, denoms, acc,
             big_m, big_l, big_a, sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
             IS_CAUSAL, False, True, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-            INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
+            INPUT_PRECISION, K_T, PAGE, MASK_AHEAD, past_k, past_v, past, spk_l, spv_l, GROWN)
     m, denoms, acc, big_m, big_l, big_a = _tiles(
         q, k_base, v_base, mask_rows, pos, live, interior, stop, Lk, sm_scale, masked_score, m, denoms, acc,
         big_m, big_l, big_a, sk_l, sk_d, sv_l, sv_d, sm_k, D, DV, table_row, HAS_MASK, MASK_IS_BOOL, MASK_ROW,
         IS_CAUSAL, True, not SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, UPCAST, DENOM_DOT,
-        INPUT_PRECISION, K_T, PAGE, past_k, past_v, past, spk_l, spv_l, GROWN)
+        INPUT_PRECISION, K_T, PAGE, MASK_AHEAD, past_k, past_v, past, spk_l, spv_l, GROWN)
     if SPLIT:
         state = (split_id * tl.num_programs(1) + bkv) * Lq * group + rows
         tl.store(ws_m + state, m, mask=live)
@@ -467,6 +467,7 @@ def bi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.
         BLOCK_D=plan.block_d, BLOCK_DV=plan.block_dv,
         UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot, INPUT_PRECISION=plan.input_precision,
         PERSISTENT=sched.programs > 0, PAGE=k.shape[1] if paged else 0, HAS_LENS=seq_lens is not None,
+        MASK_AHEAD=attention_mask_ahead(sched, split),
         **launch_options(device, sched.num_warps, sched.num_stages, fp_fusion=False, overlap=True),
     )
     if split:

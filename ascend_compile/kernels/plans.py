@@ -589,6 +589,18 @@ def attention_schedule(plan: AttentionPlan, queries: int, keys: int, heads: int,
     return AttentionSchedule(block_m=block_m, split=split, num_warps=warps, num_stages=stages)
 
 
+def attention_mask_ahead(schedule: AttentionSchedule, split: bool) -> bool:
+    """Whether a launch's programs read each mask tile a tile ahead of the one they compute: GPU
+    programs do (Triton's pipeliner prefetches dot operands only), except serial prefill blocks, which
+    fold splits in their key loop and read it as they reach it (0030).  There a tile held ahead, next
+    to both states, spills (sm_90) and took 2x the time (H200, 512-2048 queries).  A serial 16-row
+    block (its 4 warps split a tile's keys) reading it in that loop gave other bits for a few rows
+    (H100, triton 3.6, a boolean mask at batch 32), so it reads ahead as a split's programs do.  NPU
+    programs read it in the loop: triton-ascend's multibuffer overlaps the load, and the UB holds no
+    second tile.  ``split``: the launch runs the split schedule."""
+    return not schedule.programs and (split or schedule.block_m == 16)
+
+
 def attention_ub_bytes(block_m: int, plan: AttentionPlan, device: Device) -> int:
     """Unified Buffer bytes one attention program holds (NPU model, every tile counted in the UB).
 

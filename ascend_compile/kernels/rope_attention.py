@@ -57,6 +57,7 @@ from ascend_compile.kernels.plans import (
     AttentionPlan,
     AttentionSchedule,
     RowPlan,
+    attention_mask_ahead,
     attention_plan,
     attention_schedule,
     launch_options,
@@ -101,7 +102,8 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
                            IS_CAUSAL: tl.constexpr, SPLIT: tl.constexpr, SPLIT_TILES: tl.constexpr,
                            ROT_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                            UPCAST: tl.constexpr, DENOM_DOT: tl.constexpr,
-                           INPUT_PRECISION: tl.constexpr, OVERLAP: tl.constexpr = False):
+                           INPUT_PRECISION: tl.constexpr, MASK_AHEAD: tl.constexpr,
+                           OVERLAP: tl.constexpr = False):
     """Program (batch x key/value head ``program_id(1)``, key split ``program_id(2)``) of the one row block,
     or with ``GROW`` and ``program_id(0)`` t > 0 the copy of the past's key tile t - 1 of the same splits."""
     if OVERLAP:  # launched early (overlap.py)
@@ -165,7 +167,7 @@ def _rope_attention_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr
             b * so_b + h * so_h + pos * so_l, ws_m, ws_l, ws_acc, 0, bkv, split_id, rows, pos, live, Lq, Lk, GROUP,
             sm_scale, masked_score, D, D, skc_l, skc_d, svc_l, svc_d, sm_k, so_d, k_base, HAS_MASK,
             MASK_IS_BOOL, MASK_ROW, IS_CAUSAL, SPLIT, SPLIT_TILES, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_D, UPCAST,
-            DENOM_DOT, INPUT_PRECISION, False, 0, past_k, past_v, PAST, spk_l, spv_l, GROW)
+            DENOM_DOT, INPUT_PRECISION, False, 0, MASK_AHEAD, past_k, past_v, PAST, spk_l, spv_l, GROW)
     if APPEND and not SPLIT:  # the last to arrive advances the position, after every program's read of it
         if arrived == tl.num_programs(1) * tl.num_programs(2) - 1:
             tl.store(index_ptr, start + Lq)
@@ -286,7 +288,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weights: tuple[to
         IS_CAUSAL=is_causal, SPLIT=split, SPLIT_TILES=tiles,
         ROT_ROWS=triton.next_power_of_2(length * (group + 1)), BLOCK_M=sched.block_m, BLOCK_N=plan.block_n,
         BLOCK_D=plan.block_d, UPCAST=plan.fp32_io, DENOM_DOT=plan.denominator_by_dot,
-        INPUT_PRECISION=plan.input_precision,
+        INPUT_PRECISION=plan.input_precision, MASK_AHEAD=attention_mask_ahead(sched, split),
         **launch_options(device, sched.num_warps, sched.num_stages, fp_fusion=False, overlap=True),
     )
     if split:

@@ -10,6 +10,8 @@ import torch
 from ascend_compile.devices import Device
 from ascend_compile.kernels.plans import (
     LONG_ATTENTION_ROWS,
+    AttentionSchedule,
+    attention_mask_ahead,
     attention_plan,
     attention_schedule,
     gated_in_one_launch,
@@ -126,6 +128,21 @@ def test_attention_prefill_blocks_follow_the_mask_and_the_rows() -> None:
     assert shape(*prefill, mask="additive", device=CPU) == (16, 4, None)
     with pytest.raises(ValueError, match="'boolean' or 'additive'"):
         attention_schedule(attention_plan(128, 128, torch.bfloat16, GPU), *prefill, GPU, "float")
+
+
+def test_attention_reads_mask_tiles_ahead_except_in_serial_prefill_blocks() -> None:
+    """A split launch's programs and serial 16-row blocks read a mask tile ahead; serial prefill blocks (64 or
+    128 rows, folding splits in their loop) and NPU programs read it as their loop reaches it."""
+    def schedule(block_m: int, programs: int = 0) -> AttentionSchedule:
+        return AttentionSchedule(block_m=block_m, split=False, num_warps=4, programs=programs)
+
+    assert attention_mask_ahead(schedule(16), split=False) and attention_mask_ahead(schedule(64), split=True)
+    assert not attention_mask_ahead(schedule(64), split=False)
+    assert not attention_mask_ahead(schedule(128), split=False)
+    assert not attention_mask_ahead(schedule(16, programs=20), split=False)
+    plan = attention_plan(128, 128, torch.bfloat16, GPU)
+    assert attention_mask_ahead(attention_schedule(plan, 2, 520, 256, GPU), split=False)  # decode, bs 32
+    assert not attention_mask_ahead(attention_schedule(plan, 1024, 520, 8, GPU, "boolean"), split=False)
 
 
 def test_attention_splits_keys_only_when_they_outnumber_the_row_blocks() -> None:
