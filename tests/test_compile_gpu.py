@@ -152,10 +152,63 @@ def test_report_finds_the_serial_attention_atomic_before_its_first_key_tile() ->
     rows = _report_rows(done.stdout)
     serial = rows["rope + attention, batch 32 x 1", "_rope_attention_kernel"]
     split = rows["rope + attention, batch 8 x 1", "_rope_attention_kernel"]
-    warps, registers, spills, shared, copies, ordering, before = split
+    warps, registers, spills, _, shared, copies, ordering, before = split
     assert int(registers) > 0 and int(copies) > 0 and ordering == "none", split
     assert "atom" not in before and "bar.sync" in before, split
     assert "atom.global.gpu.release.add" in serial[-1], serial
+
+
+_FOLD = """
+import torch
+import triton
+import triton.language as tl
+from ascend_compile.tools.compile_gpu import compile_only
+from ascend_compile.tools.kernel_facts import default_ptxas, kernel_facts
+
+
+@triton.jit
+def fold_kernel(q_ptr, k_ptr, out_ptr, n, AFTER_LAST_DOT: tl.constexpr):
+    rows, cols = tl.arange(0, 64), tl.arange(0, 64)
+    q = tl.load(q_ptr + rows[:, None] * 64 + cols[None, :])
+    acc = tl.zeros((64, 64), tl.float32)
+    total = tl.zeros((64, 64), tl.float32)
+    for t in range(n):
+        k = tl.load(k_ptr + t * 4096 + rows[:, None] * 64 + cols[None, :])
+        s = tl.dot(q, k)
+        if not AFTER_LAST_DOT and (t % 4 == 0) & (t > 0):  # the chunk before, once this tile's scores are in
+            total = total * 0.5 + acc
+            acc = tl.zeros((64, 64), tl.float32)
+        acc = acc * 0.5 + tl.dot(s.to(tl.bfloat16), k)
+        if AFTER_LAST_DOT and (t + 1) % 4 == 0:  # a chunk into the total right after its last dot
+            total = total * 0.5 + acc
+            acc = tl.zeros((64, 64), tl.float32)
+    tl.store(out_ptr + rows[:, None] * 64 + cols[None, :], total + acc)
+
+
+for after in (True, False):
+    kernels = []
+    with compile_only(90, kernels):
+        x = torch.empty(64 * 64, dtype=torch.bfloat16)
+        fold_kernel[(1,)](x, x, torch.empty(64 * 64), 16, AFTER_LAST_DOT=after)
+    print(f"after the last dot={after}:", kernel_facts(kernels[0], default_ptxas(90)).wgmma_serialized or "no")
+"""
+
+
+def test_prefill_attention_keeps_its_wgmma_pipelined(tmp_path: pathlib.Path) -> None:
+    """ptxas runs every ``wgmma`` of a kernel one at a time when other instructions read or write an
+    accumulator still in flight; attention's serial blocks fold a split once the next split's scores
+    are in, when none is (docs/decisions/0031).  Negative control: the same small loop folding a chunk
+    right after its last dot is serialized, and pipelined when it folds after the next tile's first dot."""
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "batch 2 x 512", "--report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    attention = {launch: cells for (launch, kernel), cells in _report_rows(done.stdout).items()
+                 if kernel == "_attention_kernel"}
+    assert len(attention) == 5 and all(cells[3] == "no" for cells in attention.values()), attention
+    (tmp_path / "fold.py").write_text(_FOLD)
+    done = _run(str(tmp_path / "fold.py"))
+    assert "after the last dot=True: non wgmma instructions defining accumulator registers" in done.stdout, \
+        done.stdout + done.stderr[-3000:]
+    assert "after the last dot=False: no" in done.stdout, done.stdout
 
 
 def test_ptx_is_written_without_line_numbers(tmp_path: pathlib.Path) -> None:

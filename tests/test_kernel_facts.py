@@ -53,9 +53,10 @@ def test_without_copies_the_region_ends_at_the_first_load_after_the_wait() -> No
 
 
 def test_rows_count_repeats_in_a_row() -> None:
-    facts = KernelFacts(name="k", warps=4, shared_bytes=0, registers=None, spill_bytes=None, async_copies=2,
-                        ordering=("atom.a", "atom.a", "fence.b", "atom.a"), before_first_read=("bar.sync", "bar.sync"))
-    assert facts.row("launch") == "| launch | k | 4 | ? | ? | 0 | 2 | 2 × atom.a, fence.b, atom.a | 2 × bar.sync |"
+    facts = KernelFacts(name="k", warps=4, shared_bytes=0, registers=None, spill_bytes=None, wgmma_serialized=None,
+                        async_copies=2, ordering=("atom.a", "atom.a", "fence.b", "atom.a"),
+                        before_first_read=("bar.sync", "bar.sync"))
+    assert facts.row("launch") == "| launch | k | 4 | ? | ? | ? | 0 | 2 | 2 × atom.a, fence.b, atom.a | 2 × bar.sync |"
 
 
 def test_registers_are_unknown_without_a_ptxas(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:

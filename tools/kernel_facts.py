@@ -9,7 +9,8 @@ a fence waits for the program's stores to complete, and a barrier waits for the 
 Such things are invisible in the Python source -- Triton hands a scalar atomic's result to every
 thread through shared memory, behind a barrier -- and were found by reading the build
 (``tools/compile_gpu.py``); this module reads it for every kernel, with the register count and
-spills ``ptxas`` reports for the same PTX.
+spills ``ptxas`` reports for the same PTX, and whether ptxas serialized the kernel's ``wgmma``
+(one MMA at a time, invisible in the source too: decision 0031).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _ORDERING = re.compile(r"^(?:atom|red|fence|membar)\.")
 _BARRIER = re.compile(r"^(?:bar|barrier)\.sync\b")
 _TARGET = re.compile(r"^\.target\s+(sm_\w+)", re.MULTILINE)
 _BLOCK_LABEL = re.compile(r"^(\$L__BB\w+):")
+_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to (.+?) in the function")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class KernelFacts:
     shared_bytes: int
     registers: int | None  # None when no ptxas could be run
     spill_bytes: int | None  # spill stores plus loads
+    wgmma_serialized: str | None  # why ptxas waits after every wgmma ("" when it does not; None: no ptxas ran)
     async_copies: int
     ordering: tuple[str, ...]  # atomics and fences, as opcodes, in program order
     before_first_read: tuple[str, ...] | None  # atomics, fences and barriers from the wait to the first read
@@ -52,13 +55,15 @@ class KernelFacts:
             return "?" if value is None else str(value)
 
         before = "-" if self.before_first_read is None else ", ".join(_runs(self.before_first_read)) or "none"
+        serialized = "?" if self.wgmma_serialized is None else self.wgmma_serialized or "no"
+        ordering = ", ".join(_runs(self.ordering)) or "none"
         return (f"| {launch} | {self.name} | {self.warps} | {count(self.registers)} | {count(self.spill_bytes)} | "
-                f"{self.shared_bytes} | {self.async_copies} | {', '.join(_runs(self.ordering)) or 'none'} | "
-                f"{before} |")
+                f"{serialized} | {self.shared_bytes} | {self.async_copies} | {ordering} | {before} |")
 
 
-TABLE_HEADER = ("| launch | kernel | warps | registers | spill bytes | shared bytes | async copies | atomics and "
-                "fences | between the wait and the first read |\n|---|---|---:|---:|---:|---:|---:|---|---|")
+TABLE_HEADER = ("| launch | kernel | warps | registers | spill bytes | wgmma serialized | shared bytes | async copies "
+                "| atomics and fences | between the wait and the first read |\n"
+                "|---|---|---:|---:|---:|---|---:|---:|---|---|")
 
 
 def _runs(opcodes: Sequence[str]) -> list[str]:
@@ -172,9 +177,11 @@ def ptx_facts(ptx: str) -> tuple[int, tuple[str, ...], tuple[str, ...] | None]:
     return copies, ordering, tuple(op for op in on_every_path if _ORDERING.match(op) or _BARRIER.match(op))
 
 
-def ptxas_usage(ptx: str, ptxas: str) -> tuple[int, int] | None:
-    """Registers and spill bytes (stores plus loads) that ``ptxas -v`` reports for the PTX, or None
-    when it cannot be run."""
+def ptxas_usage(ptx: str, ptxas: str) -> tuple[int, int, str] | None:
+    """Registers, spill bytes (stores plus loads) and why every ``wgmma`` is serialized ("" when they
+    are not) that ``ptxas -v`` reports for the PTX, or None when it cannot be run.  ptxas serializes
+    them -- waits for each before the next starts -- when registers of an accumulator in flight are
+    touched by other instructions (its C7515 note): a kernel's tensor cores then run one MMA at a time."""
     target = _TARGET.search(ptx)
     if target is None:
         return None
@@ -192,7 +199,8 @@ def ptxas_usage(ptx: str, ptxas: str) -> tuple[int, int] | None:
         logger.warning("ptxas gave no register count (exit %s): %s", done.returncode, done.stderr[-500:])
         return None
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", done.stderr))
-    return int(registers.group(1)), spills
+    serialized = _SERIALIZED.search(done.stdout + done.stderr)
+    return int(registers.group(1)), spills, serialized.group(1) if serialized else ""
 
 
 def default_ptxas(arch: int) -> str | None:
@@ -218,4 +226,5 @@ def kernel_facts(kernel: Any, ptxas: str | None) -> KernelFacts:
     usage = ptxas_usage(ptx, ptxas) if ptxas else None
     return KernelFacts(name=kernel.name, warps=kernel.metadata.num_warps, shared_bytes=kernel.metadata.shared,
                        registers=usage[0] if usage else None, spill_bytes=usage[1] if usage else None,
+                       wgmma_serialized=usage[2] if usage else None,
                        async_copies=copies, ordering=ordering, before_first_read=before)
