@@ -32,6 +32,9 @@ UB_BYTES_ENV = "ASCEND_BI_NPU_UB_BYTES"
 SIMULATE_NPU_ENV = "ASCEND_BI_SIMULATE_NPU"
 #: Set to 0 to launch every kernel serialized on GPUs that could overlap launches (read once per device).
 OVERLAP_LAUNCHES_ENV = "ASCEND_BI_OVERLAP_LAUNCHES"
+#: Set to 1 to have prefill matmuls of sm_90 GPUs run the Gluon kernel (``kernels/matmul_wgmma.py``) by
+#: default; 0, the default until its speed is measured, leaves it to schedules that ask (read once per device).
+GLUON_MATMUL_ENV = "ASCEND_BI_GLUON_MATMUL"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,11 @@ class Device:
     #: Matmul tiles may be loaded by the tensor memory accelerator from descriptors (compiled Triton on
     #: sm_90+ with ``triton.tools.tensor_descriptor``; ``kernels/matmul.py``).
     tma_loads: bool = False
+    #: Serial matmul tiles may run the Gluon kernel of ``kernels/matmul_wgmma.py`` (``MatmulSchedule.gluon_wgmma``):
+    #: compiled Triton on compute capability 9.x (``wgmma`` is sm_90's alone) with Gluon's Hopper module.
+    gluon_wgmma: bool = False
+    #: Prefill schedules choose that kernel (``ASCEND_BI_GLUON_MATMUL=1``, where the device has it).
+    gluon_wgmma_default: bool = False
 
     @property
     def default_executor(self) -> str:
@@ -187,8 +195,10 @@ def _describe(kind: str, index: int) -> Device:
     interpreted = kind == "cpu" or triton_interpreted()
     overlapped = kind == "cuda" and not interpreted and _overlaps_launches(index)
     tma = kind == "cuda" and not interpreted and _has_tma(index)
+    wgmma = tma and torch.cuda.get_device_capability(index)[0] == 9 and has_gluon_wgmma()
     return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted,  # type: ignore[arg-type]
-                  npu=npu, overlapped_launches=overlapped, tma_loads=tma)
+                  npu=npu, overlapped_launches=overlapped, tma_loads=tma, gluon_wgmma=wgmma,
+                  gluon_wgmma_default=wgmma and gluon_matmul_chosen())
 
 
 def _has_tma(index: int) -> bool:
@@ -196,6 +206,22 @@ def _has_tma(index: int) -> bool:
     if torch.cuda.get_device_capability(index) < (9, 0):
         return False
     return importlib.util.find_spec("triton.tools.tensor_descriptor") is not None
+
+
+def has_gluon_wgmma() -> bool:
+    """Whether this Triton has Gluon's Hopper modules (``wgmma``, TMA and mbarriers in kernels, tensor
+    descriptors on the host; Triton 3.6 on)."""
+    return all(importlib.util.find_spec(name) is not None for name in (
+        "triton.experimental.gluon.language.nvidia.hopper", "triton.experimental.gluon.nvidia.hopper"))
+
+
+def gluon_matmul_chosen() -> bool:
+    """Whether ``ASCEND_BI_GLUON_MATMUL`` asks prefill schedules for the Gluon matmul (default 0: no)."""
+    raw = os.environ.get(GLUON_MATMUL_ENV, "0")
+    if raw not in ("0", "1"):
+        raise ValueError(f"ascend_bi: {GLUON_MATMUL_ENV}={raw!r} is not accepted; use 1 (prefill matmuls of sm_90 "
+                         "GPUs run the Gluon kernel) or 0 (the Triton template, the default)")
+    return raw == "1"
 
 
 def _overlaps_launches(index: int) -> bool:

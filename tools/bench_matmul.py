@@ -4,7 +4,7 @@ For every Qwen3-0.6B and Llama-3.2-1B linear shape (K, N) and row count M it che
 
 * invariance: every row of ``X[:M] @ W.T`` equals, bitwise, the same row computed at the largest
   M (and the split -- weight streamed or preloaded -- and serial schedules of the plan agree bitwise,
-  the serial one loaded by pointers and, on sm_90+, by the TMA);
+  the serial one loaded by pointers, on sm_90+ by the TMA, and on sm_90 run by the Gluon kernel);
 * accuracy: relative error against a float64 reference;
 * speed: time per call of ``ascend_bi::mm``'s kernel, called as a compiled model calls it on a
   weight (``b_is_weight``), and of ``torch.mm`` (cuBLAS), both replayed from CUDA graphs of
@@ -80,10 +80,12 @@ def measure(model: str, k: int, n: int, rows: tuple[int, ...], dtype: torch.dtyp
         out = bi_matmul(x, w.t(), b_is_weight=True)
         invariant = torch.equal(out, reference_rows[:m])
         base = matmul_schedule(plan, m, n, 1, x.element_size(), device)
-        others = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=split, preload_weight=preload, tma=tma),
-                            b_is_weight=True)
-                  for split, preload, tma in ((True, False, False), (True, True, False), (False, False, False))
-                  + (((False, False, True),) if device.tma_loads else ())]
+        others = [bi_matmul(x, w.t(), schedule=dataclasses.replace(base, split=split, preload_weight=preload, tma=tma,
+                                                                   gluon_wgmma=gluon), b_is_weight=True)
+                  for split, preload, tma, gluon in ((True, False, False, False), (True, True, False, False),
+                                                     (False, False, False, False))
+                  + (((False, False, True, False),) if device.tma_loads else ())
+                  + (((False, False, False, True),) if device.gluon_wgmma else ())]
         agree = all(torch.equal(other, out) for other in others)
         ref = x.double() @ w.double().t()
         rel = ((out.double() - ref).norm() / ref.norm()).item()
@@ -98,7 +100,8 @@ def measure(model: str, k: int, n: int, rows: tuple[int, ...], dtype: torch.dtyp
 def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
     """Schedules to try at ``m`` rows of a plan with ``num_chunks`` chunks: at decode rows, split
     programs with their weight streamed or preloaded and serial ones with 1, 2 or 4 chunks in flight;
-    above them split and serial tiles, the serial ones loaded by pointers or (sm_90+) the TMA."""
+    above them split and serial tiles, the serial ones loaded by pointers or (sm_90+) the TMA, and the
+    Gluon kernel (sm_90; its own 128 x 128 tiles)."""
     if m <= 32:  # decode rows: narrow tiles, few warps, deep pipelines
         return [MatmulSchedule(block_m=16, block_n=bn, split=split, num_warps=warps, num_stages=stages, group_m=8,
                                chunks_in_flight=in_flight, preload_weight=preload)
@@ -110,7 +113,8 @@ def sweep_candidates(m: int, num_chunks: int) -> list[MatmulSchedule]:
     return [MatmulSchedule(block_m=bm, block_n=bn, split=split, num_warps=8 if bm * bn >= 128 * 128 else 4,
                            num_stages=stages, group_m=8, tma=tma)
             for bm in block_ms for bn in (64, 128, 256) for stages in (3, 4)
-            for split, tma in ((True, False), (False, False), (False, True))]
+            for split, tma in ((True, False), (False, False), (False, True))] + [
+        MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8, gluon_wgmma=True)]
 
 
 def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dict[str, object]]:
@@ -129,7 +133,8 @@ def sweep(k: int, n: int, rows: tuple[int, ...], dtype: torch.dtype) -> list[dic
         cublas = graph_time_us([lambda x=x, wi=wi: torch.mm(x, wi.t()) for wi in weights])
         for sched in sweep_candidates(m, num_chunks):
             tiles = -(-m // sched.block_m) * -(-n // sched.block_n)
-            if (sched.split and tiles >= 4 * device.compute_units) or (sched.tma and not device.tma_loads):
+            if (sched.split and tiles >= 4 * device.compute_units) or (sched.tma and not device.tma_loads) \
+                    or (sched.gluon_wgmma and not device.gluon_wgmma):
                 continue
             try:
                 us = graph_time_us([lambda x=x, wi=wi, s=sched: bi_matmul(x, wi.t(), schedule=s, b_is_weight=True)

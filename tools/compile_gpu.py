@@ -52,6 +52,10 @@ def launch_source(fn: Any, backend: Any, args: tuple[Any, ...], kwargs: dict[str
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, types, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    if fn.is_gluon():  # a Gluon kernel (``matmul_wgmma.py``) compiles from its own kind of source
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        return GluonASTSource(fn, types, constexprs, attrs), options.__dict__
     return ASTSource(fn, types, constexprs, attrs), options.__dict__
 
 
@@ -67,7 +71,7 @@ def compile_only(arch: int, compiled: list[Any]) -> Iterator[None]:
     if devices.triton_interpreted():
         raise RuntimeError("compile_gpu needs compiled Triton kernels: run it with TRITON_INTERPRET=0")
     gpu = devices.Device(kind="cuda", index=0, compute_units=132, triton_interpreted=False,
-                         overlapped_launches=arch >= 90)
+                         overlapped_launches=arch >= 90, gluon_wgmma=arch // 10 == 9 and devices.has_gluon_wgmma())
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
 
@@ -87,7 +91,8 @@ def compile_only(arch: int, compiled: list[Any]) -> Iterator[None]:
 def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
     """The template kernels a Qwen3-0.6B step launches (and the vocabulary's softmax) at its shapes:
     decode at batch 1, 8 and 32, then a prefill of 512 tokens at batch 2, and its matmuls' tiles loaded by the
-    TMA (a schedule sweeps time, ``MatmulSchedule.tma``)."""
+    TMA (a schedule sweeps time, ``MatmulSchedule.tma``) and run by the Gluon kernel (``MatmulSchedule.gluon_wgmma``,
+    where this Triton has Gluon's Hopper module)."""
     from ascend_compile.kernels.attention import bi_attention
     from ascend_compile.kernels.matmul import bi_matmul, bi_matmul_gated, bi_matmul_group
     from ascend_compile.kernels.plans import MatmulSchedule
@@ -150,14 +155,18 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
                                                  block_tables=t(batch, slots // 16, dtype=torch.int64),
                                                  seq_lens=t(batch, dtype=torch.int64))),
         ]
-    # sm_90 schedules the step does not pick by default: prefill tiles loaded by the TMA
+    # sm_90 schedules the step does not pick by default: prefill tiles loaded by the TMA, and the Gluon kernel
     tma = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8, tma=True)
+    wgmma = dataclasses.replace(tma, tma=False, gluon_wgmma=True)
+    qkv = [w(hidden, heads * dim), w(hidden, kv_heads * dim), w(hidden, kv_heads * dim)]
     launches += [
-        ("query/key/value, TMA loads, batch 2 x 512", partial(
-            bi_matmul_group, t(1024, hidden), [w(hidden, heads * dim), w(hidden, kv_heads * dim),
-                                               w(hidden, kv_heads * dim)], schedule=tma)),
+        ("query/key/value, TMA loads, batch 2 x 512", partial(bi_matmul_group, t(1024, hidden), qkv, schedule=tma)),
         ("down, TMA loads, batch 2 x 512", partial(bi_matmul, t(1024, inter), w(inter, hidden), b_is_weight=True,
-                                                   schedule=dataclasses.replace(tma, block_m=64, num_warps=4)))]
+                                                   schedule=dataclasses.replace(tma, block_m=64, num_warps=4))),
+        ("query/key/value, Gluon wgmma, batch 2 x 512", partial(bi_matmul_group, t(1024, hidden), qkv,
+                                                                schedule=wgmma)),
+        ("down, Gluon wgmma, batch 2 x 512", partial(bi_matmul, t(1024, inter), w(inter, hidden), b_is_weight=True,
+                                                     schedule=wgmma))]
     return launches
 
 

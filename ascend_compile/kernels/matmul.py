@@ -449,6 +449,8 @@ def bi_matmul(
                   for t in (a3, b3))
     sched = schedule or matmul_schedule(plan, m, n, z, a.element_size(), device,
                                         _runs_along(a3, 1), _runs_along(b3, 1))
+    if not batched and bias is None and _launched_by_wgmma(a, [b], [out[0]], plan, sched, device):
+        return out[0]
     if plan.fp32_io:
         out32 = torch.empty(out.shape, dtype=torch.float32, device=out.device)
         _launch(a3, b3, bias, out32, plan, sched, device, b_is_weight=b_is_weight)
@@ -496,6 +498,8 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor], *,
     if GROUP_COLUMNS % sched.block_n:  # tiles would straddle two weights
         return [bi_matmul(a, b, schedule=schedule) for b in bs]
     outs = [torch.empty((m, w), dtype=a.dtype, device=a.device) for w in widths]
+    if _launched_by_wgmma(a, bs, outs, plan, sched, device):
+        return outs
     targets = [torch.empty_like(o, dtype=torch.float32) for o in outs] if plan.fp32_io else outs
     segments: list[int] = []
     start = widths[0]
@@ -559,6 +563,23 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
     """Whether a 3-D operand's unit stride runs along ``dim`` (1 or 2) and not along the other."""
     other = 3 - dim
     return t.shape[other] > 1 and t.stride(other) != 1 and (t.stride(dim) == 1 or t.shape[dim] == 1)
+
+
+def _launched_by_wgmma(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],
+                       plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device) -> bool:
+    """``outs[i] = a @ weights[i]`` by ``matmul_wgmma.py``'s kernel, for a serial ``gluon_wgmma`` schedule on a
+    device that has the kernel, its operands addressable by the TMA; False, nothing launched, where the
+    Triton template runs instead (the same bits)."""
+    if not (sched.gluon_wgmma and not sched.split and device.gluon_wgmma):
+        return False
+    from ascend_compile.kernels import matmul_wgmma  # Gluon's Hopper module: imported where the device has it
+
+    if not matmul_wgmma.addressable(a, weights, outs):
+        logger.debug("matmul %dx%dx%d: an operand is not TMA-addressable, the Triton template instead",
+                     a.shape[0], a.shape[1], sum(w.shape[1] for w in weights))
+        return False
+    matmul_wgmma.launch(a, weights, outs, plan, device)
+    return True
 
 
 def _described(a: torch.Tensor, weights: Sequence[torch.Tensor], plan: MatmulPlan,

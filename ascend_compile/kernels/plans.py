@@ -313,6 +313,12 @@ class MatmulSchedule:
     #: descriptors built at launch, instead of by every thread from pointers; the values, hence the bits,
     #: are the same.  Operands a descriptor cannot address (unaligned) keep the pointer loads.
     tma: bool = False
+    #: A serial 2-D 16-bit bias-free matmul (or group) runs the sm_90 Gluon kernel of ``matmul_wgmma.py``
+    #: (its own 128 x 128 tiles, whose wgmma never drain at a chunk boundary) where the device has it
+    #: (``Device.gluon_wgmma``) and the TMA can address every operand; elsewhere this schedule's tiles run
+    #: in the Triton template.  Same additions, same bits.  Chosen by prefill schedules only where
+    #: ``ASCEND_BI_GLUON_MATMUL=1``: its speed is not measured yet (decision 0032).
+    gluon_wgmma: bool = False
 
 
 #: Shared memory a schedule may fill with pipelined A and B tiles (H100/H200 allow 227 KB).
@@ -387,7 +393,7 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
     split = (plan.num_chunks > 1 and tiles() < units and m <= _SPLIT_MAX_ROWS
              and (m > 16 or plan.num_chunks >= _SPLIT_MIN_CHUNKS))
     if m > _PREFILL_ROWS and not split and not gated and itemsize == 2:  # fp32 dots run on FMA units: not swept
-        return _prefill_schedule(plan, m, n, batch, itemsize, units)
+        return _prefill_schedule(plan, m, n, batch, itemsize, device)
     stage_bytes = (block_m + block_n * (2 if gated else 1)) * plan.block_k * itemsize  # gated: two B tiles
     stages = min(5 if m <= 16 else 3, _SMEM_FOR_STAGES // stage_bytes)
     # Decode rows' split programs hold their weight chunk in registers from before the wait (H200, 28
@@ -397,17 +403,18 @@ def matmul_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int,
                           preload_weight=preload)
 
 
-def _prefill_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, units: int) -> MatmulSchedule:
+def _prefill_schedule(plan: MatmulPlan, m: int, n: int, batch: int, itemsize: int, device: Device) -> MatmulSchedule:
     """Prefill rows: two warpgroups on 128 x 128 tiles when those tiles fill half the SMs or more, else one
     on 64 x 128; 4 stages where shared memory holds them.  H100 sweep over Qwen3-0.6B and Llama-3.2-1B
     shapes (``tools/bench_matmul.py --sweep``), geo-mean vs cuBLAS per M from 128 to 4096 rows: 0.62-0.80x,
     against 0.54-0.69x for the 64 x 64 tiles before.  (A tile's running total and chunk accumulator both
-    live in registers, so 128 x 256 tiles spill.)"""
-    wide = 2 * batch * -(-m // 128) * -(-n // 128) >= units
+    live in registers, so 128 x 256 tiles spill.)  The 128 x 128 tiles run the Gluon kernel where the
+    device chooses it (``Device.gluon_wgmma_default``)."""
+    wide = 2 * batch * -(-m // 128) * -(-n // 128) >= device.compute_units
     block_m = 128 if wide else 64
     stages = min(4, _SMEM_FOR_STAGES // ((block_m + 128) * plan.block_k * itemsize))  # 4 for 16-bit operands
     return MatmulSchedule(block_m=block_m, block_n=128, split=False, num_warps=8 if wide else 4,
-                          num_stages=stages, group_m=8)
+                          num_stages=stages, group_m=8, gluon_wgmma=wide and device.gluon_wgmma_default)
 
 
 def _chunks_in_flight(num_chunks: int) -> int:

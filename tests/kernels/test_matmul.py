@@ -193,6 +193,26 @@ def test_tma_loads_give_the_pointer_loads_bits(monkeypatch: pytest.MonkeyPatch) 
     assert described == [True, True, False, False]
 
 
+def test_gluon_wgmma_schedule_runs_the_template_where_the_kernel_is_absent() -> None:
+    """A ``gluon_wgmma`` schedule names a kernel only sm_90 runs (``matmul_wgmma.py``); elsewhere, here in
+    the interpreter, its tiles run in the Triton template: a product and a group give the default's bits.
+    The TMA addresses 2-D 16-bit operands with 16-byte aligned rows only; others keep the template."""
+    from ascend_compile.kernels import matmul_wgmma
+
+    gen = torch.Generator().manual_seed(12)
+    wgmma = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8,
+                           gluon_wgmma=True)
+    x = torch.randn(130, 600, generator=gen).bfloat16()
+    q, v = (torch.randn(n, 600, generator=gen).bfloat16() for n in (256, 100))
+    assert torch.equal(bi_matmul(x, q.t(), schedule=wgmma), bi_matmul(x, q.t()))
+    assert all(torch.equal(a, b) for a, b in zip(bi_matmul_group(x, [q.t(), v.t()], schedule=wgmma),
+                                                 [bi_matmul(x, q.t()), bi_matmul(x, v.t())], strict=True))
+    outs = [torch.empty(130, 256, dtype=torch.bfloat16)]
+    assert matmul_wgmma.addressable(x, [q.t()], outs)
+    assert not matmul_wgmma.addressable(x[:, :599].contiguous(), [q[:, :599].contiguous().t()], outs)  # 1198 bytes
+    assert not matmul_wgmma.addressable(x.float(), [q.float().t()], [o.float() for o in outs])
+
+
 def _gelu_tanh_decomposed(x: torch.Tensor) -> torch.Tensor:
     """GELU's tanh approximation op for op as torch decomposes it, in fp32 (Inductor's unfused code)."""
     x32 = x.float()

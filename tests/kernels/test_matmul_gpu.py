@@ -17,6 +17,9 @@ from tests.helpers import rel_error
 pytestmark = pytest.mark.gpu
 
 ROWS = (1, 2, 3, 4, 7, 8, 16, 31, 32, 64, 128, 512)
+#: Prefill tiles run by the sm_90 Gluon kernel (``matmul_wgmma.py``), where the device has it.
+_GLUON = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8,
+                        gluon_wgmma=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -90,7 +93,8 @@ def test_compiled_mlp_is_invariant_on_gpu(executor: str) -> None:
 @pytest.mark.parametrize("rows", [1, 8, 32, 200])
 def test_group_gives_each_products_bits_on_gpu(rows: int) -> None:
     """A group's schedule sees the summed columns (it may split where one product would not): bits
-    unchanged, for query/key/value and gate/up shapes, also with tiles loaded by the TMA (sm_90+)."""
+    unchanged, for query/key/value and gate/up shapes, also with tiles loaded by the TMA (sm_90+) and
+    run by the Gluon kernel (sm_90)."""
     gen = torch.Generator("cuda").manual_seed(rows)
     x = torch.randn(rows, 1024, device="cuda", generator=gen).bfloat16()
     tma = MatmulSchedule(block_m=128, block_n=128, split=False, num_warps=8, num_stages=4, group_m=8, tma=True)
@@ -102,6 +106,29 @@ def test_group_gives_each_products_bits_on_gpu(rows: int) -> None:
         if devices.of_tensor(x).tma_loads:  # each weight read through its own descriptor
             assert all(torch.equal(out, one) for out, one in zip(
                 bi_matmul_group(x, [w.t() for w in weights], schedule=tma), alone, strict=True))
+        if devices.of_tensor(x).gluon_wgmma:  # a tile reads its weight's descriptor and writes its output's
+            assert all(torch.equal(out, one) for out, one in zip(
+                bi_matmul_group(x, [w.t() for w in weights], schedule=_GLUON), alone, strict=True))
+
+
+@pytest.mark.parametrize("k,n", [(1024, 4096), (3072, 1024), (1280, 384), (1000, 1000), (768, 128), (8192, 2048)])
+def test_gluon_wgmma_gives_the_template_bits(k: int, n: int) -> None:
+    """The sm_90 Gluon kernel (``matmul_wgmma.py``) adds what the Triton schedules add: at every row count,
+    for K of even, odd (5, 3) and partial chunks and N of partial tiles, its rows equal the default
+    schedule's and the split schedule's, bit for bit; persistent programs walk several tiles at 4096 rows."""
+    device = devices.of_tensor(torch.empty(1, device="cuda"))
+    if not device.gluon_wgmma:
+        pytest.skip("no Gluon wgmma kernel on this device (sm_90 with Gluon's Hopper module only)")
+    gen = torch.Generator("cuda").manual_seed(k + n)
+    w = torch.randn(n, k, device="cuda", generator=gen).bfloat16()
+    x = torch.randn(4096, k, device="cuda", generator=gen).bfloat16()
+    plan = matmul_plan(k, n, torch.bfloat16, device)
+    for m in (1, 63, 128, 300, 1000, 4096):
+        base = matmul_schedule(plan, m, n, 1, 2, device)
+        default, split = (bi_matmul(x[:m], w.t(), schedule=dataclasses.replace(base, split=s)) for s in (False, True))
+        gluon = bi_matmul(x[:m], w.t(), schedule=_GLUON)
+        assert torch.equal(gluon, default) and torch.equal(gluon, split), f"M={m}"
+    assert rel_error(gluon, x.double() @ w.double().t()) < 1e-2
 
 
 def test_outputs_past_two_billion_elements_on_gpu() -> None:

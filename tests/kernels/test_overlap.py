@@ -44,5 +44,19 @@ def test_overlap_needs_sm90_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatc
         devices._overlaps_launches(0)
 
 
+def test_gluon_matmul_is_chosen_by_its_variable_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefill schedules ask for the Gluon matmul only under ``ASCEND_BI_GLUON_MATMUL=1`` (default 0); another
+    value is refused, naming the accepted ones.  The CPU never has the kernel."""
+    monkeypatch.delenv(devices.GLUON_MATMUL_ENV, raising=False)
+    assert not devices.gluon_matmul_chosen()
+    monkeypatch.setenv(devices.GLUON_MATMUL_ENV, "1")
+    assert devices.gluon_matmul_chosen()
+    monkeypatch.setenv(devices.GLUON_MATMUL_ENV, "on")
+    with pytest.raises(ValueError, match=f"{devices.GLUON_MATMUL_ENV}='on' is not accepted; use 1 .* or 0"):
+        devices.gluon_matmul_chosen()
+    cpu = devices.of_tensor(torch.empty(1))
+    assert not cpu.gluon_wgmma and not cpu.gluon_wgmma_default
+
+
 def test_cpu_tensors_never_overlap() -> None:
     assert not devices.of_tensor(torch.empty(1)).overlapped_launches

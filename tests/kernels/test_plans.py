@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
@@ -75,6 +76,20 @@ def test_prefill_rows_take_wide_tiles_and_gated_products_two_launches() -> None:
                for m in (1, 64, 100, 128) for n in (3072, 151936))
     assert gated_in_one_launch(128, GPU) and not gated_in_one_launch(129, GPU)
     assert gated_in_one_launch(4096, CPU)  # the interpreter keeps one launch (tests ask for two)
+
+
+def test_wide_prefill_tiles_run_the_gluon_kernel_where_the_device_chooses_it() -> None:
+    """``ASCEND_BI_GLUON_MATMUL=1`` on an sm_90 GPU (``Device.gluon_wgmma_default``): the 128 x 128 prefill
+    tiles become ``gluon_wgmma`` schedules; narrow prefill, decode rows and fp32 keep the Triton template,
+    and so does every schedule of a device that has the kernel but was not asked for it."""
+    plan, narrow_plan = matmul_plan(1024, 3072, torch.bfloat16, GPU), matmul_plan(3072, 1024, torch.bfloat16, GPU)
+    chosen = dataclasses.replace(GPU, gluon_wgmma=True, gluon_wgmma_default=True)
+    assert matmul_schedule(plan, 2048, 3072, 1, 2, chosen).gluon_wgmma
+    assert not matmul_schedule(narrow_plan, 512, 1024, 1, 2, chosen).gluon_wgmma  # 64 x 128 tiles
+    assert not any(matmul_schedule(plan, m, 3072, 1, 2, chosen).gluon_wgmma for m in (1, 16, 64))
+    assert not matmul_schedule(matmul_plan(1024, 3072, torch.float32, chosen), 2048, 3072, 1, 4, chosen).gluon_wgmma
+    has_it = dataclasses.replace(chosen, gluon_wgmma_default=False)
+    assert not matmul_schedule(plan, 2048, 3072, 1, 2, has_it).gluon_wgmma
 
 
 def test_chunks_in_flight_divide_the_chunks_and_serve_small_decode_batches() -> None:
