@@ -195,10 +195,11 @@ def _describe(kind: str, index: int) -> Device:
     interpreted = kind == "cpu" or triton_interpreted()
     overlapped = kind == "cuda" and not interpreted and _overlaps_launches(index)
     tma = kind == "cuda" and not interpreted and _has_tma(index)
+    chosen = kind == "cuda" and not interpreted and gluon_matmul_chosen()  # a bad value raises on every GPU
     wgmma = tma and torch.cuda.get_device_capability(index)[0] == 9 and has_gluon_wgmma()
     return Device(kind=kind, index=index, compute_units=units, triton_interpreted=interpreted,  # type: ignore[arg-type]
                   npu=npu, overlapped_launches=overlapped, tma_loads=tma, gluon_wgmma=wgmma,
-                  gluon_wgmma_default=wgmma and gluon_matmul_chosen())
+                  gluon_wgmma_default=wgmma and chosen)
 
 
 def _has_tma(index: int) -> bool:

@@ -582,6 +582,13 @@ def _launched_by_wgmma(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: S
     return True
 
 
+def tma_addressable(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether a tensor descriptor can address each 2-D tensor's rows: unit stride along the last dimension,
+    start and row stride 16-byte aligned."""
+    return all(t.stride(1) == 1 and t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0
+               for t in tensors)
+
+
 def _described(a: torch.Tensor, weights: Sequence[torch.Tensor], plan: MatmulPlan,
                sched: MatmulSchedule) -> list[object] | None:
     """Tensor descriptors for a launch's A (M, K) and its 1 to ``MAX_GROUP`` weights (K, N_i), the last
@@ -589,7 +596,7 @@ def _described(a: torch.Tensor, weights: Sequence[torch.Tensor], plan: MatmulPla
     memory accelerator cannot address one of them: its unit stride must run along K (an activation, a
     weight as ``linear`` stores it), its start and row stride must be 16-byte aligned."""
     operands = [a, *(w.t() for w in weights)]  # (N, K) weights: the block a descriptor loads runs along K
-    if any(t.stride(1) != 1 or t.data_ptr() % 16 or t.stride(0) * t.element_size() % 16 for t in operands):
+    if not tma_addressable(operands):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 

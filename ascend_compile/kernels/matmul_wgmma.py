@@ -36,7 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ascend_compile.devices import Device
-from ascend_compile.kernels.matmul import MAX_GROUP
+from ascend_compile.kernels.matmul import MAX_GROUP, tma_addressable
 from ascend_compile.kernels.plans import MatmulPlan, launch_options
 
 _TMA_LOAD = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -152,9 +152,11 @@ def _consumer(a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2
             odd, even, total = _chunk(a_ring, w_ring, ready, free, count + CHUNK_BLOCKS, odd, even, total,
                                       CHUNK_BLOCKS, STAGES)
             count += 2 * CHUNK_BLOCKS
-        if num_chunks % 2 == 1:  # (each branch waits for its own last partial: a copy of one in flight
+        # Each branch waits for its own last partial: a copy of a partial in flight into one variable
+        # would make ptxas serialize every wgmma of the kernel.
+        if num_chunks % 2 == 1:
             even, odd, total = _chunk(a_ring, w_ring, ready, free, count, even, odd, total, CHUNK_BLOCKS, STAGES)
-            count += CHUNK_BLOCKS  # would make ptxas serialize every wgmma)
+            count += CHUNK_BLOCKS
             even = warpgroup_mma_wait(0, deps=[even])
             total = total + even
         else:
@@ -196,12 +198,9 @@ def _layout(rows: int, cols: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
 
 
 def addressable(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor]) -> bool:
-    """Whether the TMA can address every operand: 2-D 16-bit, unit stride along K (A, and each (K, N)
-    weight as ``linear`` stores it) or along N (the outputs), 16-byte aligned starts and row strides."""
-    rows_major = [a, *(w.t() for w in weights), *outs]
-    return a.dtype in _GL_DTYPES and all(
-        t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0
-        for t in rows_major)
+    """Whether the kernel can take these 16-bit operands: the TMA addresses A and each (K, N) weight (as
+    ``linear`` stores it) along K, and the outputs along N."""
+    return a.dtype in _GL_DTYPES and tma_addressable([a, *(w.t() for w in weights), *outs])
 
 
 def launch(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor], plan: MatmulPlan,
