@@ -195,21 +195,65 @@ for after in (True, False):
 """
 
 
-def test_prefill_attention_keeps_its_wgmma_pipelined(tmp_path: pathlib.Path) -> None:
+@pytest.fixture(scope="module")
+def prefill_report() -> dict[tuple[str, str], list[str]]:
+    """The report of every launch of a 2 x 512-token prefill, built for sm_90."""
+    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "batch 2 x 512", "--report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _report_rows(done.stdout)
+
+
+def test_prefill_attention_keeps_its_wgmma_pipelined(prefill_report: dict[tuple[str, str], list[str]],
+                                                     tmp_path: pathlib.Path) -> None:
     """ptxas runs every ``wgmma`` of a kernel one at a time when other instructions read or write an
     accumulator still in flight; attention's serial blocks fold a split once the next split's scores
     are in, when none is (docs/decisions/0031).  Negative control: the same small loop folding a chunk
     right after its last dot is serialized, and pipelined when it folds after the next tile's first dot."""
-    done = _run("-m", "ascend_compile.tools.compile_gpu", "--only", "batch 2 x 512", "--report")
-    assert done.returncode == 0, done.stderr[-3000:]
-    attention = {launch: cells for (launch, kernel), cells in _report_rows(done.stdout).items()
-                 if kernel == "_attention_kernel"}
+    attention = {launch: cells for (launch, kernel), cells in prefill_report.items() if kernel == "_attention_kernel"}
     assert len(attention) == 5 and all(cells[3] == "no" for cells in attention.values()), attention
     (tmp_path / "fold.py").write_text(_FOLD)
     done = _run(str(tmp_path / "fold.py"))
     assert "after the last dot=True: non wgmma instructions defining accumulator registers" in done.stdout, \
         done.stdout + done.stderr[-3000:]
     assert "after the last dot=False: no" in done.stdout, done.stdout
+
+
+_SWAP = """
+import torch
+import triton
+import triton.language as tl
+from ascend_compile.tools.compile_gpu import compile_only
+from ascend_compile.tools.kernel_facts import default_ptxas, kernel_facts
+
+
+@triton.jit
+def swap_kernel(x_ptr, out_ptr):
+    offsets = tl.arange(0, 8)[:, None] * 128 + tl.arange(0, 128)[None, :]
+    first, second = tl.split(tl.permute(tl.reshape(tl.load(x_ptr + offsets), (8, 2, 64)), (0, 2, 1)))
+    swapped = tl.reshape(tl.permute(tl.join(-second, first), (0, 2, 1)), (8, 128))
+    tl.store(out_ptr + offsets, swapped)
+
+
+kernels = []
+with compile_only(90, kernels):
+    x = torch.empty(8 * 128, dtype=torch.bfloat16)
+    swap_kernel[(1,)](x, x, num_warps=2)
+print("shared bytes:", kernel_facts(kernels[0], default_ptxas(90)).shared_bytes)
+"""
+
+
+def test_prefill_norm_rope_keeps_pairs_in_a_thread(prefill_report: dict[tuple[str, str], list[str]],
+                                                   tmp_path: pathlib.Path) -> None:
+    """A norm-and-rotate program moves no value between threads but the norms' sums (``rope.py``: a head
+    loads as its two halves, GPT-J's pairs split in registers): its shared memory is those sums' 256 bytes,
+    with and without the cache forms and Gemma's norms.  Negative control: swapping the halves of a loaded
+    (heads, 128) tile moves them through shared memory."""
+    rope = {launch: cells for (launch, kernel), cells in prefill_report.items() if kernel == "_norm_rope_kernel"}
+    assert len(rope) == 4 and all(int(cells[4]) <= 256 for cells in rope.values()), rope
+    (tmp_path / "swap.py").write_text(_SWAP)
+    done = _run(str(tmp_path / "swap.py"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split("shared bytes:")[1]) > 256, done.stdout
 
 
 @pytest.mark.skipif(not devices.has_gluon_wgmma(), reason="Triton without Gluon's Hopper module")

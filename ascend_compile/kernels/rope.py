@@ -10,10 +10,11 @@ in one launch, a program taking the query, the key or the value heads of one pos
 * query and key heads: the norm exactly as ``kernels/rms_norm.py`` computes it (same lanes, same
   ``tree_sum``, same roundings), then the rotation with each product and the sum rounded to the
   tensor dtype as eager rounds them (no FMA contraction).  ``rotate_half`` needs the element half
-  a row away: the program normalises the row twice, once at the partner columns -- the same
-  arithmetic on the same inputs, so the same bits -- instead of moving values between lanes.
-  GPT-J's interleaved rotation (``INTERLEAVED``: vLLM's ``is_neox_style=False``, transformers'
-  ``rotate_every_two``) pairs each even column with the odd one after it instead;
+  a row away, which lies in another thread: a head that fills the plan's lanes loads as its two
+  halves, so each thread holds both of a pair (``HALVES``); a shorter head is normalised twice,
+  once at the partner columns -- the same arithmetic on the same inputs, so the same bits.  GPT-J's
+  interleaved rotation (``INTERLEAVED``: vLLM's ``is_neox_style=False``, transformers'
+  ``rotate_every_two``) pairs each even column with the odd one after it, in the same thread;
   Layers without query/key norms (Llama, Mistral, Qwen2) rotate the projections as they are;
 * value heads (with a cache): copied into the cache;
 * key heads go to the cache at the step's slots (``index``) when there is one, else to an output;
@@ -57,16 +58,35 @@ def _head_columns(cols, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _normalized(rows, w_ptr, cols, n, live, scale, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
-                NORM: tl.constexpr, FORM: tl.constexpr):
-    """``weight * (h * scale).to(dtype)`` at columns ``cols`` (a ``_head_columns`` tile) of head rows ``rows``,
-    rounded as the RMSNorm kernel rounds it in ``FORM`` (``h`` itself without ``NORM``)."""
-    h = tl.load(rows[:, None] + cols, mask=live[:, None] & (cols < n), other=0.0).to(tl.float32)
+def _heads(rows, cols, n, live):
+    """Head rows ``rows`` (the ``live`` ones) at columns ``cols`` (a ``_head_columns`` tile), fp32, zero past ``n``."""
+    return tl.load(rows[:, None] + cols, mask=live[:, None] & (cols < n), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _squares(h, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-row sums of ``h``'s squares in the RMSNorm kernel's order (its lanes, then ``tree_sum_rows``)."""
+    lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
+    lanes += h * h
+    return tree_sum_rows(lanes, BLOCK_H, BLOCK)
+
+
+@triton.jit
+def _normalized(h, scale, w_ptr, cols, n, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, NORM: tl.constexpr,
+                FORM: tl.constexpr):
+    """``weight * (h * scale).to(dtype)`` at columns ``cols``, rounded as the RMSNorm kernel rounds it in ``FORM``
+    (``h`` itself without ``NORM``); ``w_ptr``: one weight, or one per row."""
     if not NORM:
         return h
-    # w_ptr: one weight, or one per row
     return rms_normalized(h, scale[:, None], w_ptr, cols, cols < n, DTYPE, EMULATE_BF16, True, WEIGHT_FP32 & FORM,
                           WEIGHT_PLUS_ONE & FORM)
+
+
+@triton.jit
+def _rotation(y, partner, cos, sin, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr):
+    """``y * cos + partner * sin``, each product and the sum rounded to ``DTYPE`` as eager rounds them."""
+    return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(partner * sin, DTYPE, EMULATE_BF16),
+                    DTYPE, EMULATE_BF16)
 
 
 @triton.jit
@@ -75,43 +95,65 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
                  FORM: tl.constexpr):
     """Norm (when ``NORM``) and rotation of ``BLOCK_H`` head rows (``live`` ones) starting at pointers
     ``rows``, by angles ``cos``/``sin`` (fp32, broadcastable to (``BLOCK_H``, ``BLOCK``)): fp32 values,
-    each already rounded to ``DTYPE``.  Column ``c`` pairs with ``c ^ 1`` when ``INTERLEAVED``, else
-    with the column half a row away; the first of a pair takes its partner negated.  ``FORM``: where
-    the norm rounds (``NormForm``'s weight flags, as ``kernels/rms_norm.py`` rounds them)."""
-    cols = tl.arange(0, BLOCK)
+    each already rounded to ``DTYPE``.  Column ``c`` pairs with ``c ^ 1`` when ``INTERLEAVED`` (the pair's
+    values swap within a thread's registers), else with the column half a row away, which lies in another
+    thread: the row is normalised again at the partner columns, the same arithmetic on the same inputs.  The
+    first of a pair takes its partner negated.  ``FORM``: where the norm rounds (``NormForm``'s weight flags,
+    as ``kernels/rms_norm.py`` rounds them)."""
+    cols = _head_columns(tl.arange(0, BLOCK), BLOCK_H)
+    h = _heads(rows, cols, n, live)
     scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if NORM:
-        h = tl.load(rows[:, None] + cols[None, :], mask=live[:, None] & (cols[None, :] < n), other=0.0).to(tl.float32)
-        lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
-        lanes += h * h
-        scale = tl.math.rsqrt(tree_sum_rows(lanes, BLOCK_H, BLOCK) / n + eps)
+        scale = tl.math.rsqrt(_squares(h, BLOCK_H, BLOCK) / n + eps)
+    y = _normalized(h, scale, w_ptr, cols, n, DTYPE, EMULATE_BF16, NORM, FORM)
     if INTERLEAVED:
-        first = cols % 2 == 0
-        partner = cols ^ 1
+        first, second = tl.split(tl.reshape(y, (BLOCK_H, BLOCK // 2, 2)))
+        partner = tl.reshape(tl.join(-second, first), (BLOCK_H, BLOCK))
     else:
         first = cols < n // 2
-        partner = tl.where(first, cols + n // 2, cols - n // 2)
-    y = _normalized(rows, w_ptr, _head_columns(cols, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM, FORM)
-    rotated = _normalized(rows, w_ptr, _head_columns(partner, BLOCK_H), n, live, scale, DTYPE, EMULATE_BF16, NORM,
-                          FORM)
-    rotated = tl.where(first[None, :], -rotated, rotated)
-    return round_to(round_to(y * cos, DTYPE, EMULATE_BF16) + round_to(rotated * sin, DTYPE, EMULATE_BF16),
-                    DTYPE, EMULATE_BF16)
+        partner_cols = tl.where(first, cols + n // 2, cols - n // 2)
+        partner = _normalized(_heads(rows, partner_cols, n, live), scale, w_ptr, partner_cols, n, DTYPE,
+                              EMULATE_BF16, NORM, FORM)
+        partner = tl.where(first, -partner, partner)
+    return _rotation(y, partner, cos, sin, DTYPE, EMULATE_BF16)
+
+
+@triton.jit
+def _rotate_half(y, partner, cos_row, sin_row, out_rows, cols, live, stride_cd, DTYPE: tl.constexpr,
+                 EMULATE_BF16: tl.constexpr):
+    """Half of a rotation whose halves fill the block: ``_rotation`` at columns ``cols``, stored."""
+    cos = tl.load(cos_row + cols * stride_cd).to(tl.float32)
+    sin = tl.load(sin_row + cols * stride_cd).to(tl.float32)
+    out = _rotation(y, partner, cos, sin, DTYPE, EMULATE_BF16)
+    tl.store(out_rows[:, None] + cols, out.to(out_rows.dtype.element_ty), mask=live[:, None])
 
 
 @triton.jit
 def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stride_cd,
                      DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
-                     NORM: tl.constexpr, INTERLEAVED: tl.constexpr, FORM: tl.constexpr):
-    """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``."""
-    cols = tl.arange(0, BLOCK)
-    angle_cols = _head_columns(cols, BLOCK_H)
-    cos = tl.load(cos_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
-    sin = tl.load(sin_row + angle_cols * stride_cd, mask=angle_cols < n, other=0.0).to(tl.float32)
-    out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM, INTERLEAVED,
-                       FORM)
-    tl.store(out_rows[:, None] + cols[None, :], out.to(out_rows.dtype.element_ty),
-             mask=live[:, None] & (cols[None, :] < n))
+                     NORM: tl.constexpr, INTERLEAVED: tl.constexpr, FORM: tl.constexpr, HALVES: tl.constexpr):
+    """``rotated_rows`` of ``BLOCK_H`` head rows of one position, stored to ``out_rows``.  ``HALVES`` (a rotation
+    of the halves of a head that fills the block): the two halves load as tiles of their own, so each
+    thread holds a column and its partner.  The norm's sum is the two halves' trees added, which is the
+    whole row's tree's last step, so the bits are ``rotated_rows``'."""
+    if HALVES:
+        cols = _head_columns(tl.arange(0, BLOCK // 2), BLOCK_H)
+        lo = _heads(rows, cols, n, live)
+        hi = _heads(rows, cols + BLOCK // 2, n, live)
+        scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
+        if NORM:
+            scale = tl.math.rsqrt((_squares(lo, BLOCK_H, BLOCK // 2) + _squares(hi, BLOCK_H, BLOCK // 2)) / n + eps)
+        lo = _normalized(lo, scale, w_ptr, cols, n, DTYPE, EMULATE_BF16, NORM, FORM)
+        hi = _normalized(hi, scale, w_ptr, cols + BLOCK // 2, n, DTYPE, EMULATE_BF16, NORM, FORM)
+        _rotate_half(lo, -hi, cos_row, sin_row, out_rows, cols, live, stride_cd, DTYPE, EMULATE_BF16)
+        _rotate_half(hi, lo, cos_row, sin_row, out_rows, cols + BLOCK // 2, live, stride_cd, DTYPE, EMULATE_BF16)
+    else:
+        cols = _head_columns(tl.arange(0, BLOCK), BLOCK_H)
+        cos = tl.load(cos_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)
+        sin = tl.load(sin_row + cols * stride_cd, mask=cols < n, other=0.0).to(tl.float32)
+        out = rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK, NORM,
+                           INTERLEAVED, FORM)
+        tl.store(out_rows[:, None] + cols, out.to(out_rows.dtype.element_ty), mask=live[:, None] & (cols < n))
 
 
 @triton.jit
@@ -121,7 +163,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
                       sqo_b, sqo_h, sqo_l, sko_b, sko_h, sko_l, svo_b, svo_h, svo_l,
                       DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr,
                       CACHE: tl.constexpr, APPEND: tl.constexpr, NORM: tl.constexpr, INTERLEAVED: tl.constexpr,
-                      FORM: tl.constexpr, OVERLAP: tl.constexpr = False):
+                      FORM: tl.constexpr, HALVES: tl.constexpr, OVERLAP: tl.constexpr = False):
     """Work items of one position: the query heads, the key heads and (``CACHE``) the value heads,
     ``BLOCK_H`` heads an item; one program per item off NPUs, which loop over the items with the
     grid's stride.  ``index_ptr``: the slot of each position (strides ``si_b``, ``si_l``), or
@@ -144,7 +186,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             h = part * BLOCK_H + heads
             _norm_rope_heads(q_ptr + b * sq_b + pos * sq_l + h * sq_h, h < HQ, wq_ptr, eps_q, cos_row, sin_row,
                              qo_ptr + b * sqo_b + h * sqo_h + pos * sqo_l, n, sc_d, DTYPE, EMULATE_BF16, BLOCK_H, BLOCK,
-                             NORM, INTERLEAVED, FORM)
+                             NORM, INTERLEAVED, FORM, HALVES)
         else:
             part -= query_items
             is_value = part >= key_items
@@ -164,7 +206,7 @@ def _norm_rope_kernel(q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, qo_
             else:
                 _norm_rope_heads(k_ptr + b * sk_b + pos * sk_l + h * sk_h, written, wk_ptr, eps_k, cos_row, sin_row,
                                  ko_ptr + b * sko_b + h * sko_h + slot * sko_l, n, sc_d, DTYPE, EMULATE_BF16,
-                                 BLOCK_H, BLOCK, NORM, INTERLEAVED, FORM)
+                                 BLOCK_H, BLOCK, NORM, INTERLEAVED, FORM, HALVES)
     if APPEND:  # the last program to arrive has seen every other program's read of the position
         tl.debug_barrier()
         if tl.atomic_add(arrival_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
@@ -282,7 +324,7 @@ def bi_rms_norm_rope(q: torch.Tensor, k: torch.Tensor, weights: tuple[torch.Tens
             q_out.stride(0), q_out.stride(1), q_out.stride(2), *strides[0], *strides[1],
             DTYPE=TL_DTYPES[q.dtype], EMULATE_BF16=plan.fp32_io and q.dtype == torch.bfloat16, BLOCK_H=block_h,
             BLOCK=plan.block, CACHE=cache is not None, APPEND=append, NORM=weights is not None,
-            INTERLEAVED=interleaved, FORM=int(form), **options,
+            INTERLEAVED=interleaved, FORM=int(form), HALVES=not interleaved and n == plan.block, **options,
         )
     return q_out.to(q.dtype), (k_out.to(q.dtype) if cache is None else None)
 

@@ -167,6 +167,26 @@ def test_interleaved_pairs_equal_gptjs_rotation(dtype: torch.dtype) -> None:
     assert torch.equal(caches[0].view(-1, 2, 64)[slots], want_k.reshape(4, 2, 64))
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_head_short_of_the_block_pairs_within_the_head(interleaved: bool) -> None:
+    """A head dim of 48 runs on 64 lanes: ``rotate_half`` pairs a column with the one 24 away (not 32, half
+    the lanes), GPT-J's with its neighbour; the bits are the separate ops' either way.  Negative control:
+    pairing half the lanes apart gives other bits."""
+    q, k, _, weights, _, _ = inputs(3, 2, torch.bfloat16, dim=48, seed=12)
+    angles = torch.rand(1, 1, 2, 24, generator=torch.Generator().manual_seed(13)) * 50
+    angles = angles.repeat_interleave(2, -1) if interleaved else torch.cat((angles, angles), -1)
+    cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+    got = bi.rms_norm_rope(q, k, list(weights), list(EPS), [None, None], cos, sin, interleaved=interleaved)
+    want = separate(q, k, weights, cos, sin, rotate=rotate_every_two if interleaved else rotate_half)
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+    def half_the_lanes_apart(x: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(x, (0, 16))
+        return rotate_half(padded)[..., :48]
+
+    assert not torch.equal(got[0], separate(q, k, weights, cos, sin, rotate=half_the_lanes_apart)[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gemmas_norm_form_equals_its_norm_then_the_rotation(dtype: torch.dtype) -> None:
     """``form``: the norms round as ``rms_norm`` with that form (Gemma's fp32 ``1 + w`` weight) before the
