@@ -166,7 +166,9 @@ def qwen3_launches() -> list[tuple[str, Callable[[], object]]]:
         ("query/key/value, Gluon wgmma, batch 2 x 512", partial(bi_matmul_group, t(1024, hidden), qkv,
                                                                 schedule=wgmma)),
         ("down, Gluon wgmma, batch 2 x 512", partial(bi_matmul, t(1024, inter), w(inter, hidden), b_is_weight=True,
-                                                     schedule=wgmma))]
+                                                     schedule=wgmma)),
+        ("gate/up, Gluon wgmma, batch 2 x 512", partial(bi_matmul_gated, t(1024, hidden), gate_up[:, :inter],
+                                                        gate_up[:, inter:], schedule=wgmma))]
     return launches
 
 

@@ -517,7 +517,7 @@ def bi_matmul_group(a: torch.Tensor, bs: Sequence[torch.Tensor], *,
 
 
 def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu", *,
-                    one_launch: bool | None = None) -> torch.Tensor:
+                    one_launch: bool | None = None, schedule: MatmulSchedule | None = None) -> torch.Tensor:
     """``act(a @ gate) * (a @ up)``: a gated MLP's activation, ``act`` one of ``GATED_ACTIVATIONS`` (``silu``;
     ``gelu_tanh``, GELU with ``approximate="tanh"``).
 
@@ -525,9 +525,11 @@ def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activ
     would (the activation as torch decomposes it): the two products and the activation to the dtype.
     Decode rows take one launch, each program computing a tile of both products and combining them,
     neither product written to memory.  Prefill rows take two (``plans.gated_in_one_launch``): the
-    products as one ``bi_matmul_group``, then ``gated_activation``; the bits are the same.
-    ``one_launch`` overrides that choice (tests compare the two).  ``gate`` and ``up`` are (K, N) of one
-    layout; the one launch finds the up weight by its distance in memory from the gate weight.
+    products as one ``bi_matmul_group``, then ``gated_activation``; the bits are the same.  Where that
+    group's schedule runs the Gluon kernel, its tiles hold both products of half as many columns and
+    combine them, in one launch again.  ``one_launch`` overrides the choice of one launch (tests compare
+    the two), ``schedule`` the group's schedule.  ``gate`` and ``up`` are (K, N) of one layout; the one
+    launch finds the up weight by its distance in memory from the gate weight.
     """
     if activation not in GATED_ACTIVATIONS:
         raise ValueError(f"bi_matmul_gated: activation {activation!r}; accepted: {', '.join(GATED_ACTIVATIONS)}")
@@ -542,10 +544,16 @@ def bi_matmul_gated(a: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activ
     device = devices.of_tensor(a)
     if m == 0 or n == 0 or k == 0 or device.plan_kind == "npu":  # nothing to compute, or NPU tiles
         return _EAGER_ACTIVATIONS[activation](bi_matmul(a, gate)) * bi_matmul(a, up)
-    if not (gated_in_one_launch(m, device) if one_launch is None else one_launch):
-        gate_out, up_out = bi_matmul_group(a, [gate, up])
-        return gated_activation(gate_out, up_out, activation, a.dtype)
     plan = matmul_plan(k, n, a.dtype, device)
+    if not (gated_in_one_launch(m, device) if one_launch is None else one_launch):
+        group = schedule or matmul_schedule(plan, m, 2 * n, 1, a.element_size(), device, _runs_along(a[None], 1),
+                                            _runs_along(gate[None], 1))
+        if group.gluon_wgmma:
+            out = torch.empty((m, n), dtype=a.dtype, device=a.device)
+            if _launched_by_wgmma(a, [gate, up], [out], plan, group, device, GATED_ACTIVATIONS[activation]):
+                return out
+        gate_out, up_out = bi_matmul_group(a, [gate, up], schedule=schedule)
+        return gated_activation(gate_out, up_out, activation, a.dtype)
     sched = matmul_schedule(plan, m, n, 1, a.element_size(), device, _runs_along(a[None], 1),
                             _runs_along(gate[None], 1), gated=True)
     out = torch.empty((m, n), dtype=torch.float32 if plan.fp32_io else a.dtype, device=a.device)
@@ -566,10 +574,10 @@ def _runs_along(t: torch.Tensor, dim: int) -> bool:
 
 
 def _launched_by_wgmma(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor],
-                       plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device) -> bool:
-    """``outs[i] = a @ weights[i]`` by ``matmul_wgmma.py``'s kernel, for a serial ``gluon_wgmma`` schedule on a
-    device that has the kernel, its operands addressable by the TMA; False, nothing launched, where the
-    Triton template runs instead (the same bits)."""
+                       plan: MatmulPlan, sched: MatmulSchedule, device: devices.Device, gated: int = 0) -> bool:
+    """``outs[i] = a @ weights[i]`` (``gated``: ``outs[0] = act(a @ gate) * (a @ up)``) by ``matmul_wgmma.py``'s
+    kernel, for a serial ``gluon_wgmma`` schedule on a device that has the kernel, its operands addressable by
+    the TMA; False, nothing launched, where the Triton template runs instead (the same bits)."""
     if not (sched.gluon_wgmma and not sched.split and device.gluon_wgmma):
         return False
     from ascend_compile.kernels import matmul_wgmma  # Gluon's Hopper module: imported where the device has it
@@ -578,7 +586,7 @@ def _launched_by_wgmma(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: S
         logger.debug("matmul %dx%dx%d: an operand is not TMA-addressable, the Triton template instead",
                      a.shape[0], a.shape[1], sum(w.shape[1] for w in weights))
         return False
-    matmul_wgmma.launch(a, weights, outs, plan, device)
+    matmul_wgmma.launch(a, weights, outs, plan, device, gated)
     return True
 
 

@@ -13,8 +13,11 @@ Programs are persistent (one per SM at most, walking tiles in grouped order) and
 loader warp keeps a ring of TMA-loaded blocks of A and the weights full; two warpgroups (8 warps, 64 rows
 each) run the ``wgmma`` and write each finished tile by the TMA while the next tile's blocks load.  A
 launch takes up to three weights side by side (``bi_matmul_group``): a tile of columns reads the weight
-and writes the output its columns fall in.  Triton 3.6 and 3.9 spell the TMA copies and the CTA barrier
-differently; ``_TMA_LOAD``, ``_TMA_STORE`` and ``_CTA_BARRIER`` take whichever this Triton has.
+and writes the output its columns fall in.  A gated launch (``bi_matmul_gated`` at prefill rows) fills each
+ring slot with a block of the gate weight and one of the up weight, so a tile holds both products of half as
+many columns, and its epilogue writes ``act(gate) * up``: neither product reaches memory.  Triton 3.6 and 3.9
+spell the TMA copies and the CTA barrier differently; ``_TMA_LOAD``, ``_TMA_STORE`` and ``_CTA_BARRIER`` take
+whichever this Triton has.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ascend_compile.devices import Device
+from ascend_compile.kernels.gated_activation import gate_times_up
 from ascend_compile.kernels.matmul import MAX_GROUP, tma_addressable
 from ascend_compile.kernels.plans import MatmulPlan, launch_options
 
@@ -60,31 +64,40 @@ def _tile_corner(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, GROUP
 
 
 @gluon.jit
-def _load_block(a_desc, w0_desc, w1_desc, w2_desc, seg1, seg2, a_slot, w_slot, bar, m0, n0, k0):
-    """A's and the tile's weight's blocks at K offset ``k0`` into one ring slot; ``bar`` counts their bytes."""
-    mbarrier.expect(bar, a_desc.block_type.nbytes + w0_desc.block_type.nbytes)
-    _TMA_LOAD(a_desc, [m0, k0], bar, a_slot)
-    if n0 >= seg2:
-        _TMA_LOAD(w2_desc, [n0 - seg2, k0], bar, w_slot)
-    elif n0 >= seg1:
-        _TMA_LOAD(w1_desc, [n0 - seg1, k0], bar, w_slot)
+def _load_block(a_desc, w0_desc, w1_desc, w2_desc, seg1, seg2, a_slot, w_slot, bar, m0, n0, k0,
+                GATED: gl.constexpr):
+    """A's and the tile's weight's blocks at K offset ``k0`` into one ring slot; ``bar`` counts their bytes.
+    ``GATED``: the slot's first half of rows takes the gate weight's block, its second the up weight's."""
+    if GATED:
+        half: gl.constexpr = w0_desc.block_type.shape[0]
+        mbarrier.expect(bar, a_desc.block_type.nbytes + 2 * w0_desc.block_type.nbytes)
+        _TMA_LOAD(a_desc, [m0, k0], bar, a_slot)
+        _TMA_LOAD(w0_desc, [n0, k0], bar, w_slot.slice(0, half))
+        _TMA_LOAD(w1_desc, [n0, k0], bar, w_slot.slice(half, half))
     else:
-        _TMA_LOAD(w0_desc, [n0, k0], bar, w_slot)
+        mbarrier.expect(bar, a_desc.block_type.nbytes + w0_desc.block_type.nbytes)
+        _TMA_LOAD(a_desc, [m0, k0], bar, a_slot)
+        if n0 >= seg2:
+            _TMA_LOAD(w2_desc, [n0 - seg2, k0], bar, w_slot)
+        elif n0 >= seg1:
+            _TMA_LOAD(w1_desc, [n0 - seg1, k0], bar, w_slot)
+        else:
+            _TMA_LOAD(w0_desc, [n0, k0], bar, w_slot)
 
 
 @gluon.jit
 def _loader(a_desc, w0_desc, w1_desc, w2_desc, seg1, seg2, a_ring, w_ring, ready, free, M, N, blocks,
-            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-            GROUP_M: gl.constexpr):
+            BLOCK_M: gl.constexpr, COLUMNS: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+            GROUP_M: gl.constexpr, GATED: gl.constexpr):
     """The loader warp: every block of this program's tiles, in order, into the ring as slots come free."""
     count = 0
-    for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
-        m0, n0 = _tile_corner(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, COLUMNS), gl.num_programs(0)):
+        m0, n0 = _tile_corner(tile, M, N, BLOCK_M, COLUMNS, GROUP_M)
         for block in range(blocks):
             slot = count % STAGES
             mbarrier.wait(free.index(slot), ((count // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
             _load_block(a_desc, w0_desc, w1_desc, w2_desc, seg1, seg2, a_ring.index(slot), w_ring.index(slot),
-                        ready.index(slot), m0, n0, block * BLOCK_K)
+                        ready.index(slot), m0, n0, block * BLOCK_K, GATED)
             count += 1
 
 
@@ -135,15 +148,32 @@ def _store_tile(c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, total, m0, n0):
 
 
 @gluon.jit
-def _consumer(a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, M, N, num_chunks,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CHUNK_BLOCKS: gl.constexpr, STAGES: gl.constexpr,
-              GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+def _store_gated_tile(out_desc, products, out_smem, total, m0, n0, GATED: gl.constexpr, num_warps: gl.constexpr):
+    """``act(gate) * up`` of a gated tile (its gate products in the first half of its columns, the up products
+    in the second) into the output by the TMA: both products rounded to the dtype, as the grouped matmul
+    stores them, then ``gate_times_up``, as the elementwise launch combines them."""
+    half: gl.constexpr = out_desc.block_type.shape[1]
+    layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    products.store(total.to(out_desc.dtype))
+    gate = products.slice(0, half, dim=1).load(layout).to(gl.float32)
+    up = products.slice(half, half, dim=1).load(layout).to(gl.float32)
+    tma.store_wait(0)  # the previous tile's store has left out_smem
+    out_smem.store(gate_times_up(gate, up, GATED, out_desc.dtype, False).to(out_desc.dtype))
+    fence_async_shared()
+    _TMA_STORE(out_desc, [m0, n0], out_smem)
+
+
+@gluon.jit
+def _consumer(a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, products, M, N,
+              num_chunks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, COLUMNS: gl.constexpr,
+              CHUNK_BLOCKS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr, GATED: gl.constexpr,
+              num_warps: gl.constexpr):
     """The two warpgroups: each tile's chunks into alternating partials and the total, then its store."""
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                      instr_shape=[16, BLOCK_N, 16])
     count = 0
-    for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N), gl.num_programs(0)):
-        m0, n0 = _tile_corner(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    for tile in range(gl.program_id(0), gl.cdiv(M, BLOCK_M) * gl.cdiv(N, COLUMNS), gl.num_programs(0)):
+        m0, n0 = _tile_corner(tile, M, N, BLOCK_M, COLUMNS, GROUP_M)
         total = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)
         even = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)
         odd = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout)  # "chunk -1": total + 0 keeps the total's bits
@@ -162,7 +192,10 @@ def _consumer(a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2
         else:
             odd = warpgroup_mma_wait(0, deps=[odd])
             total = total + odd
-        _store_tile(c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, total, m0, n0)
+        if GATED:
+            _store_gated_tile(c0_desc, products, c_smem, total, m0, n0, GATED, num_warps)
+        else:
+            _store_tile(c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, total, m0, n0)
     tma.store_wait(0)
 
 
@@ -170,11 +203,18 @@ def _consumer(a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2
 def _chunked_matmul_kernel(a_desc, w0_desc, w1_desc, w2_desc, c0_desc, c1_desc, c2_desc, seg1, seg2, M, N, K,
                            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
                            CHUNK_BLOCKS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                           num_warps: gl.constexpr):
+                           GATED: gl.constexpr, num_warps: gl.constexpr):
+    """``GATED`` (a ``GATED_ACTIVATIONS`` kind, 0 for none): each tile holds the gate's and the up weight's
+    products of ``BLOCK_N // 2`` output columns side by side and writes ``act(gate) * up`` (``w0``, ``w1`` and
+    ``c0`` are the gate, the up weight and the output; ``N`` counts output columns)."""
+    COLUMNS: gl.constexpr = BLOCK_N // 2 if GATED else BLOCK_N
     num_chunks = gl.cdiv(K, CHUNK_BLOCKS * BLOCK_K)
     a_ring = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
     w_ring = gl.allocate_shared_memory(w0_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w0_desc.layout)
-    c_smem = gl.allocate_shared_memory(c0_desc.dtype, [BLOCK_M, BLOCK_N], c0_desc.layout)
+    c_smem = gl.allocate_shared_memory(c0_desc.dtype, [BLOCK_M, COLUMNS], c0_desc.layout)
+    products = c_smem
+    if GATED:  # the tile's two products, rounded, for the activation to read by halves
+        products = gl.allocate_shared_memory(c0_desc.dtype, [BLOCK_M, BLOCK_N], c0_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
@@ -182,10 +222,10 @@ def _chunked_matmul_kernel(a_desc, w0_desc, w1_desc, w2_desc, c0_desc, c1_desc, 
         mbarrier.init(free.index(s), count=1)
     fence_async_shared()
     gl.warp_specialize([
-        (_consumer, (a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, M, N, num_chunks,
-                     BLOCK_M, BLOCK_N, CHUNK_BLOCKS, STAGES, GROUP_M, num_warps)),
+        (_consumer, (a_ring, w_ring, ready, free, c0_desc, c1_desc, c2_desc, seg1, seg2, c_smem, products, M, N,
+                     num_chunks, BLOCK_M, BLOCK_N, COLUMNS, CHUNK_BLOCKS, STAGES, GROUP_M, GATED, num_warps)),
         (_loader, (a_desc, w0_desc, w1_desc, w2_desc, seg1, seg2, a_ring, w_ring, ready, free, M, N,
-                   num_chunks * CHUNK_BLOCKS, BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M)),
+                   num_chunks * CHUNK_BLOCKS, BLOCK_M, COLUMNS, BLOCK_K, STAGES, GROUP_M, GATED)),
     ], [_LOADER_WARPS], [_LOADER_REGISTERS])
 
 
@@ -203,21 +243,27 @@ def addressable(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence
     return a.dtype in _GL_DTYPES and tma_addressable([a, *(w.t() for w in weights), *outs])
 
 
+def _described(t: torch.Tensor, rows: int, cols: int) -> TensorDescriptor:
+    return TensorDescriptor.from_tensor(t, [rows, cols], _layout(rows, cols, t.dtype))
+
+
 def launch(a: torch.Tensor, weights: Sequence[torch.Tensor], outs: Sequence[torch.Tensor], plan: MatmulPlan,
-           device: Device) -> None:
+           device: Device, gated: int = 0) -> None:
     """``outs[i] = a @ weights[i]`` (1 to ``MAX_GROUP`` (K, N_i) weights, all but the last a multiple of
-    ``BLOCK_N`` columns wide) under ``plan``, on one program per SM at most; operands ``addressable``."""
+    ``BLOCK_N`` columns wide) under ``plan``, on one program per SM at most; operands ``addressable``.
+    ``gated`` (a ``GATED_ACTIVATIONS`` kind): ``outs[0] = act(a @ weights[0]) * (a @ weights[1])`` instead,
+    each product rounded to the dtype first, as ``bi_matmul_gated``'s two launches round them."""
     (m, k), widths, block_k = a.shape, [w.shape[1] for w in weights], plan.block_k
-    n = sum(widths)
-    a_desc = TensorDescriptor.from_tensor(a, [BLOCK_M, block_k], _layout(BLOCK_M, block_k, a.dtype))
-    w_descs = [TensorDescriptor.from_tensor(w.t(), [BLOCK_N, block_k], _layout(BLOCK_N, block_k, a.dtype))
-               for w in weights]
-    c_descs = [TensorDescriptor.from_tensor(o, [BLOCK_M, BLOCK_N], _layout(BLOCK_M, BLOCK_N, a.dtype)) for o in outs]
+    columns = BLOCK_N // 2 if gated else BLOCK_N
+    n = widths[0] if gated else sum(widths)
+    a_desc = _described(a, BLOCK_M, block_k)
+    w_descs = [_described(w.t(), columns, block_k) for w in weights]
+    c_descs = [_described(o, BLOCK_M, columns) for o in outs]
     starts = [sum(widths[:i]) for i in range(1, MAX_GROUP)]  # an absent weight starts past the last column
     w_descs += w_descs[-1:] * (MAX_GROUP - len(weights))
     c_descs += c_descs[-1:] * (MAX_GROUP - len(outs))
-    tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)
+    tiles = triton.cdiv(m, BLOCK_M) * triton.cdiv(n, columns)
     _chunked_matmul_kernel[(min(tiles, device.compute_units),)](
         a_desc, *w_descs, *c_descs, *starts, m, n, k,
         BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=block_k, CHUNK_BLOCKS=plan.chunk_blocks, STAGES=STAGES,
-        GROUP_M=GROUP_M, **launch_options(device, NUM_WARPS))
+        GROUP_M=GROUP_M, GATED=gated, **launch_options(device, NUM_WARPS))

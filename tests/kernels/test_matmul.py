@@ -195,8 +195,9 @@ def test_tma_loads_give_the_pointer_loads_bits(monkeypatch: pytest.MonkeyPatch) 
 
 def test_gluon_wgmma_schedule_runs_the_template_where_the_kernel_is_absent() -> None:
     """A ``gluon_wgmma`` schedule names a kernel only sm_90 runs (``matmul_wgmma.py``); elsewhere, here in
-    the interpreter, its tiles run in the Triton template: a product and a group give the default's bits.
-    The TMA addresses 2-D 16-bit operands with 16-byte aligned rows only; others keep the template."""
+    the interpreter, its tiles run in the Triton template: a product, a group and a gated pair give the
+    default's bits.  The TMA addresses 2-D 16-bit operands with 16-byte aligned rows only; others keep the
+    template."""
     from ascend_compile.kernels import matmul_wgmma
 
     gen = torch.Generator().manual_seed(12)
@@ -207,6 +208,8 @@ def test_gluon_wgmma_schedule_runs_the_template_where_the_kernel_is_absent() -> 
     assert torch.equal(bi_matmul(x, q.t(), schedule=wgmma), bi_matmul(x, q.t()))
     assert all(torch.equal(a, b) for a, b in zip(bi_matmul_group(x, [q.t(), v.t()], schedule=wgmma),
                                                  [bi_matmul(x, q.t()), bi_matmul(x, v.t())], strict=True))
+    assert torch.equal(bi_matmul_gated(x, q.t(), q.flip(0).t(), one_launch=False, schedule=wgmma),
+                       bi_matmul_gated(x, q.t(), q.flip(0).t(), one_launch=False))
     outs = [torch.empty(130, 256, dtype=torch.bfloat16)]
     assert matmul_wgmma.addressable(x, [q.t()], outs)
     assert not matmul_wgmma.addressable(x[:, :599].contiguous(), [q[:, :599].contiguous().t()], outs)  # 1198 bytes

@@ -131,6 +131,31 @@ def test_gluon_wgmma_gives_the_template_bits(k: int, n: int) -> None:
     assert rel_error(gluon, x.double() @ w.double().t()) < 1e-2
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("k,n", [(1024, 3072), (3072, 200)])
+def test_gluon_gated_tiles_give_the_two_launches_bits(k: int, n: int, activation: str) -> None:
+    """The Gluon kernel's gated tiles (64 columns of the gate's and the up weight's products side by side,
+    combined in the epilogue) give the bits of the grouped matmul and the elementwise launch, and of the one
+    Triton launch, at every row count, for a K of partial chunks and an N of partial tiles; rows alone equal
+    rows in the batch."""
+    device = devices.of_tensor(torch.empty(1, device="cuda"))
+    if not device.gluon_wgmma:
+        pytest.skip("no Gluon wgmma kernel on this device (sm_90 with Gluon's Hopper module only)")
+    gen = torch.Generator("cuda").manual_seed(k + n)
+    x = torch.randn(2048, k, device="cuda", generator=gen).bfloat16()
+    gate, up = (torch.randn(n, k, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    plain = dataclasses.replace(_GLUON, gluon_wgmma=False)
+    for m in (1, 130, 2048):
+        gluon = bi_matmul_gated(x[:m], gate.t(), up.t(), activation, one_launch=False, schedule=_GLUON)
+        two = bi_matmul_gated(x[:m], gate.t(), up.t(), activation, one_launch=False, schedule=plain)
+        one = bi_matmul_gated(x[:m], gate.t(), up.t(), activation, one_launch=True)
+        assert torch.equal(gluon, two) and torch.equal(gluon, one), f"M={m}"
+    alone = bi_matmul_gated(x[-1:], gate.t(), up.t(), activation, one_launch=False, schedule=_GLUON)
+    assert torch.equal(alone, gluon[-1:])
+    reference = _EXACT[activation](x.double() @ gate.double().t()) * (x.double() @ up.double().t())
+    assert rel_error(gluon, reference) < 2e-2
+
+
 def test_outputs_past_two_billion_elements_on_gpu() -> None:
     """The logits of a long prefill (16384 rows x 151936 columns, past 2**31 elements) need 64-bit
     offsets: the last rows equal the same rows computed alone, and no access goes out of bounds."""
