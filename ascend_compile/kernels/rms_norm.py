@@ -26,7 +26,7 @@ import triton.language as tl
 from ascend_compile import devices
 from ascend_compile.kernels.addresses import element_distance
 from ascend_compile.kernels.overlap import wait_for_inputs
-from ascend_compile.kernels.plans import row_plan
+from ascend_compile.kernels.plans import RowPlan, row_plan
 from ascend_compile.kernels.reduce import row_launch
 from ascend_compile.kernels.rounding import TL_DTYPES, round_to
 from ascend_compile.kernels.tree import tree_sum
@@ -106,6 +106,27 @@ def _row_values(x_ptr, r_ptr, offsets, mask, r_scale, rw_ptr, DTYPE: tl.constexp
 
 
 @triton.jit
+def _summed_values(x_row, r_row, sum_row, offsets, mask, r_scale, rw_ptr, DTYPE: tl.constexpr,
+                   HAS_RESIDUAL: tl.constexpr, EMULATE_BF16: tl.constexpr, FP32_SUM: tl.constexpr,
+                   FP32_RESIDUAL: tl.constexpr, R_NORM: tl.constexpr, R_WEIGHT_FP32: tl.constexpr,
+                   R_WEIGHT_PLUS_ONE: tl.constexpr):
+    """``_row_values``, with a residual also stored at ``sum_row`` (the next residual) as the form rounds it."""
+    h = _row_values(x_row, r_row, offsets, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL, EMULATE_BF16, FP32_SUM, R_NORM,
+                    R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
+    if HAS_RESIDUAL:
+        total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM and not FP32_RESIDUAL else h
+        tl.store(sum_row + offsets, total.to(sum_row.dtype.element_ty), mask=mask)
+    return h
+
+
+@triton.jit
+def _store_normalized(h, scale, w_row, out_row, offsets, mask, DTYPE: tl.constexpr, EMULATE_BF16: tl.constexpr,
+                      HAS_WEIGHT: tl.constexpr, WEIGHT_FP32: tl.constexpr, WEIGHT_PLUS_ONE: tl.constexpr):
+    y = rms_normalized(h, scale, w_row, offsets, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT, WEIGHT_FP32, WEIGHT_PLUS_ONE)
+    tl.store(out_row + offsets, y.to(out_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, stride_r, stride_out, eps,
                      rows1, x_off2, w_off2, out_off2, stride_x2, eps2, rw_ptr, r_eps,
                      DTYPE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr,
@@ -113,10 +134,12 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
                      WEIGHT_FP32: tl.constexpr = False, WEIGHT_PLUS_ONE: tl.constexpr = False,
                      FP32_SUM: tl.constexpr = False, FP32_RESIDUAL: tl.constexpr = False,
                      R_NORM: tl.constexpr = False, R_WEIGHT_FP32: tl.constexpr = False,
-                     R_WEIGHT_PLUS_ONE: tl.constexpr = False, OVERLAP: tl.constexpr = False):
+                     R_WEIGHT_PLUS_ONE: tl.constexpr = False, ONE_BLOCK: tl.constexpr = False,
+                     OVERLAP: tl.constexpr = False):
     """Rows of ``bi_rms_norm`` (``bi_rms_norm_pair`` when ``PAIR``; ``bi_rms_norm_sandwich`` when
     ``R_NORM``: the residual operand is the norm, weight ``rw_ptr`` and epsilon ``r_eps``, of the rows
-    at ``r_ptr``, computed here as ``bi_rms_norm`` computes it)."""
+    at ``r_ptr``, computed here as ``bi_rms_norm`` computes it).  ``ONE_BLOCK``: a row fits the lanes
+    (``_block_options``), so its values are loaded (and the residual added) once, not again for the output."""
     if OVERLAP:  # launched early (overlap.py)
         wait_for_inputs()
     cols = tl.arange(0, BLOCK)
@@ -136,28 +159,40 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr, rows, n, stride_x, s
         r_scale = 1.0
         if R_NORM:
             r_scale = _rms_scale(r_ptr + row * stride_r, n, r_eps, BLOCK)
+        r_row, sum_row = r_ptr + row * stride_r, sum_ptr + row * stride_out
         lanes = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range(0, n, BLOCK):
-            mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
-                            EMULATE_BF16, FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
-            if HAS_RESIDUAL:
-                total = round_to(h, DTYPE, EMULATE_BF16) if FP32_SUM and not FP32_RESIDUAL else h
-                tl.store(sum_ptr + row * stride_out + start + cols, total.to(sum_ptr.dtype.element_ty), mask=mask)
-            lanes += h * h
+        if ONE_BLOCK:  # the row fits the lanes: its values stay in registers for the output
+            h = _summed_values(x_row, r_row, sum_row, cols, cols < n, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
+                               EMULATE_BF16, FP32_SUM, FP32_RESIDUAL, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
+            for _ in range(0, n, BLOCK):  # once; in straight-line code Triton 3.6 moves the tree's layout
+                lanes += h * h  # conversion to the row's load and squares every element in every thread
+        else:
+            for start in range(0, n, BLOCK):
+                h = _summed_values(x_row, r_row, sum_row, start + cols, start + cols < n, r_scale, rw_ptr, DTYPE,
+                                   HAS_RESIDUAL, EMULATE_BF16, FP32_SUM, FP32_RESIDUAL, R_NORM, R_WEIGHT_FP32,
+                                   R_WEIGHT_PLUS_ONE)
+                lanes += h * h
         scale = tl.math.rsqrt(tree_sum(lanes, BLOCK) / n + row_eps)
-        for start in range(0, n, BLOCK):
-            mask = start + cols < n
-            h = _row_values(x_row, r_ptr + row * stride_r, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL,
-                            EMULATE_BF16, FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
-            y = rms_normalized(h, scale, w_row, start + cols, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT, WEIGHT_FP32,
-                               WEIGHT_PLUS_ONE)
-            tl.store(out_row + start + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+        if ONE_BLOCK:
+            _store_normalized(h, scale, w_row, out_row, cols, cols < n, DTYPE, EMULATE_BF16, HAS_WEIGHT,
+                              WEIGHT_FP32, WEIGHT_PLUS_ONE)
+        else:  # the values again, block by block
+            for start in range(0, n, BLOCK):
+                mask = start + cols < n
+                h = _row_values(x_row, r_row, start + cols, mask, r_scale, rw_ptr, DTYPE, HAS_RESIDUAL, EMULATE_BF16,
+                                FP32_SUM, R_NORM, R_WEIGHT_FP32, R_WEIGHT_PLUS_ONE)
+                _store_normalized(h, scale, w_row, out_row, start + cols, mask, DTYPE, EMULATE_BF16, HAS_WEIGHT,
+                                  WEIGHT_FP32, WEIGHT_PLUS_ONE)
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
     view = t.reshape(-1, n)
     return view if view.stride(1) == 1 else view.contiguous()
+
+
+def _block_options(plan: RowPlan, n: int) -> dict[str, int | bool]:
+    """The kernel's lanes and whether a row of ``n`` fits them."""
+    return {"BLOCK": plan.block, "ONE_BLOCK": n <= plan.block}
 
 
 def _form_options(form: NormForm) -> dict[str, bool]:
@@ -190,8 +225,8 @@ def bi_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
                                rows_x.stride(0), rows_r.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps, rows_x, eps,
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=residual is not None,
                                HAS_WEIGHT=weight is not None,
-                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=False,
-                               **_form_options(form), **options)
+                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, PAIR=False,
+                               **_form_options(form), **_block_options(plan, n), **options)
     out = out.to(x.dtype).reshape(x.shape)
     return out, (total.to(residual.dtype).reshape(x.shape) if residual is not None else None)
 
@@ -225,10 +260,10 @@ def bi_rms_norm_sandwich(x: torch.Tensor, pre_x: torch.Tensor, pre_weight: torch
                                rows_x.stride(0), rows_pre.stride(0), out.stride(0), eps, 0, 0, 0, 0, 0, eps,
                                pre_weight, pre_eps, DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=True,
                                HAS_WEIGHT=weight is not None, EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16,
-                               BLOCK=plan.block, PAIR=False, R_NORM=True,
+                               PAIR=False, R_NORM=True,
                                R_WEIGHT_FP32=bool(pre_form & NormForm.WEIGHT_FP32),
                                R_WEIGHT_PLUS_ONE=bool(pre_form & NormForm.WEIGHT_PLUS_ONE),
-                               **_form_options(form), **options)
+                               **_form_options(form), **_block_options(plan, n), **options)
     return out.to(x.dtype).reshape(x.shape), total.to(x.dtype).reshape(x.shape)
 
 
@@ -265,6 +300,6 @@ def bi_rms_norm_pair(xs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]
                                element_distance(rows_x[0], rows_x[1]), element_distance(weights[0], weights[1]),
                                element_distance(outs[0], outs[1]), rows_x[1].stride(0), eps[1], weights[0], eps[0],
                                DTYPE=TL_DTYPES[x.dtype], HAS_RESIDUAL=False, HAS_WEIGHT=True,
-                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, BLOCK=plan.block, PAIR=True,
-                               **_form_options(form), **options)
+                               EMULATE_BF16=plan.fp32_io and x.dtype == torch.bfloat16, PAIR=True,
+                               **_form_options(form), **_block_options(plan, n), **options)
     return [out.to(t.dtype).reshape(t.shape) for out, t in zip(outs, xs, strict=True)]

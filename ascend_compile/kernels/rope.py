@@ -64,10 +64,11 @@ def _heads(rows, cols, n, live):
 
 
 @triton.jit
-def _squares(h, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
+def _squares(h, n, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
     """Per-row sums of ``h``'s squares in the RMSNorm kernel's order (its lanes, then ``tree_sum_rows``)."""
     lanes = tl.zeros((BLOCK_H, BLOCK), dtype=tl.float32)
-    lanes += h * h
+    for _ in range(0, n, n):  # once; in straight-line code Triton 3.6 moves the tree's layout conversion to
+        lanes += h * h  # the heads' load and squares every element of a head in every thread
     return tree_sum_rows(lanes, BLOCK_H, BLOCK)
 
 
@@ -104,7 +105,7 @@ def rotated_rows(rows, live, w_ptr, eps, cos, sin, n, DTYPE: tl.constexpr, EMULA
     h = _heads(rows, cols, n, live)
     scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
     if NORM:
-        scale = tl.math.rsqrt(_squares(h, BLOCK_H, BLOCK) / n + eps)
+        scale = tl.math.rsqrt(_squares(h, n, BLOCK_H, BLOCK) / n + eps)
     y = _normalized(h, scale, w_ptr, cols, n, DTYPE, EMULATE_BF16, NORM, FORM)
     if INTERLEAVED:
         first, second = tl.split(tl.reshape(y, (BLOCK_H, BLOCK // 2, 2)))
@@ -142,7 +143,8 @@ def _norm_rope_heads(rows, live, w_ptr, eps, cos_row, sin_row, out_rows, n, stri
         hi = _heads(rows, cols + BLOCK // 2, n, live)
         scale = tl.zeros((BLOCK_H,), dtype=tl.float32)
         if NORM:
-            scale = tl.math.rsqrt((_squares(lo, BLOCK_H, BLOCK // 2) + _squares(hi, BLOCK_H, BLOCK // 2)) / n + eps)
+            sums = _squares(lo, n, BLOCK_H, BLOCK // 2) + _squares(hi, n, BLOCK_H, BLOCK // 2)
+            scale = tl.math.rsqrt(sums / n + eps)
         lo = _normalized(lo, scale, w_ptr, cols, n, DTYPE, EMULATE_BF16, NORM, FORM)
         hi = _normalized(hi, scale, w_ptr, cols + BLOCK // 2, n, DTYPE, EMULATE_BF16, NORM, FORM)
         _rotate_half(lo, -hi, cos_row, sin_row, out_rows, cols, live, stride_cd, DTYPE, EMULATE_BF16)
