@@ -14,8 +14,11 @@ Usage: ``TRITON_INTERPRET=0 python -m ascend_compile.tools.compile_gpu [--arch 9
 [--report] [--ptx DIR]``; ``--report`` adds a table of what each build waits on (``kernel_facts.py``);
 ``--ptx`` writes each build's PTX without comments and debug lines, one file per launch and kernel,
 so that two trees' builds can be compared with ``diff -r``: a kernel refactor whose PTX is unchanged
-keeps its speed, which a machine without a GPU can show.  Exit 0 when every kernel compiled, 1 on the
-first compile error (printed), 2 on usage errors.
+keeps its speed, which a machine without a GPU can show.  Builds differ between Triton versions (0033: one
+version squared a whole row in every thread where the other did not): to see the build a GPU machine makes,
+install its Triton into a folder of its own (``pip install --target DIR triton==X``) and put that folder
+first on ``PYTHONPATH``.  Exit 0 when every kernel compiled, 1 on the first compile error (printed), 2 on
+usage errors.
 """
 
 from __future__ import annotations
